@@ -51,7 +51,7 @@ def check_finite(x: ArrayLike, where: str | None = None) -> None:
   if not is_concrete(x):
     return
   a = np.asarray(x)
-  if np.issubdtype(a.dtype, np.floating) and np.isnan(a).any():
+  if jax.numpy.issubdtype(a.dtype, jax.numpy.floating) and np.isnan(a).any():
     raise ValueError(
         f"NaN weights{_where(where)} ({int(np.isnan(a).sum())} of {a.size}); "
         "masks would be meaningless. Check the learning rate / loss for divergence "
@@ -61,7 +61,7 @@ def check_finite(x: ArrayLike, where: str | None = None) -> None:
 def check_floating(x: ArrayLike, where: str | None = None) -> None:
   """Raises ``TypeError`` unless ``x`` has a floating dtype."""
   dtype = np.asarray(x).dtype if is_concrete(x) else x.dtype
-  if not np.issubdtype(dtype, np.floating):
+  if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
     raise TypeError(f"leaf{_where(where)} has dtype {dtype}; sparsity applies to "
                     "floating weights only. Exclude it (exclude=...) or cast it.")
 
