@@ -26,6 +26,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional
 
@@ -73,8 +74,7 @@ class Unstructured(Pattern):
   def mask(self, x, sparsity, where=None):
     check_sparsity(sparsity, where)
     x = jnp.asarray(x)
-    [m] = select.select_topk([select.magnitude_keys(x)], select.keep_count(sparsity, x.size))
-    return m
+    return _topk_keep(x, select.keep_count(sparsity, x.size))
 
   def unit_scores(self, x: Array) -> tuple[Array, int]:
     """Per-unit keys and the number of entries each unit stands for."""
@@ -277,6 +277,21 @@ def nm_mask(x: ArrayLike, n: int, m: int, axis: int = -2, *,
         f"{' for ' + repr(where) if where else ''}, got shape {x.shape}. Pick the "
         "contraction axis (-2 for Flax kernels), another m, or let the tree-level "
         "functions skip the layer (strict=False).")
+  return _nm_keep(x, n, m, ax)
+
+
+@jax.jit
+def _topk_keep(x: Array, k: ArrayLike) -> Array:
+  # Jitted for the same reason as _nm_keep; k is traced, so no recompilation
+  # per sparsity.
+  [m] = select.select_topk([select.magnitude_keys(x)], k)
+  return m
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _nm_keep(x: Array, n: int, m: int, ax: int) -> Array:
+  # Jitted: called eagerly (one-shot pruning, host tools) it would otherwise
+  # dispatch and compile dozens of small ops per new shape.
   xm = jnp.moveaxis(select.magnitude_keys(x), ax, -1)
   moved = xm.shape
   g = xm.reshape(moved[:-1] + (moved[-1] // m, m))
