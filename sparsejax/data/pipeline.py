@@ -184,6 +184,17 @@ class Dataset(abc.ABC):
         """Batches in one pass over the split."""
 
     @abc.abstractmethod
+    def get_batch(self, step: int) -> Batch:
+        """Returns the batch of a global step (deterministic in the seed and the step).
+
+        Args:
+          step: global step.
+
+        Returns:
+          ``{"image": float32 (B, H, W, C), "label": int32 (B,), "mask": bool (B,)}``.
+        """
+
+    @abc.abstractmethod
     def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[Batch]:
         """Yields the batches of steps ``start_step, start_step + 1, ...``.
 
@@ -243,6 +254,14 @@ def _batch_at(images: jax.Array, labels: jax.Array, key: jax.Array, step: jax.Ar
             "label": labels[chosen].astype(jnp.int32), "mask": mask}
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_batch_fn(plan: _BatchPlan, sharding: jax.sharding.NamedSharding | None) -> Any:
+    """One jitted batch function per (plan, sharding): equal datasets share compilations."""
+    out_shardings = None if sharding is None else {"image": sharding, "label": sharding,
+                                                   "mask": sharding}
+    return jax.jit(functools.partial(_batch_at, plan=plan), out_shardings=out_shardings)
+
+
 class InMemoryDataset(Dataset):
     """A dataset held on device as uint8 and batched by a jitted function of the step.
 
@@ -287,21 +306,22 @@ class InMemoryDataset(Dataset):
         self.num_examples = len(images)
         self._plan = _BatchPlan(len(images), batch_size, shuffle, drop_remainder, augmentation,
                                 info.mean, info.std)
-        if sharding is None:
-            stored, out_shardings = None, None
-        else:
-            stored = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-            out_shardings = {"image": sharding, "label": sharding, "mask": sharding}
+        stored = None if sharding is None else jax.sharding.NamedSharding(
+            sharding.mesh, jax.sharding.PartitionSpec())
         self.images = jax.device_put(images, stored)
         self.labels = jax.device_put(labels.astype(np.int32), stored)
         self._key = jax.random.key(seed)
-        self._batch_fn = jax.jit(functools.partial(_batch_at, plan=self._plan),
-                                 out_shardings=out_shardings)
+        self._batch_fn = _compiled_batch_fn(self._plan, sharding)
 
     @property
     def steps_per_epoch(self) -> int:
         """Batches per epoch (``N // B``, or ``ceil(N / B)`` without drop_remainder)."""
         return self._plan.steps_per_epoch
+
+    @property
+    def augmentation(self) -> Augmentation | None:
+        """The augmentation applied to every batch (``None``: none)."""
+        return self._plan.augmentation
 
     def get_batch(self, step: int | jax.Array) -> Batch:
         """Returns the batch of a global step (any step, in any order).
@@ -372,6 +392,7 @@ class StreamingDataset(Dataset):
         self._image_size = image_size
         self._shuffle_buffer = shuffle_buffer
         self._sharding = sharding
+        self._cursor: tuple[int, Iterator[Batch]] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -379,6 +400,25 @@ class StreamingDataset(Dataset):
         if self._drop_remainder:
             return self.num_examples // self.batch_size
         return math.ceil(self.num_examples / self.batch_size)
+
+    def get_batch(self, step: int) -> Batch:
+        """Returns the batch of ``step`` (a Python int).
+
+        Consecutive steps stream from one open pipeline; any other step reopens the
+        pipeline there (skipping records, as on resume), so the result is always the
+        batch the uninterrupted stream would give at ``step``.
+
+        Args:
+          step: global step.
+
+        Returns:
+          The batch dict.
+        """
+        if self._cursor is None or self._cursor[0] != step:
+            self._cursor = (step, self.iterate(step))
+        batch = next(self._cursor[1])
+        self._cursor = (step + 1, self._cursor[1])
+        return batch
 
     def _preprocess(self, index: Any, example: dict) -> dict:
         import tensorflow as tf
@@ -508,8 +548,6 @@ def load(name: str, *, split: str = "train", batch_size: int,
     spec = _spec(name)
     import tensorflow_datasets as tfds
 
-    from sparsejax.data import digits  # noqa: F401  (registers sklearn_digits)
-
     if spec.test_split != "test":
         split = re.sub(r"^test(?=$|\[)", spec.test_split, split)
     if train is None:
@@ -532,19 +570,25 @@ def load(name: str, *, split: str = "train", batch_size: int,
                "data_dir= (or set $TFDS_DATA_DIR) to a directory that holds it.")
     if spec.image_shape is None:
         try:
-            builder.as_dataset(split=split)  # Fail here, not at the first batch, if missing.
+            probe = builder.as_dataset(split=split)  # Fail here, not at the first batch.
         except AssertionError as error:
             raise FileNotFoundError(missing) from error
+        num_examples = int(probe.cardinality())
+        if num_examples < 0:  # Cardinality unknown to tf.data: ask the metadata.
+            num_examples = splits[split].num_examples
         return StreamingDataset(builder, split, info, batch_size=batch_size,
-                                num_examples=splits[split].num_examples, seed=seed,
+                                num_examples=num_examples, seed=seed,
                                 shuffle=train, augmentation=augmentation, drop_remainder=train,
                                 image_size=image_size, shuffle_buffer=shuffle_buffer,
                                 sharding=sharding)
     try:
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        records = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as error:
         raise FileNotFoundError(missing) from error
-    images, labels = arrays["image"], arrays["label"]
+    # Read in chunks (TFDS's batch_size=-1 needs known split sizes, absent under mocks).
+    chunks = list(tfds.as_numpy(records.map(lambda ex: (ex["image"], ex["label"])).batch(8192)))
+    images = np.concatenate([chunk[0] for chunk in chunks])
+    labels = np.concatenate([chunk[1] for chunk in chunks])
     if images.shape[1:] != spec.image_shape:
         raise ValueError(f"{name!r} images have shape {images.shape[1:]}, expected "
                          f"{spec.image_shape}.")
