@@ -1,7 +1,19 @@
-"""sparsejax: pure-function sparsity transforms for JAX, Flax and optax."""
+"""sparsejax: pure-function sparsity transforms for JAX, Flax and optax.
 
+The core (everything importable from here) needs only jax, optax and flax.
+The experiment stack lives in ``sparsejax.data`` and ``sparsejax.experiment``
+and is imported explicitly.
+"""
+
+from sparsejax import compression, tensorcore
+from sparsejax.distributions import erk_sparsities
+from sparsejax.paths import leaf_paths, path_str, selected_paths
 from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block_mask,
                                 channel_mask, nm_mask, topk_mask)
+from sparsejax.permutation import (PermutationResult, permute_channels, permute_for_nm,
+                                   search_permutation)
 from sparsejax.select import keep_count, magnitude_keys, select_topk, threshold
+from sparsejax.summary import Summary, summary
+from sparsejax.tree import apply_masks, compute_masks, prune
 
 __version__ = "0.1.0"
