@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-_BLOCKED = ("tensorflow", "tensorflow_datasets", "orbax", "matplotlib", "absl", "ml_collections",
+_BLOCKED = ("tensorflow", "tensorflow_datasets", "orbax", "matplotlib", "ml_collections",
             "sklearn")
 
 
