@@ -5,7 +5,7 @@ The experiment stack lives in ``sparsejax.data`` and ``sparsejax.experiment``
 and is imported explicitly.
 """
 
-from sparsejax import compression, tensorcore
+from sparsejax import compression, schedules, tensorcore
 from sparsejax.distributions import erk_sparsities
 from sparsejax.paths import leaf_paths, path_str, selected_paths
 from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block_mask,
@@ -14,6 +14,7 @@ from sparsejax.permutation import (PermutationResult, permute_channels, permute_
                                    search_permutation)
 from sparsejax.select import keep_count, magnitude_keys, select_topk, threshold
 from sparsejax.summary import Summary, summary
+from sparsejax.transform import PruningState, get_masks, pruning
 from sparsejax.tree import apply_masks, compute_masks, prune
 
 __version__ = "0.1.0"

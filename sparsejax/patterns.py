@@ -32,6 +32,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from sparsejax import select
 from sparsejax.validate import check_sparsity, normalize_axis
@@ -292,16 +293,18 @@ def _topk_keep(x: Array, k: ArrayLike) -> Array:
 def _nm_keep(x: Array, n: int, m: int, ax: int) -> Array:
   # Jitted: called eagerly (one-shot pruning, host tools) it would otherwise
   # dispatch and compile dozens of small ops per new shape.
-  xm = jnp.moveaxis(select.magnitude_keys(x), ax, -1)
-  moved = xm.shape
-  g = xm.reshape(moved[:-1] + (moved[-1] // m, m))
-  idx = jnp.arange(m)
+  # Split the grouped axis in place into (groups, m): no transposed copy.
+  keys = select.magnitude_keys(x)
+  shape = keys.shape
+  g = keys.reshape(shape[:ax] + (shape[ax] // m, m) + shape[ax + 1:])
+  gax = ax + 1
+  idx = jnp.arange(m).reshape((1,) * gax + (m,) + (1,) * (g.ndim - gax - 1))
   rank = jnp.zeros(g.shape, jnp.int32)
   for j in range(m):
-    gj = g[..., j:j + 1]
+    gj = lax.slice_in_dim(g, j, j + 1, axis=gax)
     rank = rank + ((gj > g) | ((gj == g) & (j < idx))).astype(jnp.int32)
   keep = (rank < n) & (g >= 0)
-  return jnp.moveaxis(keep.reshape(moved), -1, ax)
+  return keep.reshape(shape)
 
 
 def topk_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
