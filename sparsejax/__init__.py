@@ -8,11 +8,17 @@ and is imported explicitly.
 from sparsejax import compression, schedules, tensorcore
 from sparsejax.distributions import erk_sparsities
 from sparsejax.paths import leaf_paths, path_str, selected_paths
+from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
+                           sparse_conv_general_dilated_with_stats, sparse_dot_general,
+                           sparse_dot_general_with_stats)
 from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block_mask,
                                 channel_mask, nm_mask, topk_mask)
 from sparsejax.permutation import (PermutationResult, permute_channels, permute_for_nm,
                                    search_permutation)
-from sparsejax.select import keep_count, magnitude_keys, select_topk, threshold
+from sparsejax.select import (keep_count, kth_largest_key_along, magnitude_keys, select_topk,
+                              threshold)
+from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection, RowTopK,
+                                   SharedColumns, TopK)
 from sparsejax.summary import Summary, summary
 from sparsejax.transform import PruningState, get_masks, pruning
 from sparsejax.tree import apply_masks, compute_masks, prune
