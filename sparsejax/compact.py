@@ -58,6 +58,7 @@ class Packed:
 
 
 _PREFIX_BLOCK = 1024
+_GROUP = 32  # entries per occupancy word
 
 
 def prefix_count(m: ArrayLike) -> Array:
@@ -79,8 +80,40 @@ def prefix_count(m: ArrayLike) -> Array:
   return (inner + before[:, None]).reshape(-1)[:n]
 
 
+def _slots(bits: Array, size: int) -> tuple[Array, Array]:
+  """Occupancy and value slot of every entry, as ``(groups, 32)`` arrays.
+
+  The bytes are read as big-endian 32-bit words (32 entries each); a word's
+  first slot is the exclusive running count of the word popcounts (one small
+  cumulative sum over ``size / 32`` words) and an entry's slot adds the
+  popcount of the bits before it in its word. Everything else is elementwise,
+  so XLA fuses it into the pack scatter / unpack gather instead of
+  materialising a full-size int32 prefix array.
+  """
+  groups = -(-size // _GROUP)
+  b = jnp.pad(bits, (0, groups * 4 - bits.size)).reshape(groups, 4).astype(jnp.uint32)
+  words = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
+  cnt = lax.population_count(words).astype(jnp.int32)
+  first = jnp.cumsum(cnt) - cnt
+  j = lax.broadcasted_iota(jnp.uint32, (groups, _GROUP), 1)
+  w = words[:, None]
+  occupied = ((w >> (31 - j)) & 1).astype(bool)
+  # Bits before entry j are the top j bits; an XLA shift by 32 gives 0 (j = 0).
+  before = lax.population_count(lax.shift_right_logical(w, 32 - j)).astype(jnp.int32)
+  return occupied, first[:, None] + before
+
+
+def _grouped(x: Array, size: int) -> Array:
+  groups = -(-size // _GROUP)
+  return jnp.pad(x.reshape(-1), (0, groups * _GROUP - size)).reshape(groups, _GROUP)
+
+
 def pack(x: ArrayLike, mask: ArrayLike, k: int) -> Packed:
   """Stores ``where(mask, x, 0)`` as bits plus ``k`` values.
+
+  One pass: the mask is packed into bits, each kept entry's slot comes from
+  word popcounts (no full-size prefix array) and one scatter writes the kept
+  values in row-major order.
 
   Args:
     x: array to store.
@@ -103,13 +136,18 @@ def pack(x: ArrayLike, mask: ArrayLike, k: int) -> Packed:
   m = jnp.asarray(mask, bool).reshape(-1)
   if m.size != x.size:
     raise ValueError(f"pack: mask has {m.size} entries, x has shape {x.shape}.")
-  slot = jnp.where(m, prefix_count(m) - 1, k)  # dropped entries go out of range
-  values = jnp.zeros((k,), x.dtype).at[slot].set(x.reshape(-1), mode="drop")
-  return Packed(jnp.packbits(m), values, tuple(x.shape))
+  bits = jnp.packbits(m)
+  occupied, slot = _slots(bits, m.size)
+  slot = jnp.where(occupied, slot, k)  # dropped entries go out of range
+  values = jnp.zeros((k,), x.dtype).at[slot].set(_grouped(x, m.size), mode="drop",
+                                                 unique_indices=True)
+  return Packed(bits, values, tuple(x.shape))
 
 
 def unpack(p: Packed) -> Array:
   """Rebuilds the dense masked array from a :class:`Packed` value.
+
+  One fused gather: each entry's slot is computed from the word popcounts.
 
   Args:
     p: the packed tensor.
@@ -122,10 +160,10 @@ def unpack(p: Packed) -> Array:
     [[1.0, 0.0], [0.0, 1.0]]
   """
   size = math.prod(p.shape)
-  m = jnp.unpackbits(p.bits, count=size).astype(bool)
-  slot = prefix_count(m) - 1
+  occupied, slot = _slots(p.bits, size)
   vals = p.values[jnp.clip(slot, 0, max(p.values.size - 1, 0))]
-  return jnp.where(m, vals, jnp.zeros((), p.values.dtype)).reshape(p.shape)
+  dense = jnp.where(occupied, vals, jnp.zeros((), p.values.dtype))
+  return dense.reshape(-1)[:size].reshape(p.shape)
 
 
 def packed_nbytes(shape: tuple[int, ...], k: int, dtype) -> int:

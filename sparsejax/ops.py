@@ -399,7 +399,19 @@ def _density(x: Array) -> Array:
 _NAN = float("nan")
 
 
-def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux):
+def _depends_on(p: compact.Packed, dtype) -> Array:
+  """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
+
+  XLA:CPU drops ``optimization_barrier`` before scheduling and would otherwise
+  run the pack lazily in the backward pass, keeping the dense A and its
+  selection keys alive across the whole network. ``0 * finite`` is not folded
+  for floats, and NaN values cannot leak: only ``isnan`` of a value is read.
+  """
+  probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(p.values[-1]).astype(jnp.float32)
+  return (probe * 0.0).astype(dtype)
+
+
+def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
   op, pol, where = cfg.op, cfg.policy, cfg.where
   meta = _Meta(jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
   feat = op.out_feature_axes(a.ndim, w.ndim)
@@ -445,8 +457,9 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux):
     a_saved = a_s
     if plan is not None and plan.role == "in" and not pol.straight_through:
       a_saved = compact.take(a_s, plan.idx, plan.axis)
-    elif pol.pack_saved and count is not None and count < a.size:
+    elif pol.pack_saved and count is not None and count < a.size and save:
       a_saved = compact.pack(a, amask, count)
+      y = y + _depends_on(a_saved, y.dtype)
   elif plan is not None and plan.role == "in" and not pol.straight_through:
     a_saved = compact.take(a, plan.idx, plan.axis)
 
@@ -473,10 +486,10 @@ def _backward(cfg: _Cfg, res, cts):
     g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
   a_saved = res["a"]
   if isinstance(a_saved, compact.Packed):
-    # Tie the unpack to dY so XLA cannot hoist it into the forward pass (which
+    # Make the unpack read dY so XLA cannot hoist it into the forward pass (which
     # would keep every layer's dense copy alive and defeat the packing).
-    a_saved, g = lax.optimization_barrier((a_saved, g))
-    a_saved = compact.unpack(a_saved)
+    probe = (jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0).astype(a_saved.values.dtype)
+    a_saved = compact.unpack(dataclasses.replace(a_saved, values=a_saved.values + probe))
   w_keep, idx = res["w"], res["idx"]
   plan = None
   if idx is not None:
@@ -529,7 +542,7 @@ def _backward(cfg: _Cfg, res, cts):
 
 
 def _primal(cfg: _Cfg, a, w, aux):
-  return _forward(cfg, a, w, aux)[0]
+  return _forward(cfg, a, w, aux, save=False)[0]
 
 
 _sparse_op = jax.custom_vjp(_primal, nondiff_argnums=(0,))

@@ -114,6 +114,15 @@ def _total(keys: Sequence[Array], weights: Sequence[Array | int] | None, pred) -
   return total
 
 
+def _flat(keys: Sequence[Array], weights: Sequence[Array | int] | None):
+  """1-D views of keys and weights: XLA:CPU reduces rank-1 arrays 2-3x faster."""
+  flat_keys = [kk.reshape(-1) for kk in keys]
+  if weights is None:
+    return flat_keys, None
+  return flat_keys, [w if isinstance(w, int) else jnp.broadcast_to(w, kk.shape).reshape(-1)
+                     for w, kk in zip(weights, keys)]
+
+
 def _bisect(count_ge, lo: ArrayLike, hi: ArrayLike, k: Array, steps: int | None) -> Array:
   """Largest ``t`` in ``[lo, hi)`` with ``count_ge(t) >= k`` (given it holds at lo).
 
@@ -181,6 +190,7 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
     The int32 key of the k-th largest entry (``-1`` if only NaNs remain).
   """
   k = jnp.asarray(k, jnp.int32)
+  keys, weights = _flat(keys, weights)
   count_ge = lambda t: _total(keys, weights, lambda i, kk: kk >= t)
   if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
     lo, hi = _sample_bracket(keys[0], jnp.maximum(k, 1), count_ge)
@@ -258,6 +268,8 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
     [False, True, False, True]
   """
   k = jnp.asarray(k, jnp.int32)
+  shapes = [kk.shape for kk in keys]
+  keys, weights = _flat(keys, weights)
   v = kth_largest_key(keys, k, weights)
   room = k - _total(keys, weights, lambda i, kk: kk > v)
   n_tied = _total(keys, weights, lambda i, kk: kk == v)
@@ -265,9 +277,7 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
   for kk in keys:
     offsets.append(total)
     total += kk.size
-  flat_index = lambda i, kk: (lax.broadcasted_iota(jnp.int32, kk.shape, kk.ndim - 1)
-                              if kk.ndim == 1 else
-                              jnp.arange(kk.size, dtype=jnp.int32).reshape(kk.shape)) + offsets[i]
+  flat_index = lambda i, kk: lax.iota(jnp.int32, kk.size) + offsets[i]
 
   def partial_ties():
     # Smallest cut c with count(tie & index < c) >= room: bisect on the index.
@@ -280,7 +290,7 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
                  lambda: jnp.where(room > 0, jnp.int32(total), jnp.int32(0)))
   masks = [(kk > v) | ((kk == v) & (v >= 0) & (flat_index(i, kk) < cut))
            for i, kk in enumerate(keys)]
-  return [m & (k > 0) for m in masks]
+  return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)]
 
 
 def threshold(x: ArrayLike, sparsity: ArrayLike, *,

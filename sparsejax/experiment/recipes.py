@@ -1,0 +1,431 @@
+"""Training recipes: a method's config becomes a list of :class:`Phase` values.
+
+``config.method.name`` picks a recipe of :data:`RECIPES`; the other fields of
+``config.method`` are the recipe's keyword arguments. Every phase is trained by
+the one loop :func:`sparsejax.experiment.train.run_phase`, which hands params,
+model collections and pruning masks to the next phase. Recipes only *compose*
+the library's APIs: :func:`sparsejax.transform.pruning` (masks in the optimizer
+state) and :func:`sparsejax.methods.sparsify` (sparse forward/backward).
+
+==============  =================================================================
+recipe          phases
+==============  =================================================================
+dense           train
+magnitude       train dense → (prune one-shot → retrain at ``retrain_lr_scale``)
+                × ``iterations`` (Han et al. 2015; iterative when > 1)
+asp             train dense → one-shot N:M (2:4) → retrain with the same schedule
+                and length (NVIDIA ASP)
+gradual         train with a cubic sparsity ramp (Zhu & Gupta 2017)
+ste             train with N:M forward weights, dense gradients (STE / SR-STE)
+swat            train with SWAT (U / ERK / M, structured variants)
+meprop          train with top-k output gradients (meProp, unified meProp)
+dsg             train with DSG's random-projection neuron selection
+grad_drop       train with weight-gradient drop before the optimizer
+==============  =================================================================
+
+Each phase also names its *cost model* (``cost``) for the training-FLOP estimate
+of :mod:`sparsejax.experiment.flops`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from sparsejax import schedules
+from sparsejax.experiment import flops
+from sparsejax.summary import summary
+from sparsejax.patterns import NM, Pattern, Unstructured
+from sparsejax.transform import pruning
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase of a recipe.
+
+    Attributes:
+      name: short label (checkpoint directory, logs, metrics).
+      num_steps: optimizer steps of the phase.
+      lr_scale: factor on the config's learning-rate schedule.
+      method: a :mod:`sparsejax.methods` method applied with ``sparsify`` to the
+        model, or ``None`` (the model as is).
+      pruning: a :func:`sparsejax.transform.pruning` transform placed last in the
+        optimizer chain, or ``None``.
+      gradient_transform: an optax transform applied to the raw gradients first
+        (weight-gradient drop), or ``None``.
+      cost: cost model of the phase (see :func:`sparsejax.experiment.flops.layer_fractions`).
+      mean_sparsity_ratio: mean over the phase's steps of the scheduled sparsity
+        divided by its final value (1 for fixed masks; below 1 for ramps), used to
+        scale the FLOP estimate.
+    """
+
+    name: str
+    num_steps: int
+    lr_scale: float = 1.0
+    method: Any = None
+    pruning: optax.GradientTransformation | None = None
+    gradient_transform: optax.GradientTransformation | None = None
+    cost: str = "dense"
+    mean_sparsity_ratio: float = 1.0
+
+    def model(self, base: nn.Module) -> nn.Module:
+        """The model this phase trains: ``base`` or ``sparsify(base, method)``."""
+        if self.method is None:
+            return base
+        from sparsejax.adapters import sparsify
+
+        return sparsify(base, self.method)
+
+    def densities(self, state: Mapping[str, Any], layers: Sequence[flops.Layer]
+                  ) -> dict[str, float]:
+        """Kernel path -> density of the weights the phase's forward pass multiplies with.
+
+        Weight-sparsifying methods (SWAT, STE) report their per-layer plan
+        (``1 - s_l``; SWAT-M's budgets move during training around the same
+        total); otherwise the nonzeros of the final params are counted with
+        :func:`sparsejax.summary.summary` (pruned weights are exactly 0).
+        """
+        if self.cost in ("swat", "ste"):
+            return {f"{p}/kernel": 1.0 - s for p, s in self._plan(layers).items()}
+        kernels = {l.kernel for l in layers}
+        rows = summary(jax.device_get(state["params"])).layers
+        return {r.path: r.nonzero / r.params for r in rows if r.path in kernels and r.params}
+
+    def cost_arguments(self, layers: Sequence[flops.Layer]) -> dict[str, Any]:
+        """Extra arguments of :func:`sparsejax.experiment.flops.step_flops` for this phase."""
+        if self.cost == "meprop":
+            return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
+                    "kept": self.method.kept}
+        if self.cost == "dsg":
+            return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
+                    "keep": 1.0 - self.method.sparsity}
+        return {}
+
+    def _plan(self, layers: Sequence[flops.Layer]) -> dict[str, float]:
+        from sparsejax.methods import LayerInfo
+
+        unique = {l.path: LayerInfo(l.path, l.kind, l.kernel_shape, l.out_features)
+                  for l in layers}
+        return self.method.plan(list(unique.values()))
+
+
+def _rule(regex: str) -> str | None:
+    return regex or None
+
+
+def dense(ctx: "Context") -> list[Phase]:
+    """Dense training (the baseline): one phase of the main length."""
+    return [Phase("train", ctx.main_steps)]
+
+
+def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
+              retrain_epochs: float = 0.0, retrain_lr_scale: float = 0.1,
+              distribution: str = "uniform", q: float = 0.0, exclude: str = "") -> list[Phase]:
+    """Han et al.'s prune → retrain: dense training, then ``iterations`` rounds of
+    one-shot magnitude pruning followed by retraining with fixed masks.
+
+    Args:
+      ctx: recipe context.
+      sparsity: final sparsity; round ``i`` of ``n`` prunes to
+        ``1 - (1 - sparsity) ** (i / n)`` (equal fractions of the survivors).
+      iterations: prune → retrain rounds (Han: 1 for LeNets, 5 for VGG-16).
+      retrain_epochs: length of each retraining phase (0: the main length).
+      retrain_lr_scale: retraining LR relative to the original (Han: 1/10 for
+        LeNets, 1/100 for AlexNet).
+      distribution: per-layer spread of the sparsity (``uniform``, ``erk``, ``global``).
+      q: if > 0, Han's rule ``|W| > q · std(W)`` per layer instead of a target.
+      exclude: regex of parameters left dense (e.g. ``"head"``).
+
+    Returns:
+      ``1 + iterations`` phases.
+
+    References:
+      Han et al., "Learning both Weights and Connections for Efficient Neural
+      Networks", NeurIPS 2015.
+    """
+    if iterations < 1:
+        raise ValueError(f"config.method.iterations must be >= 1, got {iterations}.")
+    steps = ctx.epochs_to_steps(retrain_epochs) if retrain_epochs > 0 else ctx.main_steps
+    phases = [Phase("dense", ctx.main_steps)]
+    for i in range(1, iterations + 1):
+        target = None if q > 0 else 1.0 - (1.0 - sparsity) ** (i / iterations)
+        tx = pruning(target, distribution=distribution, update_every=None,
+                     exclude=_rule(exclude), q=q * i / iterations if q > 0 else None)
+        phases.append(Phase(f"retrain{i}", steps, lr_scale=retrain_lr_scale, pruning=tx,
+                            cost="masked"))
+    return phases
+
+
+def _asp_eligible(path: str, leaf: Any) -> bool:
+    """ASP's layer rule: kernels with ``out % 8 == 0`` and ``in % 16 == 0``."""
+    del path
+    shape = getattr(leaf, "shape", ())
+    return len(shape) >= 2 and shape[-1] % 8 == 0 and shape[-2] % 16 == 0
+
+
+def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "") -> list[Phase]:
+    """NVIDIA ASP: train dense → one-shot N:M magnitude masks → retrain, same schedule.
+
+    N:M groups run along the kernel's input axis (``axis=-2``); as in ASP only
+    kernels with ``out % 8 == 0`` and ``in % 16 == 0`` are pruned (the first conv
+    of an RGB network is skipped), biases and norms never.
+
+    Args:
+      ctx: recipe context.
+      n: kept weights per group.
+      m: group size.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      Two phases of the main length.
+
+    References:
+      Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378;
+      NVIDIA apex ``apex.contrib.sparsity``.
+    """
+    tx = pruning(None, pattern=NM(n, m, axis=-2), update_every=None, include=_asp_eligible,
+                 exclude=_rule(exclude))
+    return [Phase("dense", ctx.main_steps),
+            Phase("retrain", ctx.main_steps, pruning=tx, cost="masked")]
+
+
+def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: float = 0.6,
+            frequency: int = 10, distribution: str = "uniform",
+            exclude: str = "") -> list[Phase]:
+    """Gradual magnitude pruning in one phase: ``s_t = s_f (1 - (1 - (t - t0)/(t1 - t0))^3)``
+    for ``t`` in ``[t0, t1]``, masks refreshed every ``frequency`` steps, then fixed.
+
+    Args:
+      ctx: recipe context.
+      sparsity: final sparsity.
+      begin: start of the ramp as a fraction of the training steps.
+      end: end of the ramp (masks are then fixed) as a fraction of the steps.
+      frequency: steps between mask refreshes.
+      distribution: per-layer spread (``uniform``, ``erk``, ``global``).
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878.
+    """
+    total = ctx.main_steps
+    t0, t1 = int(begin * total), max(int(end * total), int(begin * total) + 1)
+    sched = schedules.polynomial(sparsity, begin_step=t0, end_step=t1, frequency=frequency)
+    tx = pruning(sched, distribution=distribution, update_every=frequency, begin_step=t0,
+                 end_step=t1 + 1, exclude=_rule(exclude))
+    values = [float(sched(t)) for t in range(0, total, max(1, total // 200))]
+    return [Phase("train", total, pruning=tx, cost="masked",
+                  mean_sparsity_ratio=(sum(values) / len(values)) / sparsity)]
+
+
+_STRUCTURED = {"none": False, "slice": "slice", "filter": "filter", "channel": "channel"}
+
+
+def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform",
+         structured: str = "none", period: int = 1, dense_first: bool = True,
+         dense_last: bool = False, exclude: str = "") -> list[Phase]:
+    """SWAT: top-K weights forward, top-K weights and activations saved for backward.
+
+    Args:
+      ctx: recipe context.
+      sparsity: weight and activation sparsity (global target for ERK / momentum).
+      distribution: ``"uniform"`` (SWAT-U), ``"erk"`` (SWAT-ERK), ``"momentum"`` (SWAT-M).
+      structured: ``"none"``, ``"slice"`` (kernel slices), ``"filter"`` or ``"channel"``.
+      period: steps between exact top-K threshold refreshes (official: 10–20 on CIFAR).
+      dense_first: keep the first layer dense (official CIFAR configs).
+      dense_last: keep the last layer dense.
+      exclude: regex of module paths kept dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
+    """
+    from sparsejax import methods
+
+    if structured not in _STRUCTURED:
+        raise ValueError(f"config.method.structured={structured!r}; valid: "
+                         f"{', '.join(_STRUCTURED)}.")
+    method = methods.swat(sparsity, distribution=distribution, structured=_STRUCTURED[structured],
+                          period=period, dense_first=dense_first, dense_last=dense_last,
+                          exclude=_rule(exclude))
+    return [Phase("train", ctx.main_steps, method=method, cost="swat")]
+
+
+def ste(ctx: "Context", *, pattern: str = "2:4", sparsity: float = 0.0, decay: float = 0.0,
+        exclude: str = "") -> list[Phase]:
+    """STE / SR-STE: forward with N:M (or top-K) masked weights, dense gradient to W.
+
+    Args:
+      ctx: recipe context.
+      pattern: ``"N:M"`` (e.g. ``"2:4"``) or ``"unstructured"``.
+      sparsity: sparsity of an unstructured pattern (N:M fixes its own).
+      decay: SR-STE's λ (0 = plain STE; the paper uses 2e-4).
+      exclude: regex of module paths kept dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
+      From Scratch", ICLR 2021.
+    """
+    from sparsejax import methods
+
+    rule = parse_pattern(pattern)
+    method = methods.ste(rule, sparsity=None if rule.fixed_sparsity is not None else sparsity,
+                         decay=decay, exclude=_rule(exclude))
+    return [Phase("train", ctx.main_steps, method=method, cost="ste")]
+
+
+def meprop(ctx: "Context", *, k: float = 0.2, unified: bool = False,
+           exclude: str = "") -> list[Phase]:
+    """meProp: top-k output gradients per row in the backward of hidden layers.
+
+    Args:
+      ctx: recipe context.
+      k: kept entries per row: a count if ``>= 1`` (the paper: 80 of 500), else
+        the kept fraction of each layer's width.
+      unified: one shared set of k columns per batch (smaller dense GEMMs).
+      exclude: regex of module paths kept dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Sun et al., "meProp", ICML 2017.
+    """
+    from sparsejax import methods
+
+    k = int(k) if k >= 1 else float(k)
+    method = methods.meprop(k, unified=unified, exclude=_rule(exclude))
+    return [Phase("train", ctx.main_steps, method=method, cost="meprop")]
+
+
+def dsg(ctx: "Context", *, sparsity: float = 0.5, epsilon: float = 0.5,
+        exclude: str = "") -> list[Phase]:
+    """DSG: output neurons chosen per row by a sparse random projection.
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction γ of output neurons dropped per row.
+      epsilon: Johnson–Lindenstrauss distortion of the projection.
+      exclude: regex of module paths kept dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Liu et al., "Dynamic Sparse Graph for Efficient Deep Learning", ICLR 2019.
+    """
+    from sparsejax import methods
+
+    method = methods.dsg(sparsity, epsilon=epsilon, exclude=_rule(exclude))
+    return [Phase("train", ctx.main_steps, method=method, cost="dsg")]
+
+
+def grad_drop(ctx: "Context", *, sparsity: float = 0.9, exclude: str = "") -> list[Phase]:
+    """Weight-gradient drop: the smallest fraction of each dW is zeroed before the optimizer.
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of each kernel gradient dropped.
+      exclude: regex of parameter paths left untouched.
+
+    Returns:
+      One phase.
+
+    References:
+      Aji & Heafield, "Sparse Communication for Distributed Gradient Descent", EMNLP 2017.
+    """
+    from sparsejax import methods
+
+    tx = methods.grad_drop(sparsity, exclude=_rule(exclude))
+    return [Phase("train", ctx.main_steps, gradient_transform=tx, cost="grad_drop")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a recipe needs to know about the run.
+
+    Attributes:
+      main_steps: steps of the main (dense-length) phase.
+      steps_per_epoch: training batches per epoch.
+    """
+
+    main_steps: int
+    steps_per_epoch: int
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        """``epochs`` of training as a number of steps (at least 1)."""
+        return max(1, round(epochs * self.steps_per_epoch))
+
+
+RECIPES: dict[str, Callable[..., list[Phase]]] = {
+    "dense": dense,
+    "magnitude": magnitude,
+    "asp": asp,
+    "gradual": gradual,
+    "ste": ste,
+    "swat": swat,
+    "meprop": meprop,
+    "dsg": dsg,
+    "grad_drop": grad_drop,
+}
+"""Recipe name (``config.method.name``) -> recipe function."""
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parses ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``) into a pattern."""
+    if text == "unstructured":
+        return Unstructured()
+    parts = text.split(":")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return NM(int(parts[0]), int(parts[1]), axis=-2)
+    raise ValueError(f"Unknown pattern {text!r}; use 'unstructured' or 'N:M' such as '2:4'.")
+
+
+def build_phases(config: ml_collections.ConfigDict, main_steps: int,
+                 steps_per_epoch: int) -> list[Phase]:
+    """The phases of ``config.method`` (``name`` + the recipe's arguments).
+
+    Args:
+      config: the run config.
+      main_steps: steps of the main phase.
+      steps_per_epoch: training batches per epoch.
+
+    Returns:
+      The recipe's phases, in order.
+
+    Raises:
+      ValueError: unknown method name or argument (the message lists the valid ones).
+
+    Example:
+      >>> config.method = ml_collections.ConfigDict({"name": "magnitude", "sparsity": 0.8})
+      >>> [p.name for p in build_phases(config, 500, 11)]
+      ['dense', 'retrain1']
+    """
+    kwargs = config.method.to_dict()
+    name = kwargs.pop("name")
+    if name not in RECIPES:
+        raise ValueError(f"Unknown method {name!r}; valid names: {', '.join(sorted(RECIPES))}.")
+    recipe = RECIPES[name]
+    valid = [p for p in inspect.signature(recipe).parameters if p != "ctx"]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"Method {name!r} has no argument(s) {', '.join(unknown)}; valid "
+                         f"config.method fields: name, {', '.join(valid)}.")
+    phases = recipe(Context(main_steps, steps_per_epoch), **kwargs)
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Recipe {name!r} produced duplicate phase names {names}.")
+    return phases

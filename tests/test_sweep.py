@@ -1,0 +1,72 @@
+"""Sweeps: members in sub-workdirs, resume after an interruption, aggregation, job lists."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import pytest
+import tensorflow_datasets as tfds
+
+from sparsejax.experiment import config as config_lib
+from sparsejax.experiment import sweep, train
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = config_lib.smoke(config_lib.base_config())
+    config.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"features": (16,)}})
+    config.num_steps = 2
+    config.checkpoint_every_steps = 0
+    return config
+
+
+MEMBERS = [{"name": "dense", "method": {"name": "dense"}},
+           {"name": "mag50", "method": {"name": "magnitude", "sparsity": 0.5}}]
+
+
+def test_interrupted_sweep_resumes_and_skips_finished_members(tmp_path, monkeypatch):
+    base, workdir = _base(), str(tmp_path)
+    calls = []
+    run = train.run_phase
+
+    def counting(**kwargs):
+        calls.append(kwargs["workdir"])
+        return run(**kwargs)
+
+    monkeypatch.setattr(train, "run_phase", counting)
+    with tfds.testing.mock_data(num_examples=64):
+        sweep.run_sweep(base, MEMBERS, workdir, indices=[0])  # "Killed" after member 0.
+        assert sorted(os.listdir(workdir))[:1] == ["00_dense"]
+        calls.clear()
+        summaries = sweep.run_sweep(base, MEMBERS, workdir)
+    assert {os.path.basename(c) for c in calls} == {"01_mag50"}  # Member 0 skipped.
+    assert [s["name"] for s in summaries] == ["dense", "mag50"]
+    for name in ("results.md", "results.csv", "results.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    table = open(os.path.join(workdir, "results.md")).read()
+    assert "| dense " in table and "| mag50 " in table and "50.0%" in table
+    csv_lines = open(os.path.join(workdir, "results.csv")).read().splitlines()
+    assert csv_lines[0].startswith("name,method,accuracy,weight_sparsity") and len(csv_lines) == 3
+
+
+def test_sweep_member_with_unknown_key_names_it():
+    with pytest.raises(KeyError, match=r"sweep member 1 .*Unknown config key 'method.sparsty'"):
+        sweep.member_configs(_base(), [{}, {"method.sparsty": 0.5}])
+
+
+def test_sweep_index_out_of_range_is_refused(tmp_path):
+    with pytest.raises(IndexError, match="outside the sweep's 2 members"):
+        sweep.run_sweep(_base(), MEMBERS, str(tmp_path), indices=[5])
+
+
+def test_sweep_list_gives_one_command_per_member():
+    lines = sweep.sweep_commands("experiments/swat.py:smoke", "runs/s", 3, ["--config.seed=1"])
+    assert lines == [f"python launch.py --config=experiments/swat.py:smoke --workdir=runs/s "
+                     f"--config.seed=1 --sweep_index={i}" for i in range(3)]
+
+
+def test_config_without_sweep_is_a_clear_error():
+    module = config_lib.load_module(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "asp.py"))
+    with pytest.raises(ValueError, match="defines no sweep"):
+        sweep.members(module, None)
