@@ -5,8 +5,13 @@ The experiment stack lives in ``sparsejax.data`` and ``sparsejax.experiment``
 and is imported explicitly.
 """
 
-from sparsejax import compression, schedules, tensorcore
+from sparsejax import compression, costs, schedules, tensorcore
+from sparsejax.adapters import sparsify
+from sparsejax.adapters.linen import Sparsified
+from sparsejax.adapters.nnx import SparsityState
 from sparsejax.distributions import erk_sparsities
+from sparsejax.methods import Method, dense, dsg, grad_drop, meprop, momentum_budgets, ste, swat
+from sparsejax.monitor import MonitorConfig, flatten_metrics
 from sparsejax.paths import leaf_paths, path_str, selected_paths
 from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,

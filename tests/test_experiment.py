@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 
 from sparsejax import zoo
 from sparsejax.experiment import config as config_lib
-from sparsejax.experiment import flops, recipes, train
+from sparsejax import costs
+from sparsejax.experiment import recipes, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -116,17 +117,17 @@ def test_cifar_configs_use_the_papers_hyper_parameters():
 
 def test_flop_model_reproduces_swat_vgg16_reduction():
     # SPECS §3: VGG-16 at 90/90 with a dense first conv -> ~89.5% fewer training FLOPs.
-    layers = flops.linear_layers(zoo.get_model("vgg16"), (32, 32, 3))
+    layers = costs.linear_layers(zoo.get_model("vgg16"), (32, 32, 3))
     densities = {l.kernel: 0.1 for l in layers[1:]}
-    ratio = flops.step_flops(layers, "swat", densities) / flops.step_flops(layers, "dense", {})
+    ratio = costs.step_flops(layers, "swat", densities) / costs.step_flops(layers, "dense", {})
     assert 1 - ratio == pytest.approx(0.895, abs=0.01)
     assert layers[0].forward_flops == 2 * 32 * 32 * 3 * 3 * 3 * 64
 
 
 def test_mlp_layer_flops_and_meprop_cost():
-    layers = flops.linear_layers(zoo.MLP(features=(4,)), (8, 8, 1))
+    layers = costs.linear_layers(zoo.MLP(features=(4,)), (8, 8, 1))
     assert [l.forward_flops for l in layers] == [2 * 64 * 4, 2 * 4 * 10]
-    cost = flops.step_flops(layers, "meprop", {}, sparsified={"fc1/kernel"}, kept=lambda n: 1)
+    cost = costs.step_flops(layers, "meprop", {}, sparsified={"fc1/kernel"}, kept=lambda n: 1)
     assert cost == 512 * (1 + 2 * 0.25) + 80 * 3
 
 

@@ -24,7 +24,7 @@ grad_drop       train with weight-gradient drop before the optimizer
 ==============  =================================================================
 
 Each phase also names its *cost model* (``cost``) for the training-FLOP estimate
-of :mod:`sparsejax.experiment.flops`.
+of :mod:`sparsejax.costs`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import ml_collections
 import optax
 
 from sparsejax import schedules
-from sparsejax.experiment import flops
+from sparsejax import costs
 from sparsejax.summary import summary
 from sparsejax.patterns import NM, Pattern, Unstructured
 from sparsejax.transform import pruning
@@ -59,7 +59,7 @@ class Phase:
         optimizer chain, or ``None``.
       gradient_transform: an optax transform applied to the raw gradients first
         (weight-gradient drop), or ``None``.
-      cost: cost model of the phase (see :func:`sparsejax.experiment.flops.layer_fractions`).
+      cost: cost model of the phase (see :func:`sparsejax.costs.layer_fractions`).
       mean_sparsity_ratio: mean over the phase's steps of the scheduled sparsity
         divided by its final value (1 for fixed masks; below 1 for ramps), used to
         scale the FLOP estimate.
@@ -82,7 +82,7 @@ class Phase:
 
         return sparsify(base, self.method)
 
-    def densities(self, state: Mapping[str, Any], layers: Sequence[flops.Layer]
+    def densities(self, state: Mapping[str, Any], layers: Sequence[costs.Layer]
                   ) -> dict[str, float]:
         """Kernel path -> density of the weights the phase's forward pass multiplies with.
 
@@ -97,8 +97,8 @@ class Phase:
         rows = summary(jax.device_get(state["params"])).layers
         return {r.path: r.nonzero / r.params for r in rows if r.path in kernels and r.params}
 
-    def cost_arguments(self, layers: Sequence[flops.Layer]) -> dict[str, Any]:
-        """Extra arguments of :func:`sparsejax.experiment.flops.step_flops` for this phase."""
+    def cost_arguments(self, layers: Sequence[costs.Layer]) -> dict[str, Any]:
+        """Extra arguments of :func:`sparsejax.costs.step_flops` for this phase."""
         if self.cost == "meprop":
             return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
                     "kept": self.method.kept}
@@ -107,7 +107,7 @@ class Phase:
                     "keep": 1.0 - self.method.sparsity}
         return {}
 
-    def _plan(self, layers: Sequence[flops.Layer]) -> dict[str, float]:
+    def _plan(self, layers: Sequence[costs.Layer]) -> dict[str, float]:
         from sparsejax.methods import LayerInfo
 
         unique = {l.path: LayerInfo(l.path, l.kind, l.kernel_shape, l.out_features)

@@ -3,7 +3,7 @@
 ``summary.json`` of a run holds the final test accuracy, the achieved weight
 sparsity (of the weights the forward pass multiplies with, over the linear
 layers' kernels, counted with :func:`sparsejax.summary.summary`) and the
-training-FLOP estimate of :mod:`sparsejax.experiment.flops`:
+training-FLOP estimate of :mod:`sparsejax.costs`:
 
 * ``step_flop_reduction``: ``1 -`` (FLOPs of one step of the last phase) /
   (FLOPs of a dense step), the saving while the method is active;
@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 
-from sparsejax.experiment import flops
+from sparsejax import costs
 
 COLUMNS = (
     ("name", "run"), ("method", "method"), ("accuracy", "test accuracy"),
@@ -35,7 +35,7 @@ COLUMNS = (
 
 
 def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
-                densities: Sequence[Mapping[str, float]], layers: Sequence[flops.Layer],
+                densities: Sequence[Mapping[str, float]], layers: Sequence[costs.Layer],
                 main_steps: int, evaluation: Mapping[str, float],
                 wall_time: float) -> dict[str, Any]:
     """Builds the ``summary.json`` record of a finished run.
@@ -45,7 +45,7 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       phases: the recipe's phases.
       densities: per phase, kernel path -> weight density at its end
         (:meth:`sparsejax.experiment.recipes.Phase.densities`).
-      layers: the model's linear layers (:func:`sparsejax.experiment.flops.linear_layers`).
+      layers: the model's linear layers (:func:`sparsejax.costs.linear_layers`).
       main_steps: steps of the main phase (the dense reference length).
       evaluation: final ``{"accuracy", "loss"}``.
       wall_time: seconds spent by this process.
@@ -53,14 +53,14 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
     Returns:
       A JSON-ready dict (see the module docstring for the FLOP fields).
     """
-    dense_step = flops.step_flops(layers, "dense", {})
+    dense_step = costs.step_flops(layers, "dense", {})
     total, phase_rows = 0.0, []
     for phase, final in zip(phases, densities):
         ratio = phase.mean_sparsity_ratio
         mean = {k: 1.0 - (1.0 - d) * ratio for k, d in final.items()}
         args = phase.cost_arguments(layers)
-        step = flops.step_flops(layers, phase.cost, mean, **args)
-        final_step = flops.step_flops(layers, phase.cost, final, **args)
+        step = costs.step_flops(layers, phase.cost, mean, **args)
+        final_step = costs.step_flops(layers, phase.cost, final, **args)
         total += step * phase.num_steps
         phase_rows.append({"name": phase.name, "steps": phase.num_steps,
                            "lr_scale": phase.lr_scale, "cost_model": phase.cost,

@@ -41,7 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sparsejax.experiment import checkpoint as ckpt_lib
 from sparsejax.experiment import config as config_lib
-from sparsejax.experiment import flops, recipes, report
+from sparsejax import costs
+from sparsejax.experiment import recipes, report
 from sparsejax.transform import get_masks
 from sparsejax.tree import apply_masks
 
@@ -469,7 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  config.model.name, ds.name, len(phases),
                  ", ".join(f"{p.name} ({p.num_steps} steps)" for p in phases), mesh.size)
     _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), _resume_point(workdir, phases))
-    layers = flops.linear_layers(base_model, train_ds.info.image_shape)
+    layers = costs.linear_layers(base_model, train_ds.info.image_shape)
     state, offset, densities, final = None, 0, [], None
     for index, phase in enumerate(phases):
         state, final = run_phase(
