@@ -438,7 +438,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     from sparsejax import data, zoo
 
     config_lib.validate(config)
-    if config.distributed and jax.process_count() == 1:
+    if config.distributed and not jax.distributed.is_initialized():
+        # Must run before anything touches a backend (jax.devices(), process_count()).
         jax.distributed.initialize()
     status = ckpt_lib.prepare_workdir(workdir, config_lib.to_dict(config),
                                       overwrite=overwrite, resume=resume)
