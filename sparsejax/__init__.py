@@ -21,7 +21,7 @@ from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block
 from sparsejax.permutation import (PermutationResult, permute_channels, permute_for_nm,
                                    search_permutation)
 from sparsejax.select import (keep_count, kth_largest_key_along, magnitude_keys, select_topk,
-                              threshold)
+                              select_topk_key, threshold)
 from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection, RowTopK,
                                    SharedColumns, TopK)
 from sparsejax.summary import Summary, summary

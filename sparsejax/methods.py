@@ -306,6 +306,7 @@ class SWAT(Method):
   dense_first: bool = True
   dense_last: bool = False
   sample_size: Optional[int] = None
+  straight_through: bool = True
 
   name: ClassVar[str] = "swat"
 
@@ -334,6 +335,7 @@ class SWAT(Method):
                        f"refreshes; 1 = exact top-K every step), got {self.period!r}.")
     _check_bool(self.dense_first, "dense_first")
     _check_bool(self.dense_last, "dense_last")
+    _check_bool(self.straight_through, "straight_through")
 
   @property
   def _momentum(self) -> bool:
@@ -380,9 +382,10 @@ class SWAT(Method):
       w_rule = Cached(sparsity)
       kw["w_threshold"] = state["w_threshold"]
     else:
-      w_rule = TopK(sparsity)
+      w_rule = TopK(sparsity, ties="all")
     a_rule = ((Cached(sparsity, sample_size=self.sample_size) if cached
-               else TopK(sparsity, sample_size=self.sample_size)) if training else None)
+               else TopK(sparsity, sample_size=self.sample_size, ties="all"))
+              if training else None)
     if training and cached:
       refresh = state["step"] % self.period == 0
       kw.update(a_threshold=state["a_threshold"], a_refresh=refresh)
@@ -394,7 +397,8 @@ class SWAT(Method):
         kw["w_sparsity"] = s
       if a_rule is not None:
         kw["a_sparsity"] = s
-    return Policy(weight=w_rule, act_saved=a_rule, straight_through=True), Aux(**kw)
+    return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through),
+            Aux(**kw))
 
   def update(self, info, state, shared, stats, kernel):
     state = dict(state)
@@ -415,7 +419,7 @@ class SWAT(Method):
 def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | str = False,
          period: int = 1, dense_first: bool = True, dense_last: bool = False,
          include: Any = None, exclude: Any = None, sparse_eval: bool = True,
-         sample_size: int | None = None) -> SWAT:
+         sample_size: int | None = None, straight_through: bool = True) -> SWAT:
   """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
   Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
@@ -424,7 +428,9 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
   whole batch tensor), dense over every position so pruned weights keep
   learning (straight-through); the output gradient is never sparsified, so the
   bias gradient is dense. BatchNorm and biases are dense and outside the
-  budget. Evaluation (read-only state) uses the top-K weights unless
+  budget. Top-K keeps ``|x| >=`` the magnitude of the k-th largest entry, as
+  the paper states it (``TopK(ties="all")``: ties at the threshold are all
+  kept, which needs no tie-resolution pass). Evaluation (read-only state) uses the top-K weights unless
   ``sparse_eval=False``.
 
   Args:
@@ -463,6 +469,14 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       over the batch tensor, at the price of an approximate kept count; the
       realised activation sparsity is reported by the monitor. Weights stay
       exact.
+    straight_through: ``True`` (the paper): ``dW`` is dense over every
+      position, so pruned weights keep learning and can return. ``False``:
+      pruned weights get a zero gradient (``dW`` masked like ``W``, the true
+      gradient of the masked layer); with ``structured="filter"`` or
+      ``"channel"`` the ``dW`` convolution is then compacted too, so all three
+      GEMMs (forward, dA, dW) run at the kept size instead of two. Pruned
+      weights can still return when the selection changes, since the kernel
+      is re-scored every step, but they no longer accumulate gradient.
 
   Returns:
     A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
@@ -476,7 +490,8 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
   """
   return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
               distribution=distribution, structured=structured, period=period,
-              dense_first=dense_first, dense_last=dense_last, sample_size=sample_size)
+              dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
+              straight_through=straight_through)
 
 
 # ---------------------------------------------------------------------- STE

@@ -83,10 +83,11 @@ def _sparsity(rule_value: Optional[float], given: Optional[ArrayLike], rule: obj
   return s
 
 
-def _kept_threshold(x: Array, mask: Array) -> Array:
-  """Smallest kept magnitude (the threshold a cache should store), float32."""
-  a = jnp.abs(x.astype(jnp.float32))
-  return jnp.min(jnp.where(mask, a, jnp.inf))
+def _key_threshold(v: Array, k: ArrayLike) -> Array:
+  """The magnitude of the k-th largest key ``v`` (the threshold a cache should
+  store: ``|x| >= t`` keeps the same entries); ``inf`` when nothing is kept."""
+  t = lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)
+  return jnp.where(jnp.asarray(k) > 0, t, jnp.float32(jnp.inf))
 
 
 def _as_rows(x: Array, feature_axes: tuple[int, ...]) -> tuple[Array, Callable[[Array], Array]]:
@@ -144,7 +145,12 @@ class TopK(Sparsifier):
   """Whole-tensor magnitude top-K (one threshold per tensor, SWAT's rule).
 
   Exact (``ceil((1 - sparsity) * size)`` entries, ties to the lowest index) via
-  :func:`sparsejax.select.select_topk`. With ``sample_size`` the threshold is
+  :func:`sparsejax.select.select_topk`. With ``ties="all"`` every entry with
+  ``|x| >=`` the magnitude of the k-th largest is kept (SWAT's rule as the
+  paper states it: at least ``k`` entries, more only on ties at the threshold,
+  e.g. zeros after a ReLU when more than ``sparsity`` of ``x`` is zero, which
+  changes no value), which needs no tie-resolution pass and compiles to one
+  loop fewer. With ``sample_size`` the threshold is
   estimated from a strided sample (Spartan-style, approximate count) and
   ``|x| >= threshold`` is kept. If more than ``sparsity`` of ``x`` is already
   zero (after a ReLU) nothing non-zero is dropped.
@@ -152,6 +158,8 @@ class TopK(Sparsifier):
   Args:
     sparsity: fraction removed, in [0, 1); ``aux`` may override it per call.
     sample_size: optional sample size for an approximate threshold.
+    ties: ``"index"`` (exact count, ties to the lowest index) or ``"all"``
+      (keep every tie at the threshold; the kept count is then not static).
 
   Example:
     >>> TopK(0.5).keep(jnp.array([1., -4., 2., 3.]), SlotInput(), ())[0].tolist()
@@ -163,10 +171,14 @@ class TopK(Sparsifier):
 
   sparsity: float = 0.5
   sample_size: Optional[int] = None
+  ties: str = "index"
   uses: ClassVar[frozenset[str]] = frozenset({"sparsity"})
 
   def __post_init__(self):
     check_sparsity(self.sparsity, "TopK(sparsity=...)")
+    if self.ties not in ("index", "all"):
+      raise ValueError(f"TopK(ties=...) must be 'index' (exact count) or 'all' (keep every "
+                       f"tie at the threshold), got {self.ties!r}.")
     if self.sample_size is not None and (not isinstance(self.sample_size, int)
                                          or self.sample_size <= 0):
       raise ValueError(f"TopK(sample_size=...) must be a positive int or None, "
@@ -177,11 +189,13 @@ class TopK(Sparsifier):
     if self.sample_size is not None:
       t = select.threshold(x, s, sample_size=self.sample_size)
       return jnp.abs(x.astype(jnp.float32)) >= t, t
-    m = Unstructured().mask(x, s, where)
-    return m, _kept_threshold(x, m)
+    check_sparsity(s, where)
+    k = select.keep_count(s, x.size)
+    [m], v = select.select_topk_key([select.magnitude_keys(x)], k, ties=self.ties)
+    return m, _key_threshold(v, k)
 
   def static_count(self, shape, given):
-    if self.sample_size is not None or given.sparsity is not None:
+    if self.sample_size is not None or given.sparsity is not None or self.ties == "all":
       return None
     return select.keep_count(self.sparsity, math.prod(shape))
 

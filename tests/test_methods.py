@@ -111,3 +111,26 @@ def test_grad_drop_keeps_exact_topk_of_each_kernel():
   np.testing.assert_array_equal(out["Dense_0"]["bias"], 1.0)
   assert int(state.count) == 1
   optax.chain(tx, optax.sgd(0.1)).init(g)
+
+
+def test_swat_straight_through_false_gives_pruned_filters_zero_gradient():
+  from sparsejax.ops import sparse_conv_general_dilated
+  method = methods.swat(0.5, structured="filter", straight_through=False)
+  info = LAYERS[1]
+  w = jax.random.normal(jax.random.key(0), info.kernel_shape)
+  a = jax.nn.relu(jax.random.normal(jax.random.key(1), (2, 6, 6, 16)))
+  policy, aux = method.policy_aux(info, 0.5, method.init_state(info, 0.5, w), None, True)
+  assert not policy.straight_through
+  loss = lambda w_: sparse_conv_general_dilated(
+      a, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), policy=policy,
+      aux=aux).sum()
+  dw = jax.grad(loss)(w)
+  live = np.asarray(jnp.any(dw != 0, axis=(0, 1, 2)))
+  assert live.sum() == 16
+  # Kept filters are the 16 of largest mean |W|; their gradient is the dense one.
+  kept = np.argsort(-np.asarray(jnp.abs(w).mean(axis=(0, 1, 2))))[:16]
+  assert set(np.flatnonzero(live)) == set(kept.tolist())
+  paper = methods.swat(0.5, structured="filter")
+  assert paper.policy_aux(info, 0.5, paper.init_state(info, 0.5, w), None, True)[0].straight_through
+  with pytest.raises(TypeError):
+    methods.swat(0.5, straight_through=1)

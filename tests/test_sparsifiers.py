@@ -109,3 +109,14 @@ def test_rules_are_hashable_and_validate():
     TopK(-0.1)
   with pytest.raises(ValueError, match="sample_size"):
     TopK(0.5, sample_size=0)
+
+
+def test_topk_threshold_is_smallest_kept_and_ties_all_keeps_ties():
+  x = jnp.array([1.0, -4.0, 2.0, 2.0, 0.5, -2.0])
+  m, t = TopK(0.5).keep(x, SlotInput(), ())
+  assert int(m.sum()) == 3 and float(t) == float(jnp.min(jnp.where(m, jnp.abs(x), jnp.inf)))
+  m_all, t_all = TopK(0.5, ties="all").keep(x, SlotInput(), ())
+  assert m_all.tolist() == [False, True, True, True, False, True] and float(t_all) == 2.0
+  assert TopK(0.5, ties="all").static_count(x.shape, SlotInput()) is None
+  with pytest.raises(ValueError, match="ties"):
+    TopK(0.5, ties="random")
