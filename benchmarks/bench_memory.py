@@ -46,98 +46,98 @@ CONFIGS = {
 
 
 def with_policy(policy: Policy | None):
-  """An ``nn.intercept_methods`` interceptor running Conv/Dense through the sparse ops.
+    """An ``nn.intercept_methods`` interceptor running Conv/Dense through the sparse ops.
 
-  The first conv (3 input channels: the image) stays dense.
-  """
+    The first conv (3 input channels: the image) stays dense.
+    """
 
-  def interceptor(next_fun, args, kwargs, ctx):
-    mod = ctx.module
-    if policy is None or ctx.method_name != "__call__" or not isinstance(mod, (nn.Conv,
-                                                                               nn.Dense)):
-      return next_fun(*args, **kwargs)
-    if isinstance(mod, nn.Conv):
-      if args[0].shape[-1] <= 3:
-        return next_fun(*args, **kwargs)
-      field, op = "conv_general_dilated", sparse_conv_general_dilated
-    else:
-      field, op = "dot_general", sparse_dot_general
-    object.__setattr__(mod, field, functools.partial(op, policy=policy, where=mod.name))
-    try:
-      return next_fun(*args, **kwargs)
-    finally:
-      object.__setattr__(mod, field, None)
+    def interceptor(next_fun, args, kwargs, ctx):
+        mod = ctx.module
+        if policy is None or ctx.method_name != "__call__" or not isinstance(mod, (nn.Conv,
+                                                                                   nn.Dense)):
+            return next_fun(*args, **kwargs)
+        if isinstance(mod, nn.Conv):
+            if args[0].shape[-1] <= 3:
+                return next_fun(*args, **kwargs)
+            field, op = "conv_general_dilated", sparse_conv_general_dilated
+        else:
+            field, op = "dot_general", sparse_dot_general
+        object.__setattr__(mod, field, functools.partial(op, policy=policy, where=mod.name))
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            object.__setattr__(mod, field, None)
 
-  return interceptor
+    return interceptor
 
 
 def make_step(model: nn.Module, policy: Policy | None, has_bn: bool):
-  """jit-ed SGD step ``(params, batch_stats, x, y) -> (params, batch_stats, loss)``."""
+    """jit-ed SGD step ``(params, batch_stats, x, y) -> (params, batch_stats, loss)``."""
 
-  def loss_fn(params, batch_stats, x, y):
-    variables = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
-    with nn.intercept_methods(with_policy(policy)):
-      if has_bn:
-        logits, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        batch_stats = upd["batch_stats"]
-      else:
-        logits = model.apply(variables, x, train=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, batch_stats
+    def loss_fn(params, batch_stats, x, y):
+        variables = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
+        with nn.intercept_methods(with_policy(policy)):
+            if has_bn:
+                logits, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+                batch_stats = upd["batch_stats"]
+            else:
+                logits = model.apply(variables, x, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, batch_stats
 
-  def step(params, batch_stats, x, y):
-    (loss, batch_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, y)
-    params = jax.tree.map(lambda p, d: p - 0.1 * d, params, g)
-    return params, batch_stats, loss
+    def step(params, batch_stats, x, y):
+        (loss, batch_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, y)
+        params = jax.tree.map(lambda p, d: p - 0.1 * d, params, g)
+        return params, batch_stats, loss
 
-  return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def measure(name: str, model: nn.Module, batch: int, repeats: int) -> list[dict]:
-  """Temp memory and step time of every config on one model."""
-  x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
-  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
-  variables = model.init(jax.random.key(2), x, train=True)
-  has_bn = "batch_stats" in variables
-  rows, fns = [], {}
-  for cfg, policy in CONFIGS.items():
-    step = make_step(model, policy, has_bn)
-    state = {"p": variables["params"], "b": variables.get("batch_stats", {})}
-    state = jax.tree.map(jnp.copy, state)
-    compiled = step.lower(state["p"], state["b"], x, y).compile()
-    mem = compiled.memory_analysis()
+    """Temp memory and step time of every config on one model."""
+    x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
+    y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+    variables = model.init(jax.random.key(2), x, train=True)
+    has_bn = "batch_stats" in variables
+    rows, fns = [], {}
+    for cfg, policy in CONFIGS.items():
+        step = make_step(model, policy, has_bn)
+        state = {"p": variables["params"], "b": variables.get("batch_stats", {})}
+        state = jax.tree.map(jnp.copy, state)
+        compiled = step.lower(state["p"], state["b"], x, y).compile()
+        mem = compiled.memory_analysis()
 
-    def run(step=compiled, state=state):
-      state["p"], state["b"], loss = step(state["p"], state["b"], x, y)
-      return loss
+        def run(step=compiled, state=state):
+            state["p"], state["b"], loss = step(state["p"], state["b"], x, y)
+            return loss
 
-    fns[cfg] = run
-    rows.append({"model": name, "config": cfg, "temp_MiB": mem.temp_size_in_bytes / 2**20})
-  samples = time_samples(fns, repeats=repeats, inner=1, warmup=1)
-  ratios = median_ratios(samples, "dense")
-  dense_temp = rows[0]["temp_MiB"]
-  for row in rows:
-    row["temp_vs_dense"] = row["temp_MiB"] / dense_temp
-    row["step_ms"] = sorted(samples[row["config"]])[len(samples[row["config"]]) // 2] * 1e3
-    row["time_vs_dense"] = ratios[row["config"]]
-  return rows
+        fns[cfg] = run
+        rows.append({"model": name, "config": cfg, "temp_MiB": mem.temp_size_in_bytes / 2**20})
+    samples = time_samples(fns, repeats=repeats, inner=1, warmup=1)
+    ratios = median_ratios(samples, "dense")
+    dense_temp = rows[0]["temp_MiB"]
+    for row in rows:
+        row["temp_vs_dense"] = row["temp_MiB"] / dense_temp
+        row["step_ms"] = sorted(samples[row["config"]])[len(samples[row["config"]]) // 2] * 1e3
+        row["time_vs_dense"] = ratios[row["config"]]
+    return rows
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--json", default=None, help="also write the JSON result here")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--resnet-width", type=int, default=64,
-                      help="ResNet-18 first-stage width (64 = the paper's model)")
-  args = parser.parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the JSON result here")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--resnet-width", type=int, default=64,
+                        help="ResNet-18 first-stage width (64 = the paper's model)")
+    args = parser.parse_args()
 
-  rows = measure("refcnn b64", zoo.get_model("refcnn"), 64, args.repeats)
-  rows += measure(f"resnet18(w={args.resnet_width}) b32",
-                  zoo.get_model("resnet18", width=args.resnet_width), 32, args.repeats)
-  targets = [Target(f"{r['model']}: {r['config']} temp / dense", r["temp_vs_dense"], "<=", 0.75)
-             for r in rows if r["config"] == "swat80 packed"]
-  report(rows, targets, args.json, title="bench_memory")
+    rows = measure("refcnn b64", zoo.get_model("refcnn"), 64, args.repeats)
+    rows += measure(f"resnet18(w={args.resnet_width}) b32",
+                    zoo.get_model("resnet18", width=args.resnet_width), 32, args.repeats)
+    targets = [Target(f"{r['model']}: {r['config']} temp / dense", r["temp_vs_dense"], "<=", 0.75)
+               for r in rows if r["config"] == "swat80 packed"]
+    report(rows, targets, args.json, title="bench_memory")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -31,57 +31,57 @@ BATCH = 64
 
 
 def make_runner(model, params, tx, x, y):
-  """A thunk running one jitted train step and carrying params and state along."""
+    """A thunk running one jitted train step and carrying params and state along."""
 
-  def loss_fn(p):
-    logits = model.apply({"params": p}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  @jax.jit
-  def step(p, opt_state):
-    loss, grads = jax.value_and_grad(loss_fn)(p)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, loss
+    @jax.jit
+    def step(p, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
 
-  carry = {"params": params, "opt_state": tx.init(params)}
+    carry = {"params": params, "opt_state": tx.init(params)}
 
-  def run():
-    carry["params"], carry["opt_state"], loss = step(carry["params"], carry["opt_state"])
-    return loss
+    def run():
+        carry["params"], carry["opt_state"], loss = step(carry["params"], carry["opt_state"])
+        return loss
 
-  return run
+    return run
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--json", default=None, help="also write the JSON result here")
-  parser.add_argument("--repeats", type=int, default=31)
-  parser.add_argument("--inner", type=int, default=2)
-  args = parser.parse_args()
-  logging.getLogger("sparsejax").setLevel(logging.ERROR)  # conv1 (3 inputs) skips 2:4
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the JSON result here")
+    parser.add_argument("--repeats", type=int, default=31)
+    parser.add_argument("--inner", type=int, default=2)
+    args = parser.parse_args()
+    logging.getLogger("sparsejax").setLevel(logging.ERROR)  # conv1 (3 inputs) skips 2:4
 
-  model = zoo.get_model("refcnn", num_classes=10)
-  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3), jnp.float32)
-  y = jax.random.randint(jax.random.key(2), (BATCH,), 0, 10)
-  params = model.init(jax.random.key(0), x)["params"]
-  sgd = lambda: optax.sgd(0.01, momentum=0.9)
-  configs = {
-      "dense": sgd(),
-      "fixed mask 80%": optax.chain(sgd(), pruning(0.8, update_every=None, exclude="head")),
-      "unstructured 80% every step": optax.chain(sgd(), pruning(0.8, exclude="head")),
-      "2:4 every step": optax.chain(sgd(), pruning(None, pattern=NM(2, 4), exclude="head")),
-  }
-  runners = {name: make_runner(model, params, tx, x, y) for name, tx in configs.items()}
-  samples = time_samples(runners, repeats=args.repeats, inner=args.inner)
-  ratios = median_ratios(samples, "dense")
-  rows = [{"config": name, "median_ms": statistics.median(s) * 1e3,
-           "ratio_to_dense": ratios[name]} for name, s in samples.items()]
-  bounds = {"fixed mask 80%": 1.01, "unstructured 80% every step": 1.05,
-            "2:4 every step": 1.02}
-  targets = [Target(f"{name} / dense", ratios[name], "<=", bound)
-             for name, bound in bounds.items()]
-  report(rows, targets, args.json, title="bench_pruning_step")
+    model = zoo.get_model("refcnn", num_classes=10)
+    x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3), jnp.float32)
+    y = jax.random.randint(jax.random.key(2), (BATCH,), 0, 10)
+    params = model.init(jax.random.key(0), x)["params"]
+    sgd = lambda: optax.sgd(0.01, momentum=0.9)
+    configs = {
+        "dense": sgd(),
+        "fixed mask 80%": optax.chain(sgd(), pruning(0.8, update_every=None, exclude="head")),
+        "unstructured 80% every step": optax.chain(sgd(), pruning(0.8, exclude="head")),
+        "2:4 every step": optax.chain(sgd(), pruning(None, pattern=NM(2, 4), exclude="head")),
+    }
+    runners = {name: make_runner(model, params, tx, x, y) for name, tx in configs.items()}
+    samples = time_samples(runners, repeats=args.repeats, inner=args.inner)
+    ratios = median_ratios(samples, "dense")
+    rows = [{"config": name, "median_ms": statistics.median(s) * 1e3,
+             "ratio_to_dense": ratios[name]} for name, s in samples.items()]
+    bounds = {"fixed mask 80%": 1.01, "unstructured 80% every step": 1.05,
+              "2:4 every step": 1.02}
+    targets = [Target(f"{name} / dense", ratios[name], "<=", bound)
+               for name, bound in bounds.items()]
+    report(rows, targets, args.json, title="bench_pruning_step")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -54,88 +54,88 @@ BOUNDS = {"swat80_p1": 1.15, "swat80_p20": 1.05, "ste_2:4": 1.05, "meprop_20%": 
 
 
 def make_step(model, variables, x, y):
-  """The jitted train step, its initial carry and a thunk running it."""
-  tx = optax.sgd(0.05, momentum=0.9)
+    """The jitted train step, its initial carry and a thunk running it."""
+    tx = optax.sgd(0.05, momentum=0.9)
 
-  def loss_fn(params, state):
-    logits, updates = model.apply({**state, "params": params}, x, train=True, mutable=MUTABLE)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+    def loss_fn(params, state):
+        logits, updates = model.apply({**state, "params": params}, x, train=True, mutable=MUTABLE)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
 
-  def step(params, state, opt_state):
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state)
-    u, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, u), {**state, **updates}, opt_state, loss
+    def step(params, state, opt_state):
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state)
+        u, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, u), {**state, **updates}, opt_state, loss
 
-  params = variables["params"]
-  state = {k: v for k, v in variables.items() if k != "params"}
-  carry = [params, state, tx.init(params)]
-  return step, carry
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    carry = [params, state, tx.init(params)]
+    return step, carry
 
 
 def build(name, method, model, x, y):
-  wrapped = model if method is None else sparsify(model, method)
-  variables = wrapped.init(jax.random.key(0), x, train=True)
-  step, carry = make_step(wrapped, variables, x, y)
-  start = time.perf_counter()
-  compiled = jax.jit(step).lower(*carry).compile()
-  compile_s = time.perf_counter() - start
-  mem = compiled.memory_analysis()
-  temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
+    wrapped = model if method is None else sparsify(model, method)
+    variables = wrapped.init(jax.random.key(0), x, train=True)
+    step, carry = make_step(wrapped, variables, x, y)
+    start = time.perf_counter()
+    compiled = jax.jit(step).lower(*carry).compile()
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
 
-  def run():
-    carry[0], carry[1], carry[2], loss = compiled(*carry)
-    return loss
+    def run():
+        carry[0], carry[1], carry[2], loss = compiled(*carry)
+        return loss
 
-  return run, compile_s, temp
+    return run, compile_s, temp
 
 
 def bench_model(model_name, repeats, inner):
-  model = zoo.get_model(model_name)
-  x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3))
-  y = jnp.arange(BATCH) % 10
-  runs, rows = {}, []
-  info = {}
-  for name, method in CONFIGS.items():
-    run, compile_s, temp = build(name, method, model, x, y)
-    runs[name] = run
-    info[name] = (compile_s, temp)
-  samples = time_samples(runs, repeats=repeats, inner=inner, warmup=1)
-  ratios = median_ratios(samples, "dense")
-  dense_compile, dense_temp = info["dense"]
-  for name in CONFIGS:
-    compile_s, temp = info[name]
-    rows.append({"model": model_name, "config": name,
-                 "ms": 1e3 * sorted(samples[name])[len(samples[name]) // 2],
-                 "ratio": ratios[name], "compile_s": compile_s,
-                 "compile_ratio": compile_s / dense_compile,
-                 "temp_MiB": -1.0 if temp is None else temp / 2**20,
-                 "temp_ratio": -1.0 if not (temp and dense_temp) else temp / dense_temp})
-  targets = [Target(f"{model_name} {n} step ratio", ratios[n], "<=", b)
-             for n, b in BOUNDS.items()]
-  swat_row = next(r for r in rows if r["config"] == "swat80_p1")
-  if swat_row["temp_ratio"] > 0:
-    targets.append(Target(f"{model_name} swat80 temp memory ratio", swat_row["temp_ratio"],
-                          "<=", 0.75))
-  targets.append(Target(f"{model_name} swat80 compile ratio", swat_row["compile_ratio"],
-                        "<=", 1.5))
-  return rows, targets
+    model = zoo.get_model(model_name)
+    x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3))
+    y = jnp.arange(BATCH) % 10
+    runs, rows = {}, []
+    info = {}
+    for name, method in CONFIGS.items():
+        run, compile_s, temp = build(name, method, model, x, y)
+        runs[name] = run
+        info[name] = (compile_s, temp)
+    samples = time_samples(runs, repeats=repeats, inner=inner, warmup=1)
+    ratios = median_ratios(samples, "dense")
+    dense_compile, dense_temp = info["dense"]
+    for name in CONFIGS:
+        compile_s, temp = info[name]
+        rows.append({"model": model_name, "config": name,
+                     "ms": 1e3 * sorted(samples[name])[len(samples[name]) // 2],
+                     "ratio": ratios[name], "compile_s": compile_s,
+                     "compile_ratio": compile_s / dense_compile,
+                     "temp_MiB": -1.0 if temp is None else temp / 2**20,
+                     "temp_ratio": -1.0 if not (temp and dense_temp) else temp / dense_temp})
+    targets = [Target(f"{model_name} {n} step ratio", ratios[n], "<=", b)
+               for n, b in BOUNDS.items()]
+    swat_row = next(r for r in rows if r["config"] == "swat80_p1")
+    if swat_row["temp_ratio"] > 0:
+        targets.append(Target(f"{model_name} swat80 temp memory ratio", swat_row["temp_ratio"],
+                              "<=", 0.75))
+    targets.append(Target(f"{model_name} swat80 compile ratio", swat_row["compile_ratio"],
+                          "<=", 1.5))
+    return rows, targets
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--json", default=None, help="also write the JSON result here")
-  parser.add_argument("--quick", action="store_true", help="few rounds (smoke run)")
-  parser.add_argument("--models", default="refcnn,resnet18")
-  args = parser.parse_args()
-  logging.getLogger("sparsejax").setLevel(logging.WARNING)
-  repeats, inner = (3, 1) if args.quick else (11, 2)
-  rows, targets = [], []
-  for name in args.models.split(","):
-    r, t = bench_model(name, repeats, inner)
-    rows += r
-    targets += t
-  report(rows, targets, args.json, title="training methods (linen adapter)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the JSON result here")
+    parser.add_argument("--quick", action="store_true", help="few rounds (smoke run)")
+    parser.add_argument("--models", default="refcnn,resnet18")
+    args = parser.parse_args()
+    logging.getLogger("sparsejax").setLevel(logging.WARNING)
+    repeats, inner = (3, 1) if args.quick else (11, 2)
+    rows, targets = [], []
+    for name in args.models.split(","):
+        r, t = bench_model(name, repeats, inner)
+        rows += r
+        targets += t
+    report(rows, targets, args.json, title="training methods (linen adapter)")
 
 
 if __name__ == "__main__":
-  main()
+    main()

@@ -74,171 +74,171 @@ MOMENTUM_DENSITY_CAP = 0.99
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
-  """A linear layer as the adapters see it (static, hashable).
+    """A linear layer as the adapters see it (static, hashable).
 
-  Attributes:
-    path: module path, ``"Block_0/Conv_1"`` (the params path minus ``/kernel``).
-    kind: ``"dense"`` (Dense, DenseGeneral, Linear, LinearGeneral), ``"conv"``
-      or ``"einsum"``.
-    kernel_shape: the kernel's shape.
-    out_features: number of output features (product of the kernel's output
-      dims): the width meProp's ``k`` and DSG's neuron selection apply to.
-  """
+    Attributes:
+      path: module path, ``"Block_0/Conv_1"`` (the params path minus ``/kernel``).
+      kind: ``"dense"`` (Dense, DenseGeneral, Linear, LinearGeneral), ``"conv"``
+        or ``"einsum"``.
+      kernel_shape: the kernel's shape.
+      out_features: number of output features (product of the kernel's output
+        dims): the width meProp's ``k`` and DSG's neuron selection apply to.
+    """
 
-  path: str
-  kind: str
-  kernel_shape: tuple[int, ...]
-  out_features: int
+    path: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    out_features: int
 
-  @property
-  def size(self) -> int:
-    """Number of kernel entries."""
-    return math.prod(self.kernel_shape)
+    @property
+    def size(self) -> int:
+        """Number of kernel entries."""
+        return math.prod(self.kernel_shape)
 
 
 def _check_rule(rule: Any, name: str) -> Any:
-  if rule is None or callable(rule) or isinstance(rule, str):
-    return rule
-  if isinstance(rule, (list, tuple)) and all(isinstance(r, str) for r in rule):
-    return tuple(rule)
-  raise TypeError(f"{name} must be a regex string, a sequence of regex strings or a callable "
-                  f"(path, leaf) -> bool, got {rule!r}.")
+    if rule is None or callable(rule) or isinstance(rule, str):
+        return rule
+    if isinstance(rule, (list, tuple)) and all(isinstance(r, str) for r in rule):
+        return tuple(rule)
+    raise TypeError(f"{name} must be a regex string, a sequence of regex strings or a callable "
+                    f"(path, leaf) -> bool, got {rule!r}.")
 
 
 def _check_bool(value: Any, name: str) -> None:
-  if not isinstance(value, bool):
-    raise TypeError(f"{name} must be True or False, got {value!r}.")
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
 
 
 def _state_sparsity(s: float) -> Array:
-  return jnp.asarray(s, jnp.float32)
+    return jnp.asarray(s, jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """Base class: a hashable recipe turning layers into sparse-op policies.
+    """Base class: a hashable recipe turning layers into sparse-op policies.
 
-  Subclasses implement :meth:`_plan` and :meth:`policy_aux`, and, when they
-  keep state between steps, :meth:`init_state` / :meth:`update` (and the
-  ``shared`` hooks for state that spans layers, SWAT-M's budgets).
+    Subclasses implement :meth:`_plan` and :meth:`policy_aux`, and, when they
+    keep state between steps, :meth:`init_state` / :meth:`update` (and the
+    ``shared`` hooks for state that spans layers, SWAT-M's budgets).
 
-  Attributes:
-    include: optional module-path rule; only matching layers are sparse.
-    exclude: optional module-path rule; matching layers stay dense.
-    sparse_eval: in evaluation mode (read-only state) run the sparse forward
-      (True) or the dense layer (False).
-  """
-
-  include: Any = None
-  exclude: Any = None
-  sparse_eval: bool = True
-
-  name: ClassVar[str] = "method"
-
-  def __post_init__(self):
-    object.__setattr__(self, "include", _check_rule(self.include, "include"))
-    object.__setattr__(self, "exclude", _check_rule(self.exclude, "exclude"))
-    _check_bool(self.sparse_eval, "sparse_eval")
-
-  # ----------------------------------------------------------------- plan
-  def plan(self, layers: Sequence[LayerInfo]) -> dict[str, float]:
-    """Sparse layers and their sparsity, from all layers in call order.
-
-    Args:
-      layers: every supported layer the model calls, in call order (each path
-        once).
-
-    Returns:
-      Path -> sparsity (a Python float) for the layers this method makes
-      sparse, in call order; the others stay dense. Decisions are logged on
-      the ``"sparsejax"`` logger.
-
-    Raises:
-      ValueError: when the method cannot apply to a chosen layer (e.g. meProp's
-        ``k`` above the layer's width); the message names the layer.
+    Attributes:
+      include: optional module-path rule; only matching layers are sparse.
+      exclude: optional module-path rule; matching layers stay dense.
+      sparse_eval: in evaluation mode (read-only state) run the sparse forward
+        (True) or the dense layer (False).
     """
-    names = [info.path for info in layers]
-    inc = paths.PathMatcher(self.include, "include") if self.include is not None else None
-    exc = paths.PathMatcher(self.exclude, "exclude") if self.exclude is not None else None
-    for m in (inc, exc):
-      if m is not None:
-        m.warn_unmatched(names)
-    chosen = []
-    for info in layers:
-      if inc is not None and inc(info.path, None) is None:
-        logger.info("%s: %s stays dense (not matched by include)", self.name, info.path)
-        continue
-      veto = exc(info.path, None) if exc is not None else None
-      if veto is not None:
-        logger.info("%s: %s stays dense (%s)", self.name, info.path, veto)
-        continue
-      chosen.append(info)
-    chosen = self._select(list(layers), chosen)
-    plan = self.sparsities({c.path: c.kernel_shape for c in chosen})
-    for path, s in plan.items():
-      logger.info("%s: %s sparse at %.4f", self.name, path, s)
-    return plan
 
-  def _select(self, layers: list[LayerInfo], chosen: list[LayerInfo]) -> list[LayerInfo]:
-    """Method-specific filtering of the layers left by include/exclude."""
-    return chosen
+    include: Any = None
+    exclude: Any = None
+    sparse_eval: bool = True
 
-  def sparsities(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
-    """Static per-layer sparsity of the sparse layers (path -> kernel shape).
+    name: ClassVar[str] = "method"
 
-    A pure function of the sparse layers' kernel shapes, so the adapters can
-    recompute it at every trace from the state they stored at init.
-    """
-    raise NotImplementedError
+    def __post_init__(self):
+        object.__setattr__(self, "include", _check_rule(self.include, "include"))
+        object.__setattr__(self, "exclude", _check_rule(self.exclude, "exclude"))
+        _check_bool(self.sparse_eval, "sparse_eval")
 
-  # ---------------------------------------------------------------- state
-  def init_state(self, info: LayerInfo, sparsity: float, kernel: ArrayLike) -> State:
-    """Initial per-layer state; every sparse layer stores its ``sparsity``."""
-    del info, kernel
-    return {"sparsity": jnp.asarray(sparsity, jnp.float32)}
+    # ----------------------------------------------------------------- plan
+    def plan(self, layers: Sequence[LayerInfo]) -> dict[str, float]:
+        """Sparse layers and their sparsity, from all layers in call order.
 
-  def init_shared(self, plan: Mapping[str, float]) -> Optional[State]:
-    """Initial state shared by all layers (``None``: the method needs none)."""
-    del plan
-    return None
+        Args:
+          layers: every supported layer the model calls, in call order (each path
+            once).
 
-  def refresh_shared(self, shared: State, sizes: Mapping[str, int]) -> State:
-    """Updates the shared state once per training step, before the layers run."""
-    del sizes
-    return shared
+        Returns:
+          Path -> sparsity (a Python float) for the layers this method makes
+          sparse, in call order; the others stay dense. Decisions are logged on
+          the ``"sparsejax"`` logger.
 
-  def policy_aux(self, info: LayerInfo, sparsity: float, state: State,
-                 shared: Optional[State], training: bool
-                 ) -> tuple[Optional[Policy], Optional[Aux]]:
-    """The layer's policy (``None``: run the dense op) and dynamic inputs.
+        Raises:
+          ValueError: when the method cannot apply to a chosen layer (e.g. meProp's
+            ``k`` above the layer's width); the message names the layer.
+        """
+        names = [info.path for info in layers]
+        inc = paths.PathMatcher(self.include, "include") if self.include is not None else None
+        exc = paths.PathMatcher(self.exclude, "exclude") if self.exclude is not None else None
+        for m in (inc, exc):
+            if m is not None:
+                m.warn_unmatched(names)
+        chosen = []
+        for info in layers:
+            if inc is not None and inc(info.path, None) is None:
+                logger.info("%s: %s stays dense (not matched by include)", self.name, info.path)
+                continue
+            veto = exc(info.path, None) if exc is not None else None
+            if veto is not None:
+                logger.info("%s: %s stays dense (%s)", self.name, info.path, veto)
+                continue
+            chosen.append(info)
+        chosen = self._select(list(layers), chosen)
+        plan = self.sparsities({c.path: c.kernel_shape for c in chosen})
+        for path, s in plan.items():
+            logger.info("%s: %s sparse at %.4f", self.name, path, s)
+        return plan
 
-    Args:
-      info: the layer.
-      sparsity: its static sparsity from :meth:`sparsities`.
-      state: its current state (arrays).
-      shared: the shared state, if the method has one.
-      training: whether this call trains (state mutable).
-    """
-    raise NotImplementedError
+    def _select(self, layers: list[LayerInfo], chosen: list[LayerInfo]) -> list[LayerInfo]:
+        """Method-specific filtering of the layers left by include/exclude."""
+        return chosen
 
-  def update(self, info: LayerInfo, state: State, shared: Optional[State], stats: Stats,
-             kernel: Array) -> tuple[State, Optional[State]]:
-    """New state after a training call, from the op's :class:`~sparsejax.ops.Stats`."""
-    del info, stats, kernel
-    return state, shared
+    def sparsities(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
+        """Static per-layer sparsity of the sparse layers (path -> kernel shape).
+
+        A pure function of the sparse layers' kernel shapes, so the adapters can
+        recompute it at every trace from the state they stored at init.
+        """
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- state
+    def init_state(self, info: LayerInfo, sparsity: float, kernel: ArrayLike) -> State:
+        """Initial per-layer state; every sparse layer stores its ``sparsity``."""
+        del info, kernel
+        return {"sparsity": jnp.asarray(sparsity, jnp.float32)}
+
+    def init_shared(self, plan: Mapping[str, float]) -> Optional[State]:
+        """Initial state shared by all layers (``None``: the method needs none)."""
+        del plan
+        return None
+
+    def refresh_shared(self, shared: State, sizes: Mapping[str, int]) -> State:
+        """Updates the shared state once per training step, before the layers run."""
+        del sizes
+        return shared
+
+    def policy_aux(self, info: LayerInfo, sparsity: float, state: State,
+                   shared: Optional[State], training: bool
+                   ) -> tuple[Optional[Policy], Optional[Aux]]:
+        """The layer's policy (``None``: run the dense op) and dynamic inputs.
+
+        Args:
+          info: the layer.
+          sparsity: its static sparsity from :meth:`sparsities`.
+          state: its current state (arrays).
+          shared: the shared state, if the method has one.
+          training: whether this call trains (state mutable).
+        """
+        raise NotImplementedError
+
+    def update(self, info: LayerInfo, state: State, shared: Optional[State], stats: Stats,
+               kernel: Array) -> tuple[State, Optional[State]]:
+        """New state after a training call, from the op's :class:`~sparsejax.ops.Stats`."""
+        del info, stats, kernel
+        return state, shared
 
 
 def _first_last(layers: list[LayerInfo], chosen: list[LayerInfo], dense_first: bool,
                 dense_last: bool, name: str) -> list[LayerInfo]:
-  drop = {}
-  if dense_first and layers:
-    drop[layers[0].path] = "first"
-  if dense_last and layers:
-    drop[layers[-1].path] = "last"
-  for c in chosen:
-    if c.path in drop:
-      logger.info("%s: %s stays dense (%s layer)", name, c.path, drop[c.path])
-  return [c for c in chosen if c.path not in drop]
+    drop = {}
+    if dense_first and layers:
+        drop[layers[0].path] = "first"
+    if dense_last and layers:
+        drop[layers[-1].path] = "last"
+    for c in chosen:
+        if c.path in drop:
+            logger.info("%s: %s stays dense (%s layer)", name, c.path, drop[c.path])
+    return [c for c in chosen if c.path not in drop]
 
 
 # --------------------------------------------------------------------- SWAT
@@ -248,594 +248,594 @@ _STRUCTURES = {False: None, True: Channel((-2, -1)), "slice": Channel((-2, -1)),
 
 def momentum_budgets(sizes: Mapping[str, int], scores: Mapping[str, ArrayLike],
                      sparsity: float, cap: float = MOMENTUM_DENSITY_CAP) -> dict[str, Array]:
-  """SWAT-M per-layer sparsities: non-zero budget ∝ mean |momentum|, capped.
+    """SWAT-M per-layer sparsities: non-zero budget ∝ mean |momentum|, capped.
 
-  The global budget ``(1 - sparsity) · Σ size`` is shared out in proportion to
-  each layer's score (mean |momentum| of its active weights); a layer whose
-  share would exceed ``cap · size`` gets exactly that and the residual is
-  re-shared among the others (at most ``len(sizes)`` rounds, unrolled, so it
-  runs under ``jit``). All-zero scores give the uniform split. Every layer
-  keeps at least one weight.
+    The global budget ``(1 - sparsity) · Σ size`` is shared out in proportion to
+    each layer's score (mean |momentum| of its active weights); a layer whose
+    share would exceed ``cap · size`` gets exactly that and the residual is
+    re-shared among the others (at most ``len(sizes)`` rounds, unrolled, so it
+    runs under ``jit``). All-zero scores give the uniform split. Every layer
+    keeps at least one weight.
 
-  Args:
-    sizes: layer path -> kernel size.
-    scores: layer path -> non-negative score (traced scalars allowed).
-    sparsity: global target in ``[0, 1)``.
-    cap: density cap per layer (0.99 in SWAT-M).
+    Args:
+      sizes: layer path -> kernel size.
+      scores: layer path -> non-negative score (traced scalars allowed).
+      sparsity: global target in ``[0, 1)``.
+      cap: density cap per layer (0.99 in SWAT-M).
 
-  Returns:
-    Layer path -> float32 sparsity scalar.
+    Returns:
+      Layer path -> float32 sparsity scalar.
 
-  Example:
-    >>> s = momentum_budgets({"a": 100, "b": 100}, {"a": 3., "b": 1.}, 0.5)
-    >>> [round(float(v), 4) for v in s.values()]
-    [0.25, 0.75]
+    Example:
+      >>> s = momentum_budgets({"a": 100, "b": 100}, {"a": 3., "b": 1.}, 0.5)
+      >>> [round(float(v), 4) for v in s.values()]
+      [0.25, 0.75]
 
-  References:
-    Raihan & Aamodt, NeurIPS 2020 (SWAT-M); Dettmers & Zettlemoyer, "Sparse
-    Networks from Scratch: Faster Training without Losing Performance", 2019.
-  """
-  names = list(sizes)
-  if not names:
-    return {}
-  size = jnp.asarray([sizes[n] for n in names], jnp.float32)
-  score = jnp.maximum(jnp.stack([jnp.asarray(scores[n], jnp.float32) for n in names]), 0.0)
-  score = jnp.where(jnp.sum(score) > 0, score, size)
-  budget = (1.0 - sparsity) * jnp.sum(size)
+    References:
+      Raihan & Aamodt, NeurIPS 2020 (SWAT-M); Dettmers & Zettlemoyer, "Sparse
+      Networks from Scratch: Faster Training without Losing Performance", 2019.
+    """
+    names = list(sizes)
+    if not names:
+        return {}
+    size = jnp.asarray([sizes[n] for n in names], jnp.float32)
+    score = jnp.maximum(jnp.stack([jnp.asarray(scores[n], jnp.float32) for n in names]), 0.0)
+    score = jnp.where(jnp.sum(score) > 0, score, size)
+    budget = (1.0 - sparsity) * jnp.sum(size)
 
-  def share(capped):
-    left = budget - jnp.sum(jnp.where(capped, cap * size, 0.0))
-    free = jnp.sum(jnp.where(capped, 0.0, score))
-    return jnp.where(capped, cap * size, left * score / jnp.where(free > 0, free, 1.0))
+    def share(capped):
+        left = budget - jnp.sum(jnp.where(capped, cap * size, 0.0))
+        free = jnp.sum(jnp.where(capped, 0.0, score))
+        return jnp.where(capped, cap * size, left * score / jnp.where(free > 0, free, 1.0))
 
-  capped = jnp.zeros(len(names), bool)
-  for _ in range(len(names)):
-    capped = capped | (share(capped) > cap * size)
-  density = jnp.clip(share(capped) / size, 1.0 / size, cap)
-  return {n: 1.0 - density[i] for i, n in enumerate(names)}
+    capped = jnp.zeros(len(names), bool)
+    for _ in range(len(names)):
+        capped = capped | (share(capped) > cap * size)
+    density = jnp.clip(share(capped) / size, 1.0 / size, cap)
+    return {n: 1.0 - density[i] for i, n in enumerate(names)}
 
 
 @dataclasses.dataclass(frozen=True)
 class SWAT(Method):
-  """Sparse Weight Activation Training; build it with :func:`swat`."""
+    """Sparse Weight Activation Training; build it with :func:`swat`."""
 
-  sparsity: float = 0.8
-  distribution: str = "uniform"
-  structured: Any = False
-  period: int = 1
-  dense_first: bool = True
-  dense_last: bool = False
-  sample_size: Optional[int] = None
-  straight_through: bool = True
+    sparsity: float = 0.8
+    distribution: str = "uniform"
+    structured: Any = False
+    period: int = 1
+    dense_first: bool = True
+    dense_last: bool = False
+    sample_size: Optional[int] = None
+    straight_through: bool = True
 
-  name: ClassVar[str] = "swat"
+    name: ClassVar[str] = "swat"
 
-  def __post_init__(self):
-    super().__post_init__()
-    check_sparsity(self.sparsity, "swat(sparsity=...)")
-    if self.distribution not in ("uniform", "erk", "momentum"):
-      raise ValueError(f"swat(distribution=...) must be 'uniform', 'erk' or 'momentum', got "
-                       f"{self.distribution!r}.")
-    if not any(self.structured is k or (isinstance(k, str) and self.structured == k)
-               for k in _STRUCTURES):
-      raise ValueError(f"swat(structured=...) must be False, True or 'slice' ((filter, "
-                       f"channel) kernel slices), 'filter' or 'channel', got "
-                       f"{self.structured!r}.")
-    if self.sample_size is not None and (isinstance(self.sample_size, bool) or
-                                         not isinstance(self.sample_size, int) or
-                                         self.sample_size <= 0):
-      raise ValueError(f"swat(sample_size=...) must be a positive int or None (exact), got "
-                       f"{self.sample_size!r}.")
-    if self.structured is not False and self.distribution == "momentum":
-      raise ValueError("structured SWAT supports distribution='uniform' or 'erk'; SWAT-M "
-                       "(distribution='momentum') is unstructured.")
-    if isinstance(self.period, bool) or not isinstance(self.period, numbers.Integral) \
-        or self.period < 1:
-      raise ValueError(f"swat(period=...) must be an int >= 1 (steps between exact top-K "
-                       f"refreshes; 1 = exact top-K every step), got {self.period!r}.")
-    _check_bool(self.dense_first, "dense_first")
-    _check_bool(self.dense_last, "dense_last")
-    _check_bool(self.straight_through, "straight_through")
+    def __post_init__(self):
+        super().__post_init__()
+        check_sparsity(self.sparsity, "swat(sparsity=...)")
+        if self.distribution not in ("uniform", "erk", "momentum"):
+            raise ValueError(f"swat(distribution=...) must be 'uniform', 'erk' or 'momentum', got "
+                             f"{self.distribution!r}.")
+        if not any(self.structured is k or (isinstance(k, str) and self.structured == k)
+                   for k in _STRUCTURES):
+            raise ValueError(f"swat(structured=...) must be False, True or 'slice' ((filter, "
+                             f"channel) kernel slices), 'filter' or 'channel', got "
+                             f"{self.structured!r}.")
+        if self.sample_size is not None and (isinstance(self.sample_size, bool) or
+                                             not isinstance(self.sample_size, int) or
+                                             self.sample_size <= 0):
+            raise ValueError(f"swat(sample_size=...) must be a positive int or None (exact), got "
+                             f"{self.sample_size!r}.")
+        if self.structured is not False and self.distribution == "momentum":
+            raise ValueError("structured SWAT supports distribution='uniform' or 'erk'; SWAT-M "
+                             "(distribution='momentum') is unstructured.")
+        if isinstance(self.period, bool) or not isinstance(self.period, numbers.Integral) \
+                or self.period < 1:
+            raise ValueError(f"swat(period=...) must be an int >= 1 (steps between exact top-K "
+                             f"refreshes; 1 = exact top-K every step), got {self.period!r}.")
+        _check_bool(self.dense_first, "dense_first")
+        _check_bool(self.dense_last, "dense_last")
+        _check_bool(self.straight_through, "straight_through")
 
-  @property
-  def _momentum(self) -> bool:
-    return self.distribution == "momentum"
+    @property
+    def _momentum(self) -> bool:
+        return self.distribution == "momentum"
 
-  def _select(self, layers, chosen):
-    return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+    def _select(self, layers, chosen):
+        return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
 
-  def sparsities(self, shapes):
-    if self.distribution == "erk":
-      return erk_sparsities(shapes, float(self.sparsity))
-    return {p: float(self.sparsity) for p in shapes}
+    def sparsities(self, shapes):
+        if self.distribution == "erk":
+            return erk_sparsities(shapes, float(self.sparsity))
+        return {p: float(self.sparsity) for p in shapes}
 
-  def init_state(self, info, sparsity, kernel):
-    state = super().init_state(info, sparsity, kernel)
-    if self.period > 1:
-      state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
-                   a_threshold=jnp.zeros((), jnp.float32))
-    if self._momentum:
-      state["prev_kernel"] = jnp.asarray(kernel)
-    return state
+    def init_state(self, info, sparsity, kernel):
+        state = super().init_state(info, sparsity, kernel)
+        if self.period > 1:
+            state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
+                         a_threshold=jnp.zeros((), jnp.float32))
+        if self._momentum:
+            state["prev_kernel"] = jnp.asarray(kernel)
+        return state
 
-  def init_shared(self, plan):
-    if not self._momentum:
-      return None
-    return {"score": {p: jnp.zeros((), jnp.float32) for p in plan},
-            "sparsity": {p: jnp.asarray(s, jnp.float32) for p, s in plan.items()}}
+    def init_shared(self, plan):
+        if not self._momentum:
+            return None
+        return {"score": {p: jnp.zeros((), jnp.float32) for p in plan},
+                "sparsity": {p: jnp.asarray(s, jnp.float32) for p, s in plan.items()}}
 
-  def refresh_shared(self, shared, sizes):
-    if not self._momentum:
-      return shared
-    return {"score": shared["score"],
-            "sparsity": momentum_budgets(sizes, shared["score"], self.sparsity)}
+    def refresh_shared(self, shared, sizes):
+        if not self._momentum:
+            return shared
+        return {"score": shared["score"],
+                "sparsity": momentum_budgets(sizes, shared["score"], self.sparsity)}
 
-  def policy_aux(self, info, sparsity, state, shared, training):
-    if not (training or self.sparse_eval):
-      return None, None
-    pattern = _STRUCTURES[self.structured]
-    cached = self.period > 1
-    kw = {}
-    if pattern is not None and info.kind == "conv":
-      w_rule = PatternRule(pattern, sparsity)
-    elif cached:
-      w_rule = Cached(sparsity)
-      kw["w_threshold"] = state["w_threshold"]
-    else:
-      w_rule = TopK(sparsity, ties="all")
-    a_rule = ((Cached(sparsity, sample_size=self.sample_size) if cached
-               else TopK(sparsity, sample_size=self.sample_size, ties="all"))
-              if training else None)
-    if training and cached:
-      refresh = state["step"] % self.period == 0
-      kw.update(a_threshold=state["a_threshold"], a_refresh=refresh)
-      if isinstance(w_rule, Cached):
-        kw["w_refresh"] = refresh
-    if self._momentum:
-      s = shared["sparsity"][info.path]
-      if not isinstance(w_rule, Cached) or training:
-        kw["w_sparsity"] = s
-      if a_rule is not None:
-        kw["a_sparsity"] = s
-    return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through),
-            Aux(**kw))
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        pattern = _STRUCTURES[self.structured]
+        cached = self.period > 1
+        kw = {}
+        if pattern is not None and info.kind == "conv":
+            w_rule = PatternRule(pattern, sparsity)
+        elif cached:
+            w_rule = Cached(sparsity)
+            kw["w_threshold"] = state["w_threshold"]
+        else:
+            w_rule = TopK(sparsity, ties="all")
+        a_rule = ((Cached(sparsity, sample_size=self.sample_size) if cached
+                   else TopK(sparsity, sample_size=self.sample_size, ties="all"))
+                  if training else None)
+        if training and cached:
+            refresh = state["step"] % self.period == 0
+            kw.update(a_threshold=state["a_threshold"], a_refresh=refresh)
+            if isinstance(w_rule, Cached):
+                kw["w_refresh"] = refresh
+        if self._momentum:
+            s = shared["sparsity"][info.path]
+            if not isinstance(w_rule, Cached) or training:
+                kw["w_sparsity"] = s
+            if a_rule is not None:
+                kw["a_sparsity"] = s
+        return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through),
+                Aux(**kw))
 
-  def update(self, info, state, shared, stats, kernel):
-    state = dict(state)
-    if self.period > 1:
-      state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
-                   a_threshold=stats.a_threshold)
-    if self._momentum:
-      k32 = jnp.asarray(kernel, jnp.float32)
-      delta = jnp.abs(k32 - state["prev_kernel"].astype(jnp.float32))
-      active = jnp.abs(k32) >= stats.w_threshold
-      score = jnp.sum(jnp.where(active, delta, 0.0)) / jnp.maximum(jnp.sum(active), 1)
-      state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
-      shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
-      state["sparsity"] = shared["sparsity"][info.path]
-    return state, shared
+    def update(self, info, state, shared, stats, kernel):
+        state = dict(state)
+        if self.period > 1:
+            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
+                         a_threshold=stats.a_threshold)
+        if self._momentum:
+            k32 = jnp.asarray(kernel, jnp.float32)
+            delta = jnp.abs(k32 - state["prev_kernel"].astype(jnp.float32))
+            active = jnp.abs(k32) >= stats.w_threshold
+            score = jnp.sum(jnp.where(active, delta, 0.0)) / jnp.maximum(jnp.sum(active), 1)
+            state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
+            shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
+            state["sparsity"] = shared["sparsity"][info.path]
+        return state, shared
 
 
 def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | str = False,
          period: int = 1, dense_first: bool = True, dense_last: bool = False,
          include: Any = None, exclude: Any = None, sparse_eval: bool = True,
          sample_size: int | None = None, straight_through: bool = True) -> SWAT:
-  """SWAT: top-K weights forward, top-K weights and activations saved for backward.
+    """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
-  Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
-  (whole-tensor magnitude top-K) on the dense input A; the backward computes
-  ``dA`` with ``W_s`` and ``dW`` with ``TopK(A, s)`` (one threshold over the
-  whole batch tensor), dense over every position so pruned weights keep
-  learning (straight-through); the output gradient is never sparsified, so the
-  bias gradient is dense. BatchNorm and biases are dense and outside the
-  budget. Top-K keeps ``|x| >=`` the magnitude of the k-th largest entry, as
-  the paper states it (``TopK(ties="all")``: ties at the threshold are all
-  kept, which needs no tie-resolution pass). Evaluation (read-only state) uses the top-K weights unless
-  ``sparse_eval=False``.
+    Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
+    (whole-tensor magnitude top-K) on the dense input A; the backward computes
+    ``dA`` with ``W_s`` and ``dW`` with ``TopK(A, s)`` (one threshold over the
+    whole batch tensor), dense over every position so pruned weights keep
+    learning (straight-through); the output gradient is never sparsified, so the
+    bias gradient is dense. BatchNorm and biases are dense and outside the
+    budget. Top-K keeps ``|x| >=`` the magnitude of the k-th largest entry, as
+    the paper states it (``TopK(ties="all")``: ties at the threshold are all
+    kept, which needs no tie-resolution pass). Evaluation (read-only state) uses the top-K weights unless
+    ``sparse_eval=False``.
 
-  Args:
-    sparsity: weight and activation sparsity ``s`` in ``[0, 1)`` (the global
-      target for ``"erk"`` / ``"momentum"``).
-    distribution: ``"uniform"`` (SWAT-U); ``"erk"`` (SWAT-ERK: Erdős–Rényi-
-      Kernel budgets via :func:`sparsejax.distributions.erk_sparsities`);
-      ``"momentum"`` (SWAT-M: each step every layer's non-zero budget is
-      proportional to the mean |momentum| of its active weights, capped at 99%
-      density with the residual redistributed, see :func:`momentum_budgets`).
-      The momentum is read as the weight change between steps, ``|W_t −
-      W_{t−1}|`` (for SGD ``ΔW = −lr · momentum`` with one ``lr`` for every
-      layer, so the proportions are the momentum's); each layer keeps its
-      previous kernel in its state and the budgets computed from step ``t``'s
-      scores apply from step ``t + 1``. No optimizer plumbing is needed.
-    structured: ``False``: unstructured weights. ``True``/``"slice"``: score
-      each (output filter, input channel) kernel slice of a conv by L1 and keep
-      the top ``ceil((1 − s)·K·C)`` slices; ``"filter"``/``"channel"``: whole
-      output filters / input channels, which the ops compact into smaller dense
-      forward and dA convolutions. Activations stay unstructured top-K; Dense
-      layers stay unstructured.
-    period: recompute the exact thresholds every ``period`` steps and reuse the
-      cached ones in between (the official ``topk_period``: 10–20 on CIFAR);
-      ``1`` = exact top-K every step. The realised sparsity between refreshes
-      is reported by the monitor.
-    dense_first: keep the first layer (in call order) dense (official CIFAR
-      configs keep the first conv dense).
-    dense_last: keep the last layer dense (the CIFAR configs keep the last FC
-      sparse, so the default is False).
-    include: module-path rule of the layers to sparsify (default: all).
-    exclude: module-path rule of layers to keep dense.
-    sparse_eval: evaluate with the top-K weights (True) or dense (False).
-    sample_size: ``None`` = exact activation top-K. An int estimates each
-      activation threshold from an evenly strided sample of that many entries
-      (Spartan's monitor idea): one cheap pass instead of ~20 counting passes
-      over the batch tensor, at the price of an approximate kept count; the
-      realised activation sparsity is reported by the monitor. Weights stay
-      exact.
-    straight_through: ``True`` (the paper): ``dW`` is dense over every
-      position, so pruned weights keep learning and can return. ``False``:
-      pruned weights get a zero gradient (``dW`` masked like ``W``, the true
-      gradient of the masked layer); with ``structured="filter"`` or
-      ``"channel"`` the ``dW`` convolution is then compacted too, so all three
-      GEMMs (forward, dA, dW) run at the kept size instead of two. Pruned
-      weights can still return when the selection changes, since the kernel
-      is re-scored every step, but they no longer accumulate gradient.
+    Args:
+      sparsity: weight and activation sparsity ``s`` in ``[0, 1)`` (the global
+        target for ``"erk"`` / ``"momentum"``).
+      distribution: ``"uniform"`` (SWAT-U); ``"erk"`` (SWAT-ERK: Erdős–Rényi-
+        Kernel budgets via :func:`sparsejax.distributions.erk_sparsities`);
+        ``"momentum"`` (SWAT-M: each step every layer's non-zero budget is
+        proportional to the mean |momentum| of its active weights, capped at 99%
+        density with the residual redistributed, see :func:`momentum_budgets`).
+        The momentum is read as the weight change between steps, ``|W_t −
+        W_{t−1}|`` (for SGD ``ΔW = −lr · momentum`` with one ``lr`` for every
+        layer, so the proportions are the momentum's); each layer keeps its
+        previous kernel in its state and the budgets computed from step ``t``'s
+        scores apply from step ``t + 1``. No optimizer plumbing is needed.
+      structured: ``False``: unstructured weights. ``True``/``"slice"``: score
+        each (output filter, input channel) kernel slice of a conv by L1 and keep
+        the top ``ceil((1 − s)·K·C)`` slices; ``"filter"``/``"channel"``: whole
+        output filters / input channels, which the ops compact into smaller dense
+        forward and dA convolutions. Activations stay unstructured top-K; Dense
+        layers stay unstructured.
+      period: recompute the exact thresholds every ``period`` steps and reuse the
+        cached ones in between (the official ``topk_period``: 10–20 on CIFAR);
+        ``1`` = exact top-K every step. The realised sparsity between refreshes
+        is reported by the monitor.
+      dense_first: keep the first layer (in call order) dense (official CIFAR
+        configs keep the first conv dense).
+      dense_last: keep the last layer dense (the CIFAR configs keep the last FC
+        sparse, so the default is False).
+      include: module-path rule of the layers to sparsify (default: all).
+      exclude: module-path rule of layers to keep dense.
+      sparse_eval: evaluate with the top-K weights (True) or dense (False).
+      sample_size: ``None`` = exact activation top-K. An int estimates each
+        activation threshold from an evenly strided sample of that many entries
+        (Spartan's monitor idea): one cheap pass instead of ~20 counting passes
+        over the batch tensor, at the price of an approximate kept count; the
+        realised activation sparsity is reported by the monitor. Weights stay
+        exact.
+      straight_through: ``True`` (the paper): ``dW`` is dense over every
+        position, so pruned weights keep learning and can return. ``False``:
+        pruned weights get a zero gradient (``dW`` masked like ``W``, the true
+        gradient of the masked layer); with ``structured="filter"`` or
+        ``"channel"`` the ``dW`` convolution is then compacted too, so all three
+        GEMMs (forward, dA, dW) run at the kept size instead of two. Pruned
+        weights can still return when the selection changes, since the kernel
+        is re-scored every step, but they no longer accumulate gradient.
 
-  Returns:
-    A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
+    Returns:
+      A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
 
-  Example:
-    >>> method = swat(0.8, period=20)
-    >>> model = sparsify(zoo.get_model("resnet18"), method)
+    Example:
+      >>> method = swat(0.8, period=20)
+      >>> model = sparsify(zoo.get_model("resnet18"), method)
 
-  References:
-    Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
-  """
-  return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
-              distribution=distribution, structured=structured, period=period,
-              dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
-              straight_through=straight_through)
+    References:
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
+    """
+    return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
+                distribution=distribution, structured=structured, period=period,
+                dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
+                straight_through=straight_through)
 
 
 # ---------------------------------------------------------------------- STE
 @dataclasses.dataclass(frozen=True)
 class STE(Method):
-  """Straight-through sparse training (STE / SR-STE); build it with :func:`ste`."""
+    """Straight-through sparse training (STE / SR-STE); build it with :func:`ste`."""
 
-  pattern: Pattern = NM(2, 4)
-  sparsity: Optional[float] = None
-  decay: float = 0.0
+    pattern: Pattern = NM(2, 4)
+    sparsity: Optional[float] = None
+    decay: float = 0.0
 
-  name: ClassVar[str] = "ste"
+    name: ClassVar[str] = "ste"
 
-  def __post_init__(self):
-    super().__post_init__()
-    if not isinstance(self.pattern, Pattern):
-      raise TypeError(f"ste(pattern) needs a sparsejax.patterns Pattern (NM(2, 4), "
-                      f"Unstructured(), Channel(...), Block(...)), got {self.pattern!r}.")
-    if self.pattern.fixed_sparsity is not None:
-      if self.sparsity is not None:
-        raise ValueError(f"{self.pattern!r} fixes its sparsity ({self.pattern.fixed_sparsity}); "
-                         f"drop sparsity={self.sparsity}.")
-    elif self.sparsity is None:
-      raise ValueError(f"ste({self.pattern!r}) needs sparsity=... in [0, 1), e.g. "
-                       f"ste(Unstructured(), sparsity=0.8).")
-    else:
-      check_sparsity(self.sparsity, "ste(sparsity=...)")
-    if isinstance(self.decay, bool) or not isinstance(self.decay, numbers.Real) \
-        or not self.decay >= 0.0:
-      raise ValueError(f"ste(decay=...) must be a number >= 0 (SR-STE's λ; 0 = plain STE), "
-                       f"got {self.decay!r}.")
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.pattern, Pattern):
+            raise TypeError(f"ste(pattern) needs a sparsejax.patterns Pattern (NM(2, 4), "
+                            f"Unstructured(), Channel(...), Block(...)), got {self.pattern!r}.")
+        if self.pattern.fixed_sparsity is not None:
+            if self.sparsity is not None:
+                raise ValueError(f"{self.pattern!r} fixes its sparsity ({self.pattern.fixed_sparsity}); "
+                                 f"drop sparsity={self.sparsity}.")
+        elif self.sparsity is None:
+            raise ValueError(f"ste({self.pattern!r}) needs sparsity=... in [0, 1), e.g. "
+                             f"ste(Unstructured(), sparsity=0.8).")
+        else:
+            check_sparsity(self.sparsity, "ste(sparsity=...)")
+        if isinstance(self.decay, bool) or not isinstance(self.decay, numbers.Real) \
+                or not self.decay >= 0.0:
+            raise ValueError(f"ste(decay=...) must be a number >= 0 (SR-STE's λ; 0 = plain STE), "
+                             f"got {self.decay!r}.")
 
-  def _select(self, layers, chosen):
-    kept = []
-    for c in chosen:
-      reason = self.pattern.ineligible(c.kernel_shape)
-      if reason:
-        logger.info("%s: %s stays dense (%r does not fit: %s)", self.name, c.path,
-                    self.pattern, reason)
-      else:
-        kept.append(c)
-    return kept
+    def _select(self, layers, chosen):
+        kept = []
+        for c in chosen:
+            reason = self.pattern.ineligible(c.kernel_shape)
+            if reason:
+                logger.info("%s: %s stays dense (%r does not fit: %s)", self.name, c.path,
+                            self.pattern, reason)
+            else:
+                kept.append(c)
+        return kept
 
-  def sparsities(self, shapes):
-    s = self.pattern.fixed_sparsity if self.sparsity is None else self.sparsity
-    return {p: float(s) for p in shapes}
+    def sparsities(self, shapes):
+        s = self.pattern.fixed_sparsity if self.sparsity is None else self.sparsity
+        return {p: float(s) for p in shapes}
 
-  def policy_aux(self, info, sparsity, state, shared, training):
-    if not (training or self.sparse_eval):
-      return None, None
-    rule = PatternRule(self.pattern, None if self.pattern.fixed_sparsity is not None
-                       else sparsity)
-    return Policy(weight=rule, weight_decay_pruned=float(self.decay),
-                  straight_through=True), None
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        rule = PatternRule(self.pattern, None if self.pattern.fixed_sparsity is not None
+                           else sparsity)
+        return Policy(weight=rule, weight_decay_pruned=float(self.decay),
+                      straight_through=True), None
 
 
 def ste(pattern: Pattern = NM(2, 4), *, sparsity: Optional[float] = None, decay: float = 0.0,
         include: Any = None, exclude: Any = None, sparse_eval: bool = True) -> STE:
-  """STE / SR-STE: forward with the masked weight, dense gradient to the dense weight.
+    """STE / SR-STE: forward with the masked weight, dense gradient to the dense weight.
 
-  Every step the mask is recomputed from the current dense weights (N:M groups
-  along the kernel's contraction axis by default); the backward passes the
-  gradient of the masked weight straight through to all of W. ``decay > 0``
-  is SR-STE: ``λ · (1 − mask) · W`` is added to the gradient of the pruned
-  weights. Layers that do not fit the pattern (e.g. a first conv with 3 input
-  channels for 2:4) stay dense, with the reason logged.
+    Every step the mask is recomputed from the current dense weights (N:M groups
+    along the kernel's contraction axis by default); the backward passes the
+    gradient of the masked weight straight through to all of W. ``decay > 0``
+    is SR-STE: ``λ · (1 − mask) · W`` is added to the gradient of the pruned
+    weights. Layers that do not fit the pattern (e.g. a first conv with 3 input
+    channels for 2:4) stay dense, with the reason logged.
 
-  Args:
-    pattern: a :mod:`sparsejax.patterns` value: ``NM(2, 4)`` (default),
-      ``Unstructured()``, ``Channel(...)``, ``Block(...)``.
-    sparsity: required for patterns that do not fix it (all but N:M).
-    decay: SR-STE's λ (``0`` = plain STE).
-    include: module-path rule of the layers to sparsify.
-    exclude: module-path rule of layers to keep dense.
-    sparse_eval: evaluate with the masked weights (True) or dense (False).
+    Args:
+      pattern: a :mod:`sparsejax.patterns` value: ``NM(2, 4)`` (default),
+        ``Unstructured()``, ``Channel(...)``, ``Block(...)``.
+      sparsity: required for patterns that do not fix it (all but N:M).
+      decay: SR-STE's λ (``0`` = plain STE).
+      include: module-path rule of the layers to sparsify.
+      exclude: module-path rule of layers to keep dense.
+      sparse_eval: evaluate with the masked weights (True) or dense (False).
 
-  Returns:
-    A hashable :class:`STE` method.
+    Returns:
+      A hashable :class:`STE` method.
 
-  Example:
-    >>> ste(NM(2, 4), decay=2e-4)            # SR-STE 2:4
-    >>> ste(Unstructured(), sparsity=0.8)    # unstructured STE
+    Example:
+      >>> ste(NM(2, 4), decay=2e-4)            # SR-STE 2:4
+      >>> ste(Unstructured(), sparsity=0.8)    # unstructured STE
 
-  References:
-    Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
-    From Scratch", ICLR 2021; Bengio et al., "Estimating or Propagating
-    Gradients Through Stochastic Neurons", 2013 (straight-through estimator).
-  """
-  return STE(include=include, exclude=exclude, sparse_eval=sparse_eval, pattern=pattern,
-             sparsity=sparsity, decay=decay)
+    References:
+      Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
+      From Scratch", ICLR 2021; Bengio et al., "Estimating or Propagating
+      Gradients Through Stochastic Neurons", 2013 (straight-through estimator).
+    """
+    return STE(include=include, exclude=exclude, sparse_eval=sparse_eval, pattern=pattern,
+               sparsity=sparsity, decay=decay)
 
 
 # ------------------------------------------------------------------- meProp
 @dataclasses.dataclass(frozen=True)
 class MeProp(Method):
-  """meProp gradient top-k; build it with :func:`meprop`."""
+    """meProp gradient top-k; build it with :func:`meprop`."""
 
-  k: Any = 0.2
-  unified: bool = False
+    k: Any = 0.2
+    unified: bool = False
 
-  name: ClassVar[str] = "meprop"
+    name: ClassVar[str] = "meprop"
 
-  def __post_init__(self):
-    super().__post_init__()
-    _check_bool(self.unified, "unified")
-    if isinstance(self.k, bool) or not isinstance(self.k, numbers.Real):
-      raise TypeError(f"meprop(k) must be an int (entries kept per row) or a fraction in "
-                      f"(0, 1), got {self.k!r}.")
-    if isinstance(self.k, numbers.Integral):
-      if self.k < 1:
-        raise ValueError(f"meprop(k={self.k}) must be >= 1.")
-    elif not 0.0 < self.k < 1.0:
-      raise ValueError(f"meprop(k={self.k}): a float k is the kept fraction and must be in "
-                       f"(0, 1); pass an int for a count.")
+    def __post_init__(self):
+        super().__post_init__()
+        _check_bool(self.unified, "unified")
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Real):
+            raise TypeError(f"meprop(k) must be an int (entries kept per row) or a fraction in "
+                            f"(0, 1), got {self.k!r}.")
+        if isinstance(self.k, numbers.Integral):
+            if self.k < 1:
+                raise ValueError(f"meprop(k={self.k}) must be >= 1.")
+        elif not 0.0 < self.k < 1.0:
+            raise ValueError(f"meprop(k={self.k}): a float k is the kept fraction and must be in "
+                             f"(0, 1); pass an int for a count.")
 
-  def kept(self, width: int) -> int:
-    """Kept gradient entries per row for a layer with ``width`` output features."""
-    if isinstance(self.k, numbers.Integral):
-      return int(self.k)
-    return max(1, math.ceil(round(self.k * width, 9)))
+    def kept(self, width: int) -> int:
+        """Kept gradient entries per row for a layer with ``width`` output features."""
+        if isinstance(self.k, numbers.Integral):
+            return int(self.k)
+        return max(1, math.ceil(round(self.k * width, 9)))
 
-  def _select(self, layers, chosen):
-    chosen = _first_last(layers, chosen, False, True, self.name)
-    for c in chosen:
-      if self.kept(c.out_features) > c.out_features:
-        raise ValueError(f"meprop(k={self.k}) keeps more gradient entries than layer "
-                         f"{c.path!r} has output features ({c.out_features}); use k <= "
-                         f"{c.out_features}, a fraction, or exclude={c.path!r}.")
-    return chosen
+    def _select(self, layers, chosen):
+        chosen = _first_last(layers, chosen, False, True, self.name)
+        for c in chosen:
+            if self.kept(c.out_features) > c.out_features:
+                raise ValueError(f"meprop(k={self.k}) keeps more gradient entries than layer "
+                                 f"{c.path!r} has output features ({c.out_features}); use k <= "
+                                 f"{c.out_features}, a fraction, or exclude={c.path!r}.")
+        return chosen
 
-  def sparsities(self, shapes):
-    # Dropped fraction of dY per row, for reporting only (int k: relative to the
-    # kernel's last dim); the kept count itself comes from LayerInfo.out_features.
-    return {p: 1.0 - self.kept(s[-1]) / s[-1] if isinstance(self.k, numbers.Integral)
-            else 1.0 - float(self.k) for p, s in shapes.items()}
+    def sparsities(self, shapes):
+        # Dropped fraction of dY per row, for reporting only (int k: relative to the
+        # kernel's last dim); the kept count itself comes from LayerInfo.out_features.
+        return {p: 1.0 - self.kept(s[-1]) / s[-1] if isinstance(self.k, numbers.Integral)
+                else 1.0 - float(self.k) for p, s in shapes.items()}
 
-  def policy_aux(self, info, sparsity, state, shared, training):
-    if not training:
-      return None, None
-    k = self.kept(info.out_features)
-    rule = SharedColumns(k) if self.unified else RowTopK(k)
-    return Policy(grad_out=rule), None
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not training:
+            return None, None
+        k = self.kept(info.out_features)
+        rule = SharedColumns(k) if self.unified else RowTopK(k)
+        return Policy(grad_out=rule), None
 
 
 def meprop(k: int | float, *, unified: bool = False, include: Any = None,
            exclude: Any = None) -> MeProp:
-  """meProp: keep the top-k output gradients of each row in the backward pass.
+    """meProp: keep the top-k output gradients of each row in the backward pass.
 
-  The forward is unchanged. In the backward of every hidden linear layer each
-  row of ``dY`` (one example; one example × position for a conv) keeps its
-  ``k`` largest magnitudes, and ``dA``/``dW`` use that sparse ``dY``; the bias
-  gradient uses the dense ``dY``. The last layer (the classifier) stays dense.
+    The forward is unchanged. In the backward of every hidden linear layer each
+    row of ``dY`` (one example; one example × position for a conv) keeps its
+    ``k`` largest magnitudes, and ``dA``/``dW`` use that sparse ``dY``; the bias
+    gradient uses the dense ``dY``. The last layer (the classifier) stays dense.
 
-  Args:
-    k: an int (entries kept per row; larger than a layer's output width is an
-      error naming the layer) or a float in (0, 1) (the kept fraction of each
-      layer's width, rounded up).
-    unified: one shared set of ``k`` output columns for the whole batch, chosen
-      by ``Σ_batch |dY|``, so the backward runs as smaller dense GEMMs.
-    include: module-path rule of the layers to sparsify.
-    exclude: module-path rule of layers to keep dense.
+    Args:
+      k: an int (entries kept per row; larger than a layer's output width is an
+        error naming the layer) or a float in (0, 1) (the kept fraction of each
+        layer's width, rounded up).
+      unified: one shared set of ``k`` output columns for the whole batch, chosen
+        by ``Σ_batch |dY|``, so the backward runs as smaller dense GEMMs.
+      include: module-path rule of the layers to sparsify.
+      exclude: module-path rule of layers to keep dense.
 
-  Returns:
-    A hashable :class:`MeProp` method (evaluation is always dense: the method
-    only changes the backward pass).
+    Returns:
+      A hashable :class:`MeProp` method (evaluation is always dense: the method
+      only changes the backward pass).
 
-  Example:
-    >>> meprop(80)                 # MNIST MLP 784-500-500-10, k = 80
-    >>> meprop(0.2, unified=True)  # keep 20% of the columns
+    Example:
+      >>> meprop(80)                 # MNIST MLP 784-500-500-10, k = 80
+      >>> meprop(0.2, unified=True)  # keep 20% of the columns
 
-  References:
-    Sun et al., "meProp: Sparsified Back Propagation for Accelerated Deep
-    Learning with Reduced Overfitting", ICML 2017.
-  """
-  return MeProp(include=include, exclude=exclude, k=k, unified=unified)
+    References:
+      Sun et al., "meProp: Sparsified Back Propagation for Accelerated Deep
+      Learning with Reduced Overfitting", ICML 2017.
+    """
+    return MeProp(include=include, exclude=exclude, k=k, unified=unified)
 
 
 # ---------------------------------------------------------------------- DSG
 @dataclasses.dataclass(frozen=True)
 class DSG(Method):
-  """Dynamic Sparse Graph; build it with :func:`dsg`."""
+    """Dynamic Sparse Graph; build it with :func:`dsg`."""
 
-  sparsity: float = 0.5
-  epsilon: float = 0.5
-  seed: int = 0
+    sparsity: float = 0.5
+    epsilon: float = 0.5
+    seed: int = 0
 
-  name: ClassVar[str] = "dsg"
+    name: ClassVar[str] = "dsg"
 
-  def __post_init__(self):
-    super().__post_init__()
-    check_sparsity(self.sparsity, "dsg(sparsity=...)")
-    if not isinstance(self.epsilon, numbers.Real) or not 0.0 < self.epsilon < 1.0:
-      raise ValueError(f"dsg(epsilon=...) must be in (0, 1) (Johnson–Lindenstrauss "
-                       f"distortion; DSG uses 0.5), got {self.epsilon!r}.")
-    if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-      raise TypeError(f"dsg(seed=...) must be an int, got {self.seed!r}.")
+    def __post_init__(self):
+        super().__post_init__()
+        check_sparsity(self.sparsity, "dsg(sparsity=...)")
+        if not isinstance(self.epsilon, numbers.Real) or not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"dsg(epsilon=...) must be in (0, 1) (Johnson–Lindenstrauss "
+                             f"distortion; DSG uses 0.5), got {self.epsilon!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise TypeError(f"dsg(seed=...) must be an int, got {self.seed!r}.")
 
-  def _select(self, layers, chosen):
-    return _first_last(layers, chosen, False, True, self.name)
+    def _select(self, layers, chosen):
+        return _first_last(layers, chosen, False, True, self.name)
 
-  def sparsities(self, shapes):
-    return {p: float(self.sparsity) for p in shapes}
+    def sparsities(self, shapes):
+        return {p: float(self.sparsity) for p in shapes}
 
-  def init_state(self, info, sparsity, kernel):
-    state = super().init_state(info, sparsity, kernel)
-    state["step"] = jnp.zeros((), jnp.int32)
-    return state
+    def init_state(self, info, sparsity, kernel):
+        state = super().init_state(info, sparsity, kernel)
+        state["step"] = jnp.zeros((), jnp.int32)
+        return state
 
-  def key(self, info: LayerInfo, step: ArrayLike) -> Array:
-    """The layer's projection key at ``step``: ``fold_in(fold_in(seed, crc32(path)), step)``."""
-    layer = zlib.crc32(info.path.encode()) & 0x7FFFFFFF
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), layer), step)
+    def key(self, info: LayerInfo, step: ArrayLike) -> Array:
+        """The layer's projection key at ``step``: ``fold_in(fold_in(seed, crc32(path)), step)``."""
+        layer = zlib.crc32(info.path.encode()) & 0x7FFFFFFF
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), layer), step)
 
-  def policy_aux(self, info, sparsity, state, shared, training):
-    if not (training or self.sparse_eval):
-      return None, None
-    policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
-    return policy, Aux(key=self.key(info, state["step"]))
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
+        return policy, Aux(key=self.key(info, state["step"]))
 
-  def update(self, info, state, shared, stats, kernel):
-    return {**state, "step": state["step"] + 1}, shared
+    def update(self, info, state, shared, stats, kernel):
+        return {**state, "step": state["step"] + 1}, shared
 
 
 def dsg(sparsity: float, *, epsilon: float = 0.5, seed: int = 0, include: Any = None,
         exclude: Any = None, sparse_eval: bool = True) -> DSG:
-  """DSG: per row, compute only the output neurons a random projection ranks highest.
+    """DSG: per row, compute only the output neurons a random projection ranks highest.
 
-  Each output neuron's pre-activation is estimated with a sparse ternary random
-  projection (Johnson–Lindenstrauss dimension for ``epsilon``) and every row
-  (sample, or sample × position for a conv) keeps the top ``1 − sparsity``
-  neurons, scored as if followed by a ReLU; the output is zero elsewhere and
-  the backward reuses the same mask on ``dY``. The projection is redrawn every
-  training step from a key folded from ``seed``, the layer path and the
-  layer's step counter (state ``"step"``). The last layer (the classifier)
-  stays dense.
+    Each output neuron's pre-activation is estimated with a sparse ternary random
+    projection (Johnson–Lindenstrauss dimension for ``epsilon``) and every row
+    (sample, or sample × position for a conv) keeps the top ``1 − sparsity``
+    neurons, scored as if followed by a ReLU; the output is zero elsewhere and
+    the backward reuses the same mask on ``dY``. The projection is redrawn every
+    training step from a key folded from ``seed``, the layer path and the
+    layer's step counter (state ``"step"``). The last layer (the classifier)
+    stays dense.
 
-  Conv → BN → ReLU models: DSG reorders layers to conv → ReLU → BN and
-  re-applies the mask after BN ("double mask"), which needs a model change.
-  Applied to an unmodified model this adapter applies the *single* mask at the
-  conv output only: BN then shifts the dropped neurons to ``β − μ·γ/σ`` and the
-  following ReLU may re-activate them, so the sparsity after BN is lower than
-  ``sparsity`` (the memory saving of the paper's ordering is not reproduced).
+    Conv → BN → ReLU models: DSG reorders layers to conv → ReLU → BN and
+    re-applies the mask after BN ("double mask"), which needs a model change.
+    Applied to an unmodified model this adapter applies the *single* mask at the
+    conv output only: BN then shifts the dropped neurons to ``β − μ·γ/σ`` and the
+    following ReLU may re-activate them, so the sparsity after BN is lower than
+    ``sparsity`` (the memory saving of the paper's ordering is not reproduced).
 
-  Args:
-    sparsity: fraction γ of output neurons dropped per row, in ``[0, 1)``.
-    epsilon: JL distortion in (0, 1).
-    seed: base seed of the projections.
-    include: module-path rule of the layers to sparsify.
-    exclude: module-path rule of layers to keep dense.
-    sparse_eval: evaluate with the selection too (True) or dense (False).
+    Args:
+      sparsity: fraction γ of output neurons dropped per row, in ``[0, 1)``.
+      epsilon: JL distortion in (0, 1).
+      seed: base seed of the projections.
+      include: module-path rule of the layers to sparsify.
+      exclude: module-path rule of layers to keep dense.
+      sparse_eval: evaluate with the selection too (True) or dense (False).
 
-  Returns:
-    A hashable :class:`DSG` method.
+    Returns:
+      A hashable :class:`DSG` method.
 
-  Example:
-    >>> dsg(0.8)
+    Example:
+      >>> dsg(0.8)
 
-  References:
-    Liu et al., "Dynamic Sparse Graph for Efficient Deep Learning", ICLR 2019.
-  """
-  return DSG(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
-             epsilon=epsilon, seed=seed)
+    References:
+      Liu et al., "Dynamic Sparse Graph for Efficient Deep Learning", ICLR 2019.
+    """
+    return DSG(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
+               epsilon=epsilon, seed=seed)
 
 
 # -------------------------------------------------------------------- dense
 @dataclasses.dataclass(frozen=True)
 class Dense(Method):
-  """The dense baseline: no layer is sparse; build it with :func:`dense`."""
+    """The dense baseline: no layer is sparse; build it with :func:`dense`."""
 
-  name: ClassVar[str] = "dense"
+    name: ClassVar[str] = "dense"
 
-  def _select(self, layers, chosen):
-    return []
+    def _select(self, layers, chosen):
+        return []
 
-  def sparsities(self, shapes):
-    return {}
+    def sparsities(self, shapes):
+        return {}
 
-  def policy_aux(self, info, sparsity, state, shared, training):
-    return None, None
+    def policy_aux(self, info, sparsity, state, shared, training):
+        return None, None
 
 
 def dense() -> Dense:
-  """The dense baseline, so experiment code can treat every run alike.
+    """The dense baseline, so experiment code can treat every run alike.
 
-  Returns:
-    A :class:`Dense` method: :func:`sparsejax.adapters.sparsify` returns a
-    model that runs exactly like the original and adds no state.
+    Returns:
+      A :class:`Dense` method: :func:`sparsejax.adapters.sparsify` returns a
+      model that runs exactly like the original and adds no state.
 
-  Example:
-    >>> model = sparsify(zoo.get_model("refcnn"), dense())
-  """
-  return Dense()
+    Example:
+      >>> model = sparsify(zoo.get_model("refcnn"), dense())
+    """
+    return Dense()
 
 
 # ---------------------------------------------------------------- grad drop
 class GradDropState(NamedTuple):
-  """State of :func:`grad_drop`: the step count."""
+    """State of :func:`grad_drop`: the step count."""
 
-  count: Array
+    count: Array
 
 
 def grad_drop(sparsity: float, *, include: Any = None,
               exclude: Any = None) -> optax.GradientTransformation:
-  """Weight-gradient drop: zero the smallest-magnitude fraction of each dW.
+    """Weight-gradient drop: zero the smallest-magnitude fraction of each dW.
 
-  Put it first in the optimizer chain (before momentum / the optimizer), e.g.
-  ``optax.chain(grad_drop(0.99), optax.sgd(0.1, momentum=0.9))``; the model
-  stays unmodified. Each selected leaf keeps exactly its
-  ``ceil((1 − sparsity) · size)`` largest-magnitude gradient entries (one
-  :func:`sparsejax.select.select_topk` per leaf). Leaves are selected like the
-  pruning functions (default: floating kernels with ``ndim >= 2``; ``include`` /
-  ``exclude`` regexes on ``"Dense_0/kernel"``-style paths); others pass through.
+    Put it first in the optimizer chain (before momentum / the optimizer), e.g.
+    ``optax.chain(grad_drop(0.99), optax.sgd(0.1, momentum=0.9))``; the model
+    stays unmodified. Each selected leaf keeps exactly its
+    ``ceil((1 − sparsity) · size)`` largest-magnitude gradient entries (one
+    :func:`sparsejax.select.select_topk` per leaf). Leaves are selected like the
+    pruning functions (default: floating kernels with ``ndim >= 2``; ``include`` /
+    ``exclude`` regexes on ``"Dense_0/kernel"``-style paths); others pass through.
 
-  Args:
-    sparsity: fraction of each selected gradient zeroed, in ``[0, 1)``.
-    include: optional path rule replacing the default selection.
-    exclude: optional path rule of leaves left untouched.
+    Args:
+      sparsity: fraction of each selected gradient zeroed, in ``[0, 1)``.
+      include: optional path rule replacing the default selection.
+      exclude: optional path rule of leaves left untouched.
 
-  Returns:
-    An ``optax.GradientTransformation``.
+    Returns:
+      An ``optax.GradientTransformation``.
 
-  Example:
-    >>> tx = optax.chain(grad_drop(0.9), optax.sgd(0.1, momentum=0.9))
+    Example:
+      >>> tx = optax.chain(grad_drop(0.9), optax.sgd(0.1, momentum=0.9))
 
-  References:
-    Aji & Heafield, "Sparse Communication for Distributed Gradient Descent",
-    EMNLP 2017.
-  """
-  check_sparsity(sparsity, "grad_drop(sparsity=...)")
+    References:
+      Aji & Heafield, "Sparse Communication for Distributed Gradient Descent",
+      EMNLP 2017.
+    """
+    check_sparsity(sparsity, "grad_drop(sparsity=...)")
 
-  def init_fn(params):
-    del params
-    return GradDropState(count=jnp.zeros((), jnp.int32))
+    def init_fn(params):
+        del params
+        return GradDropState(count=jnp.zeros((), jnp.int32))
 
-  def update_fn(updates, state, params=None):
-    del params
-    chosen = set(paths.selected_paths(updates, include, exclude))
-    pairs, treedef = paths.flatten(updates)
-    out = []
-    for path, g in pairs:
-      if path in chosen:
-        [m] = select.select_topk([select.magnitude_keys(g)], select.keep_count(sparsity, g.size))
-        g = jnp.where(m, g, jnp.zeros((), g.dtype))
-      out.append(g)
-    return jax.tree_util.tree_unflatten(treedef, out), GradDropState(count=state.count + 1)
+    def update_fn(updates, state, params=None):
+        del params
+        chosen = set(paths.selected_paths(updates, include, exclude))
+        pairs, treedef = paths.flatten(updates)
+        out = []
+        for path, g in pairs:
+            if path in chosen:
+                [m] = select.select_topk([select.magnitude_keys(g)], select.keep_count(sparsity, g.size))
+                g = jnp.where(m, g, jnp.zeros((), g.dtype))
+            out.append(g)
+        return jax.tree_util.tree_unflatten(treedef, out), GradDropState(count=state.count + 1)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformation(init_fn, update_fn)

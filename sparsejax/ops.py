@@ -65,484 +65,484 @@ _FIELDS = ("sparsity", "threshold", "refresh", "mask")
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-  """Which tensor each rule sparsifies (a hashable, static ``jit`` argument).
+    """Which tensor each rule sparsifies (a hashable, static ``jit`` argument).
 
-  Attributes:
-    weight: rule applied to W in the forward pass; the same sparse W is saved
-      for dA (SWAT, STE, N:M, fixed pruning masks).
-    act_saved: rule applied to A before it is saved for dW (SWAT); A stays
-      dense in the forward pass.
-    grad_out: rule applied to dY in the backward pass, for dA and dW (meProp
-      ``RowTopK``, unified meProp ``SharedColumns``).
-    out: rule selecting output neurons in the forward pass (the output is zero
-      elsewhere); the same mask is applied to dY in the backward pass (DSG).
-    weight_decay_pruned: SR-STE's λ: adds ``λ · (1 − mask) · W`` to dW.
-    straight_through: True: dW is computed at every position (pruned weights
-      keep learning: SWAT, STE). False: dW is masked like W, the true gradient
-      of ``op(A, W ⊙ mask)`` for a fixed mask (pruning); with a channel rule
-      this also compacts the dW GEMM.
-    compact: gather kept channels / shared gradient columns into smaller dense
-      ops where the kept count is static (same result as masking).
-    pack_saved: store A_s as bits + values when its kept count is static
-      (residual 23% of dense at 80%); off by default: on XLA:CPU the pack and
-      unpack passes cost more step time and transient memory than they save
-      (see :mod:`sparsejax.compact`).
+    Attributes:
+      weight: rule applied to W in the forward pass; the same sparse W is saved
+        for dA (SWAT, STE, N:M, fixed pruning masks).
+      act_saved: rule applied to A before it is saved for dW (SWAT); A stays
+        dense in the forward pass.
+      grad_out: rule applied to dY in the backward pass, for dA and dW (meProp
+        ``RowTopK``, unified meProp ``SharedColumns``).
+      out: rule selecting output neurons in the forward pass (the output is zero
+        elsewhere); the same mask is applied to dY in the backward pass (DSG).
+      weight_decay_pruned: SR-STE's λ: adds ``λ · (1 − mask) · W`` to dW.
+      straight_through: True: dW is computed at every position (pruned weights
+        keep learning: SWAT, STE). False: dW is masked like W, the true gradient
+        of ``op(A, W ⊙ mask)`` for a fixed mask (pruning); with a channel rule
+        this also compacts the dW GEMM.
+      compact: gather kept channels / shared gradient columns into smaller dense
+        ops where the kept count is static (same result as masking).
+      pack_saved: store A_s as bits + values when its kept count is static
+        (residual 23% of dense at 80%); off by default: on XLA:CPU the pack and
+        unpack passes cost more step time and transient memory than they save
+        (see :mod:`sparsejax.compact`).
 
-  Example:
-    >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
-    >>> hash(swat) == hash(Policy(weight=TopK(0.8), act_saved=TopK(0.8)))
-    True
-  """
+    Example:
+      >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
+      >>> hash(swat) == hash(Policy(weight=TopK(0.8), act_saved=TopK(0.8)))
+      True
+    """
 
-  weight: Optional[Sparsifier] = None
-  act_saved: Optional[Sparsifier] = None
-  grad_out: Optional[Sparsifier] = None
-  out: Optional[Sparsifier] = None
-  weight_decay_pruned: float = 0.0
-  straight_through: bool = True
-  compact: bool = True
-  pack_saved: bool = False
+    weight: Optional[Sparsifier] = None
+    act_saved: Optional[Sparsifier] = None
+    grad_out: Optional[Sparsifier] = None
+    out: Optional[Sparsifier] = None
+    weight_decay_pruned: float = 0.0
+    straight_through: bool = True
+    compact: bool = True
+    pack_saved: bool = False
 
-  def __post_init__(self):
-    for slot, _ in _SLOTS:
-      rule = getattr(self, slot)
-      if rule is not None and not isinstance(rule, Sparsifier):
-        raise TypeError(f"Policy.{slot} must be a sparsejax.sparsifiers rule (TopK, Cached, "
-                        f"PatternRule, Fixed, RowTopK, SharedColumns, RandomProjection) or "
-                        f"None, got {rule!r}.")
-      if isinstance(rule, RandomProjection) and slot != "out":
-        raise ValueError(f"RandomProjection estimates output neurons; put it in Policy.out, "
-                         f"not Policy.{slot}.")
-    if not self.weight_decay_pruned >= 0.0:
-      raise ValueError(f"Policy.weight_decay_pruned must be >= 0, got {self.weight_decay_pruned}.")
-    if self.weight is None and (self.weight_decay_pruned or not self.straight_through):
-      raise ValueError("weight_decay_pruned / straight_through=False act on the pruned "
-                       "weights; set Policy.weight too.")
+    def __post_init__(self):
+        for slot, _ in _SLOTS:
+            rule = getattr(self, slot)
+            if rule is not None and not isinstance(rule, Sparsifier):
+                raise TypeError(f"Policy.{slot} must be a sparsejax.sparsifiers rule (TopK, Cached, "
+                                f"PatternRule, Fixed, RowTopK, SharedColumns, RandomProjection) or "
+                                f"None, got {rule!r}.")
+            if isinstance(rule, RandomProjection) and slot != "out":
+                raise ValueError(f"RandomProjection estimates output neurons; put it in Policy.out, "
+                                 f"not Policy.{slot}.")
+        if not self.weight_decay_pruned >= 0.0:
+            raise ValueError(f"Policy.weight_decay_pruned must be >= 0, got {self.weight_decay_pruned}.")
+        if self.weight is None and (self.weight_decay_pruned or not self.straight_through):
+            raise ValueError("weight_decay_pruned / straight_through=False act on the pruned "
+                             "weights; set Policy.weight too.")
 
 
 class Aux(NamedTuple):
-  """Dynamic per-call inputs of the policy's rules (arrays; ``None`` = absent).
+    """Dynamic per-call inputs of the policy's rules (arrays; ``None`` = absent).
 
-  Prefixes name the slot: ``w_`` weight, ``a_`` act_saved, ``g_`` grad_out,
-  ``o_`` out. Each prefix has:
+    Prefixes name the slot: ``w_`` weight, ``a_`` act_saved, ``g_`` grad_out,
+    ``o_`` out. Each prefix has:
 
-  * ``*_sparsity``: overrides the rule's sparsity (a traced scalar, e.g. SWAT-M's
-    per-layer budget this step; no recompilation).
-  * ``*_threshold``: the cached magnitude threshold for ``Cached``.
-  * ``*_refresh``: bool scalar; True makes ``Cached`` recompute its threshold.
-  * ``*_mask``: the keep-mask for ``Fixed`` (the tensor's shape).
+    * ``*_sparsity``: overrides the rule's sparsity (a traced scalar, e.g. SWAT-M's
+      per-layer budget this step; no recompilation).
+    * ``*_threshold``: the cached magnitude threshold for ``Cached``.
+    * ``*_refresh``: bool scalar; True makes ``Cached`` recompute its threshold.
+    * ``*_mask``: the keep-mask for ``Fixed`` (the tensor's shape).
 
-  and ``key`` is the PRNG key of ``RandomProjection`` (``out`` slot). A field
-  given for a rule that does not read it, or missing for one that needs it,
-  raises an error.
-  """
+    and ``key`` is the PRNG key of ``RandomProjection`` (``out`` slot). A field
+    given for a rule that does not read it, or missing for one that needs it,
+    raises an error.
+    """
 
-  w_sparsity: Optional[ArrayLike] = None
-  w_threshold: Optional[ArrayLike] = None
-  w_refresh: Optional[ArrayLike] = None
-  w_mask: Optional[ArrayLike] = None
-  a_sparsity: Optional[ArrayLike] = None
-  a_threshold: Optional[ArrayLike] = None
-  a_refresh: Optional[ArrayLike] = None
-  a_mask: Optional[ArrayLike] = None
-  g_sparsity: Optional[ArrayLike] = None
-  g_threshold: Optional[ArrayLike] = None
-  g_refresh: Optional[ArrayLike] = None
-  g_mask: Optional[ArrayLike] = None
-  o_sparsity: Optional[ArrayLike] = None
-  o_threshold: Optional[ArrayLike] = None
-  o_refresh: Optional[ArrayLike] = None
-  o_mask: Optional[ArrayLike] = None
-  key: Optional[ArrayLike] = None
+    w_sparsity: Optional[ArrayLike] = None
+    w_threshold: Optional[ArrayLike] = None
+    w_refresh: Optional[ArrayLike] = None
+    w_mask: Optional[ArrayLike] = None
+    a_sparsity: Optional[ArrayLike] = None
+    a_threshold: Optional[ArrayLike] = None
+    a_refresh: Optional[ArrayLike] = None
+    a_mask: Optional[ArrayLike] = None
+    g_sparsity: Optional[ArrayLike] = None
+    g_threshold: Optional[ArrayLike] = None
+    g_refresh: Optional[ArrayLike] = None
+    g_mask: Optional[ArrayLike] = None
+    o_sparsity: Optional[ArrayLike] = None
+    o_threshold: Optional[ArrayLike] = None
+    o_refresh: Optional[ArrayLike] = None
+    o_mask: Optional[ArrayLike] = None
+    key: Optional[ArrayLike] = None
 
 
 class Stats(NamedTuple):
-  """What the forward pass selected (float32 scalars; no gradient flows).
+    """What the forward pass selected (float32 scalars; no gradient flows).
 
-  Attributes:
-    w_threshold: magnitude threshold the weight rule used (the smallest kept
-      ``|W|`` for ``TopK``; the cached/refreshed value for ``Cached``): store it
-      as ``aux.w_threshold`` for the next steps. NaN when the rule has none.
-    a_threshold: the same for the saved activation.
-    w_density: fraction of non-zero entries of the W used in the forward pass.
-    a_density: fraction of non-zero entries of A as saved for dW.
-    a_input_density: fraction of non-zero entries of A as given (the
-      activation-sparsity monitor, e.g. ReLU zeros).
-    out_density: fraction of outputs kept by the ``out`` rule (1 without one).
-  """
+    Attributes:
+      w_threshold: magnitude threshold the weight rule used (the smallest kept
+        ``|W|`` for ``TopK``; the cached/refreshed value for ``Cached``): store it
+        as ``aux.w_threshold`` for the next steps. NaN when the rule has none.
+      a_threshold: the same for the saved activation.
+      w_density: fraction of non-zero entries of the W used in the forward pass.
+      a_density: fraction of non-zero entries of A as saved for dW.
+      a_input_density: fraction of non-zero entries of A as given (the
+        activation-sparsity monitor, e.g. ReLU zeros).
+      out_density: fraction of outputs kept by the ``out`` rule (1 without one).
+    """
 
-  w_threshold: Array
-  a_threshold: Array
-  w_density: Array
-  a_density: Array
-  a_input_density: Array
-  out_density: Array
+    w_threshold: Array
+    a_threshold: Array
+    w_density: Array
+    a_density: Array
+    a_input_density: Array
+    out_density: Array
 
 
 def _tuple(x):
-  return tuple(_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+    return tuple(_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _project(x: Array, axes: Sequence[int], r: Array) -> Array:
-  """Contracts ``x``'s ``axes`` with ``r``'s leading dims; puts ``k`` at ``min(axes)``."""
-  y = jnp.tensordot(x, r.astype(x.dtype), (tuple(axes), tuple(range(len(axes)))))
-  return jnp.moveaxis(y, -1, min(axes))
+    """Contracts ``x``'s ``axes`` with ``r``'s leading dims; puts ``k`` at ``min(axes)``."""
+    y = jnp.tensordot(x, r.astype(x.dtype), (tuple(axes), tuple(range(len(axes)))))
+    return jnp.moveaxis(y, -1, min(axes))
 
 
 @dataclasses.dataclass(frozen=True)
 class _Dot:
-  """``lax.dot_general`` with its static arguments."""
+    """``lax.dot_general`` with its static arguments."""
 
-  dimension_numbers: Any
-  precision: Any
-  preferred_element_type: Any
+    dimension_numbers: Any
+    precision: Any
+    preferred_element_type: Any
 
-  def apply(self, a, w):
-    return lax.dot_general(a, w, self.dimension_numbers, precision=self.precision,
-                           preferred_element_type=self.preferred_element_type)
+    def apply(self, a, w):
+        return lax.dot_general(a, w, self.dimension_numbers, precision=self.precision,
+                               preferred_element_type=self.preferred_element_type)
 
-  def out_feature_axes(self, a_ndim, w_ndim):
-    (lc, rc), (lb, rb) = self.dimension_numbers
-    start = a_ndim - len(lc)
-    return tuple(range(start, start + w_ndim - len(rc) - len(rb)))
+    def out_feature_axes(self, a_ndim, w_ndim):
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        start = a_ndim - len(lc)
+        return tuple(range(start, start + w_ndim - len(rc) - len(rb)))
 
-  def w_axis_role(self, w_axis, a_ndim, w_ndim):
-    """``('in', a_axis)``, ``('out', y_axis)`` or ``None`` for a kernel axis."""
-    (lc, rc), (_, rb) = self.dimension_numbers
-    if w_axis in rc:
-      return "in", lc[rc.index(w_axis)]
-    if w_axis in rb:
-      return None
-    free = [i for i in range(w_ndim) if i not in rc and i not in rb]
-    return "out", a_ndim - len(lc) + free.index(w_axis)
+    def w_axis_role(self, w_axis, a_ndim, w_ndim):
+        """``('in', a_axis)``, ``('out', y_axis)`` or ``None`` for a kernel axis."""
+        (lc, rc), (_, rb) = self.dimension_numbers
+        if w_axis in rc:
+            return "in", lc[rc.index(w_axis)]
+        if w_axis in rb:
+            return None
+        free = [i for i in range(w_ndim) if i not in rc and i not in rb]
+        return "out", a_ndim - len(lc) + free.index(w_axis)
 
-  def out_w_axis(self, a_ndim, w_ndim):
-    (_, rc), (_, rb) = self.dimension_numbers
-    free = [i for i in range(w_ndim) if i not in rc and i not in rb]
-    return free[0] if len(free) == 1 else None
+    def out_w_axis(self, a_ndim, w_ndim):
+        (_, rc), (_, rb) = self.dimension_numbers
+        free = [i for i in range(w_ndim) if i not in rc and i not in rb]
+        return free[0] if len(free) == 1 else None
 
-  def contraction_size(self, a_shape, w_shape):
-    (lc, _), _ = self.dimension_numbers
-    return math.prod(a_shape[i] for i in lc)
+    def contraction_size(self, a_shape, w_shape):
+        (lc, _), _ = self.dimension_numbers
+        return math.prod(a_shape[i] for i in lc)
 
-  def estimate(self, a, w, key, k):
-    """``op(A R, Rᵀ W) / k`` with R projecting the contracted dims to ``k``."""
-    (lc, rc), (lb, rb) = self.dimension_numbers
-    r = ternary_projection(key, tuple(a.shape[i] for i in lc) + (k,))
-    renum = lambda b, axes: b - sum(x < b for x in axes) + (b > min(axes))
-    dn = (((min(lc),), (min(rc),)),
-          (tuple(renum(b, lc) for b in lb), tuple(renum(b, rc) for b in rb)))
-    y = lax.dot_general(_project(a, lc, r), _project(w, rc, r), dn, precision=self.precision,
-                        preferred_element_type=self.preferred_element_type)
-    return y / k
+    def estimate(self, a, w, key, k):
+        """``op(A R, Rᵀ W) / k`` with R projecting the contracted dims to ``k``."""
+        (lc, rc), (lb, rb) = self.dimension_numbers
+        r = ternary_projection(key, tuple(a.shape[i] for i in lc) + (k,))
+        renum = lambda b, axes: b - sum(x < b for x in axes) + (b > min(axes))
+        dn = (((min(lc),), (min(rc),)),
+              (tuple(renum(b, lc) for b in lb), tuple(renum(b, rc) for b in rb)))
+        y = lax.dot_general(_project(a, lc, r), _project(w, rc, r), dn, precision=self.precision,
+                            preferred_element_type=self.preferred_element_type)
+        return y / k
 
 
 @dataclasses.dataclass(frozen=True)
 class _Conv:
-  """``lax.conv_general_dilated`` with its static arguments."""
+    """``lax.conv_general_dilated`` with its static arguments."""
 
-  window_strides: Any
-  padding: Any
-  lhs_dilation: Any
-  rhs_dilation: Any
-  dimension_numbers: lax.ConvDimensionNumbers
-  feature_group_count: int
-  batch_group_count: int
-  precision: Any
-  preferred_element_type: Any
+    window_strides: Any
+    padding: Any
+    lhs_dilation: Any
+    rhs_dilation: Any
+    dimension_numbers: lax.ConvDimensionNumbers
+    feature_group_count: int
+    batch_group_count: int
+    precision: Any
+    preferred_element_type: Any
 
-  def apply(self, a, w):
-    return lax.conv_general_dilated(
-        a, w, self.window_strides, self.padding, self.lhs_dilation, self.rhs_dilation,
-        self.dimension_numbers, self.feature_group_count, self.batch_group_count,
-        precision=self.precision, preferred_element_type=self.preferred_element_type)
+    def apply(self, a, w):
+        return lax.conv_general_dilated(
+            a, w, self.window_strides, self.padding, self.lhs_dilation, self.rhs_dilation,
+            self.dimension_numbers, self.feature_group_count, self.batch_group_count,
+            precision=self.precision, preferred_element_type=self.preferred_element_type)
 
-  @property
-  def _ungrouped(self):
-    return self.feature_group_count == 1 and self.batch_group_count == 1
+    @property
+    def _ungrouped(self):
+        return self.feature_group_count == 1 and self.batch_group_count == 1
 
-  def out_feature_axes(self, a_ndim, w_ndim):
-    return (self.dimension_numbers.out_spec[1],)
+    def out_feature_axes(self, a_ndim, w_ndim):
+        return (self.dimension_numbers.out_spec[1],)
 
-  def w_axis_role(self, w_axis, a_ndim, w_ndim):
-    lhs, rhs, out = self.dimension_numbers
-    if not self._ungrouped:
-      return None
-    if w_axis == rhs[1]:
-      return "in", lhs[1]
-    if w_axis == rhs[0]:
-      return "out", out[1]
-    return None
+    def w_axis_role(self, w_axis, a_ndim, w_ndim):
+        lhs, rhs, out = self.dimension_numbers
+        if not self._ungrouped:
+            return None
+        if w_axis == rhs[1]:
+            return "in", lhs[1]
+        if w_axis == rhs[0]:
+            return "out", out[1]
+        return None
 
-  def out_w_axis(self, a_ndim, w_ndim):
-    return self.dimension_numbers.rhs_spec[0] if self._ungrouped else None
+    def out_w_axis(self, a_ndim, w_ndim):
+        return self.dimension_numbers.rhs_spec[0] if self._ungrouped else None
 
-  def contraction_size(self, a_shape, w_shape):
-    o = self.dimension_numbers.rhs_spec[0]
-    return math.prod(w_shape) // w_shape[o]
+    def contraction_size(self, a_shape, w_shape):
+        o = self.dimension_numbers.rhs_spec[0]
+        return math.prod(w_shape) // w_shape[o]
 
-  def estimate(self, a, w, key, k):
-    """Patches of A projected by a ``k``-filter conv, times the projected filters."""
-    lhs, rhs, out = self.dimension_numbers
-    r_shape = list(w.shape)
-    r_shape[rhs[0]] = k
-    r = ternary_projection(key, tuple(r_shape), w.dtype)
-    a_hat = self.apply(a, r)  # (..., k at out[1], ...)
-    other = tuple(i for i in range(w.ndim) if i != rhs[0])
-    w_hat = jnp.tensordot(r, w, (other, other))  # (k, O)
-    y = jnp.tensordot(a_hat, w_hat, ((out[1],), (0,)))
-    return jnp.moveaxis(y, -1, out[1]) / k
+    def estimate(self, a, w, key, k):
+        """Patches of A projected by a ``k``-filter conv, times the projected filters."""
+        lhs, rhs, out = self.dimension_numbers
+        r_shape = list(w.shape)
+        r_shape[rhs[0]] = k
+        r = ternary_projection(key, tuple(r_shape), w.dtype)
+        a_hat = self.apply(a, r)  # (..., k at out[1], ...)
+        other = tuple(i for i in range(w.ndim) if i != rhs[0])
+        w_hat = jnp.tensordot(r, w, (other, other))  # (k, O)
+        y = jnp.tensordot(a_hat, w_hat, ((out[1],), (0,)))
+        return jnp.moveaxis(y, -1, out[1]) / k
 
 
 @dataclasses.dataclass(frozen=True)
 class _Cfg:
-  op: Any
-  policy: Policy
-  where: Optional[str]
+    op: Any
+    policy: Policy
+    where: Optional[str]
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class _Meta:
-  a: jax.ShapeDtypeStruct = dataclasses.field(metadata=dict(static=True))
-  w: jax.ShapeDtypeStruct = dataclasses.field(metadata=dict(static=True))
+    a: jax.ShapeDtypeStruct = dataclasses.field(metadata=dict(static=True))
+    w: jax.ShapeDtypeStruct = dataclasses.field(metadata=dict(static=True))
 
 
 class _Plan(NamedTuple):
-  """Channel compaction: role ``in``/``out``, the A or Y axis, the W axis, kept indices."""
+    """Channel compaction: role ``in``/``out``, the A or Y axis, the W axis, kept indices."""
 
-  role: str
-  axis: int
-  w_axis: int
-  idx: Array
+    role: str
+    axis: int
+    w_axis: int
+    idx: Array
 
 
 def _slot(aux: Aux, prefix: str) -> SlotInput:
-  return SlotInput(*(getattr(aux, f"{prefix}_{f}") for f in _FIELDS),
-                   key=aux.key if prefix == "o" else None)
+    return SlotInput(*(getattr(aux, f"{prefix}_{f}") for f in _FIELDS),
+                     key=aux.key if prefix == "o" else None)
 
 
 def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape):
-  where = f" in {cfg.where}" if cfg.where else ""
-  for x, name in ((a, "lhs (activation)"), (w, "rhs (kernel)")):
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-      raise TypeError(f"sparse op{where}: {name} has dtype {jnp.result_type(x)}; sparse "
-                      "training needs floating inputs (integers have no gradient). Cast with "
-                      ".astype(jnp.float32) or use the lax op directly.")
-  feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
-  shapes = {"w": (w.shape, ()), "a": (a.shape, ()), "g": (y_shape, feat), "o": (y_shape, feat)}
-  for slot, prefix in _SLOTS:
-    rule = getattr(cfg.policy, slot)
-    given = {f for f, v in _slot(aux, prefix)._asdict().items() if v is not None}
-    if rule is None:
-      if given:
-        raise ValueError(f"aux gives {sorted(prefix + '_' + f if f != 'key' else f for f in given)}"
-                         f"{where} but Policy.{slot} is None; drop them or set the rule.")
-      continue
-    extra, missing = given - rule.uses, rule.requires - given
-    if extra:
-      raise ValueError(f"{rule!r} (Policy.{slot}){where} does not read aux field(s) "
-                       f"{sorted(extra)}; it reads {sorted(rule.uses) or 'none'}.")
-    if missing:
-      raise ValueError(f"{rule!r} (Policy.{slot}){where} needs aux field(s) {sorted(missing)} "
-                       f"(prefix {prefix}_).")
-    rule.check(*shapes[prefix], cfg.where)
-  out = cfg.policy.out
-  if isinstance(out, RandomProjection) and aux.key is None and _proj_dim(cfg, a, w, y_shape):
-    raise ValueError(f"RandomProjection{where} needs a PRNG key in aux.key.")
+    where = f" in {cfg.where}" if cfg.where else ""
+    for x, name in ((a, "lhs (activation)"), (w, "rhs (kernel)")):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"sparse op{where}: {name} has dtype {jnp.result_type(x)}; sparse "
+                            "training needs floating inputs (integers have no gradient). Cast with "
+                            ".astype(jnp.float32) or use the lax op directly.")
+    feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
+    shapes = {"w": (w.shape, ()), "a": (a.shape, ()), "g": (y_shape, feat), "o": (y_shape, feat)}
+    for slot, prefix in _SLOTS:
+        rule = getattr(cfg.policy, slot)
+        given = {f for f, v in _slot(aux, prefix)._asdict().items() if v is not None}
+        if rule is None:
+            if given:
+                raise ValueError(f"aux gives {sorted(prefix + '_' + f if f != 'key' else f for f in given)}"
+                                 f"{where} but Policy.{slot} is None; drop them or set the rule.")
+            continue
+        extra, missing = given - rule.uses, rule.requires - given
+        if extra:
+            raise ValueError(f"{rule!r} (Policy.{slot}){where} does not read aux field(s) "
+                             f"{sorted(extra)}; it reads {sorted(rule.uses) or 'none'}.")
+        if missing:
+            raise ValueError(f"{rule!r} (Policy.{slot}){where} needs aux field(s) {sorted(missing)} "
+                             f"(prefix {prefix}_).")
+        rule.check(*shapes[prefix], cfg.where)
+    out = cfg.policy.out
+    if isinstance(out, RandomProjection) and aux.key is None and _proj_dim(cfg, a, w, y_shape):
+        raise ValueError(f"RandomProjection{where} needs a PRNG key in aux.key.")
 
 
 def _proj_dim(cfg: _Cfg, a, w, y_shape) -> Optional[int]:
-  """JL dimension for DSG, or ``None`` when the exact product is not more expensive."""
-  rule = cfg.policy.out
-  feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
-  f = math.prod(y_shape[i] for i in feat)
-  k = projection_dim(math.prod(y_shape) // f + f, rule.epsilon)
-  return k if k < cfg.op.contraction_size(a.shape, w.shape) else None
+    """JL dimension for DSG, or ``None`` when the exact product is not more expensive."""
+    rule = cfg.policy.out
+    feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
+    f = math.prod(y_shape[i] for i in feat)
+    k = projection_dim(math.prod(y_shape) // f + f, rule.epsilon)
+    return k if k < cfg.op.contraction_size(a.shape, w.shape) else None
 
 
 def _channel_plan(cfg: _Cfg, a, w, given: SlotInput) -> Optional[_Plan]:
-  rule = cfg.policy.weight
-  if not (cfg.policy.compact and isinstance(rule, PatternRule)
-          and isinstance(rule.pattern, Channel) and len(rule.pattern.axes) == 1
-          and given.sparsity is None):
-    return None
-  w_axis = rule.pattern.axes[0] % w.ndim
-  role = cfg.op.w_axis_role(w_axis, a.ndim, w.ndim)
-  if role is None:
-    return None
-  keys, _ = rule.pattern.unit_scores(w)
-  kept = select.keep_count(rule.sparsity, keys.size)
-  [unit] = select.select_topk([keys], kept)
-  (idx,) = jnp.nonzero(unit, size=kept, fill_value=0)
-  return _Plan(role[0], role[1], w_axis, idx)
+    rule = cfg.policy.weight
+    if not (cfg.policy.compact and isinstance(rule, PatternRule)
+            and isinstance(rule.pattern, Channel) and len(rule.pattern.axes) == 1
+            and given.sparsity is None):
+        return None
+    w_axis = rule.pattern.axes[0] % w.ndim
+    role = cfg.op.w_axis_role(w_axis, a.ndim, w.ndim)
+    if role is None:
+        return None
+    keys, _ = rule.pattern.unit_scores(w)
+    kept = select.keep_count(rule.sparsity, keys.size)
+    [unit] = select.select_topk([keys], kept)
+    (idx,) = jnp.nonzero(unit, size=kept, fill_value=0)
+    return _Plan(role[0], role[1], w_axis, idx)
 
 
 def _t_a(op, w_x, a_struct, g):
-  return jax.linear_transpose(lambda a_: op.apply(a_, w_x), a_struct)(g)[0]
+    return jax.linear_transpose(lambda a_: op.apply(a_, w_x), a_struct)(g)[0]
 
 
 def _t_w(op, a_x, w_struct, g):
-  return jax.linear_transpose(lambda w_: op.apply(a_x, w_), w_struct)(g)[0]
+    return jax.linear_transpose(lambda w_: op.apply(a_x, w_), w_struct)(g)[0]
 
 
 def _with_axis(struct: jax.ShapeDtypeStruct, axis: int, n: int) -> jax.ShapeDtypeStruct:
-  shape = list(struct.shape)
-  shape[axis] = n
-  return jax.ShapeDtypeStruct(tuple(shape), struct.dtype)
+    shape = list(struct.shape)
+    shape[axis] = n
+    return jax.ShapeDtypeStruct(tuple(shape), struct.dtype)
 
 
 def _density(x: Array) -> Array:
-  return jnp.mean((x != 0).astype(jnp.float32))
+    return jnp.mean((x != 0).astype(jnp.float32))
 
 
 _NAN = float("nan")
 
 
 def _depends_on(p: compact.Packed, dtype) -> Array:
-  """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
+    """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
 
-  XLA:CPU drops ``optimization_barrier`` before scheduling and would otherwise
-  run the pack lazily in the backward pass, keeping the dense A and its
-  selection keys alive across the whole network. ``0 * finite`` is not folded
-  for floats, and NaN values cannot leak: only ``isnan`` of a value is read.
-  """
-  probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(p.values[-1]).astype(jnp.float32)
-  return (probe * 0.0).astype(dtype)
+    XLA:CPU drops ``optimization_barrier`` before scheduling and would otherwise
+    run the pack lazily in the backward pass, keeping the dense A and its
+    selection keys alive across the whole network. ``0 * finite`` is not folded
+    for floats, and NaN values cannot leak: only ``isnan`` of a value is read.
+    """
+    probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(p.values[-1]).astype(jnp.float32)
+    return (probe * 0.0).astype(dtype)
 
 
 def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
-  op, pol, where = cfg.op, cfg.policy, cfg.where
-  meta = _Meta(jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
-  feat = op.out_feature_axes(a.ndim, w.ndim)
-  plan, wmask, w_thr, w_s = None, None, None, w
-  if pol.weight is not None:
-    given = _slot(aux, "w")
-    plan = _channel_plan(cfg, a, w, given)
+    op, pol, where = cfg.op, cfg.policy, cfg.where
+    meta = _Meta(jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
+    feat = op.out_feature_axes(a.ndim, w.ndim)
+    plan, wmask, w_thr, w_s = None, None, None, w
+    if pol.weight is not None:
+        given = _slot(aux, "w")
+        plan = _channel_plan(cfg, a, w, given)
+        if plan is None:
+            wmask, w_thr = pol.weight.keep(w, given, (), where)
+        else:
+            wmask = compact.put(jnp.ones(plan.idx.shape, bool), plan.idx, 0, (w.shape[plan.w_axis],))
+            wmask = jnp.broadcast_to(
+                wmask.reshape([-1 if i == plan.w_axis else 1 for i in range(w.ndim)]), w.shape)
+        w_s = jnp.where(wmask, w, jnp.zeros((), w.dtype))
+
     if plan is None:
-      wmask, w_thr = pol.weight.keep(w, given, (), where)
+        y, w_keep = op.apply(a, w_s), w_s
     else:
-      wmask = compact.put(jnp.ones(plan.idx.shape, bool), plan.idx, 0, (w.shape[plan.w_axis],))
-      wmask = jnp.broadcast_to(
-          wmask.reshape([-1 if i == plan.w_axis else 1 for i in range(w.ndim)]), w.shape)
-    w_s = jnp.where(wmask, w, jnp.zeros((), w.dtype))
+        w_keep = compact.take(w, plan.idx, plan.w_axis)
+        if plan.role == "in":
+            y = op.apply(compact.take(a, plan.idx, plan.axis), w_keep)
+        else:
+            y_small = op.apply(a, w_keep)
+            y = compact.put(y_small, plan.idx, plan.axis,
+                            _with_axis(y_small, plan.axis, w.shape[plan.w_axis]).shape)
 
-  if plan is None:
-    y, w_keep = op.apply(a, w_s), w_s
-  else:
-    w_keep = compact.take(w, plan.idx, plan.w_axis)
-    if plan.role == "in":
-      y = op.apply(compact.take(a, plan.idx, plan.axis), w_keep)
-    else:
-      y_small = op.apply(a, w_keep)
-      y = compact.put(y_small, plan.idx, plan.axis,
-                      _with_axis(y_small, plan.axis, w.shape[plan.w_axis]).shape)
+    omask = None
+    if pol.out is not None:
+        scores = y
+        if isinstance(pol.out, RandomProjection):
+            k = _proj_dim(cfg, a, w_s, y.shape)
+            if k is not None:
+                scores = op.estimate(a, w_s, aux.key, k)
+        omask, _ = pol.out.keep(scores, _slot(aux, "o"), feat, where)
+        y = jnp.where(omask, y, jnp.zeros((), y.dtype))
 
-  omask = None
-  if pol.out is not None:
-    scores = y
-    if isinstance(pol.out, RandomProjection):
-      k = _proj_dim(cfg, a, w_s, y.shape)
-      if k is not None:
-        scores = op.estimate(a, w_s, aux.key, k)
-    omask, _ = pol.out.keep(scores, _slot(aux, "o"), feat, where)
-    y = jnp.where(omask, y, jnp.zeros((), y.dtype))
+    a_thr, a_s, a_saved = None, a, a
+    if pol.act_saved is not None:
+        given = _slot(aux, "a")
+        amask, a_thr = pol.act_saved.keep(a, given, (), where)
+        a_s = jnp.where(amask, a, jnp.zeros((), a.dtype))
+        count = pol.act_saved.static_count(a.shape, given)
+        a_saved = a_s
+        if plan is not None and plan.role == "in" and not pol.straight_through:
+            a_saved = compact.take(a_s, plan.idx, plan.axis)
+        elif pol.pack_saved and count is not None and count < a.size and save:
+            a_saved = compact.pack(a, amask, count)
+            y = y + _depends_on(a_saved, y.dtype)
+    elif plan is not None and plan.role == "in" and not pol.straight_through:
+        a_saved = compact.take(a, plan.idx, plan.axis)
 
-  a_thr, a_s, a_saved = None, a, a
-  if pol.act_saved is not None:
-    given = _slot(aux, "a")
-    amask, a_thr = pol.act_saved.keep(a, given, (), where)
-    a_s = jnp.where(amask, a, jnp.zeros((), a.dtype))
-    count = pol.act_saved.static_count(a.shape, given)
-    a_saved = a_s
-    if plan is not None and plan.role == "in" and not pol.straight_through:
-      a_saved = compact.take(a_s, plan.idx, plan.axis)
-    elif pol.pack_saved and count is not None and count < a.size and save:
-      a_saved = compact.pack(a, amask, count)
-      y = y + _depends_on(a_saved, y.dtype)
-  elif plan is not None and plan.role == "in" and not pol.straight_through:
-    a_saved = compact.take(a, plan.idx, plan.axis)
-
-  nan = jnp.float32(_NAN)
-  stats = Stats(
-      w_threshold=nan if w_thr is None else jnp.asarray(w_thr, jnp.float32),
-      a_threshold=nan if a_thr is None else jnp.asarray(a_thr, jnp.float32),
-      w_density=_density(w_s), a_density=_density(a_s), a_input_density=_density(a),
-      out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)))
-  res = dict(meta=meta, a=a_saved, w=w_keep, omask=omask, g=_slot(aux, "g"),
-             idx=None if plan is None else plan.idx,
-             wmask=None if pol.straight_through or plan is not None else wmask,
-             w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
-  return (y, stats), res
+    nan = jnp.float32(_NAN)
+    stats = Stats(
+        w_threshold=nan if w_thr is None else jnp.asarray(w_thr, jnp.float32),
+        a_threshold=nan if a_thr is None else jnp.asarray(a_thr, jnp.float32),
+        w_density=_density(w_s), a_density=_density(a_s), a_input_density=_density(a),
+        out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)))
+    res = dict(meta=meta, a=a_saved, w=w_keep, omask=omask, g=_slot(aux, "g"),
+               idx=None if plan is None else plan.idx,
+               wmask=None if pol.straight_through or plan is not None else wmask,
+               w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
+    return (y, stats), res
 
 
 def _backward(cfg: _Cfg, res, cts):
-  op, pol, where = cfg.op, cfg.policy, cfg.where
-  g, _ = cts
-  meta = res["meta"]
-  a_struct, w_struct = meta.a, meta.w
-  feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
-  if res["omask"] is not None:
-    g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
-  a_saved = res["a"]
-  if isinstance(a_saved, compact.Packed):
-    # Make the unpack read dY so XLA cannot hoist it into the forward pass (which
-    # would keep every layer's dense copy alive and defeat the packing).
-    probe = (jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0).astype(a_saved.values.dtype)
-    a_saved = compact.unpack(dataclasses.replace(a_saved, values=a_saved.values + probe))
-  w_keep, idx = res["w"], res["idx"]
-  plan = None
-  if idx is not None:
-    w_axis = pol.weight.pattern.axes[0] % len(w_struct.shape)
-    role, axis = op.w_axis_role(w_axis, len(a_struct.shape), len(w_struct.shape))
-    plan = _Plan(role, axis, w_axis, idx)
+    op, pol, where = cfg.op, cfg.policy, cfg.where
+    g, _ = cts
+    meta = res["meta"]
+    a_struct, w_struct = meta.a, meta.w
+    feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
+    if res["omask"] is not None:
+        g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
+    a_saved = res["a"]
+    if isinstance(a_saved, compact.Packed):
+        # Make the unpack read dY so XLA cannot hoist it into the forward pass (which
+        # would keep every layer's dense copy alive and defeat the packing).
+        probe = (jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0).astype(a_saved.values.dtype)
+        a_saved = compact.unpack(dataclasses.replace(a_saved, values=a_saved.values + probe))
+    w_keep, idx = res["w"], res["idx"]
+    plan = None
+    if idx is not None:
+        w_axis = pol.weight.pattern.axes[0] % len(w_struct.shape)
+        role, axis = op.w_axis_role(w_axis, len(a_struct.shape), len(w_struct.shape))
+        plan = _Plan(role, axis, w_axis, idx)
 
-  cols = None
-  if pol.grad_out is not None:
-    rule = pol.grad_out
-    out_w = op.out_w_axis(len(a_struct.shape), len(w_struct.shape))
-    if (isinstance(rule, SharedColumns) and pol.compact and plan is None and out_w is not None):
-      cols = jnp.nonzero(rule.columns(g, feat, where), size=rule.k, fill_value=0)[0]
-    else:
-      gmask, _ = rule.keep(g, res["g"], feat, where)
-      g = jnp.where(gmask, g, jnp.zeros((), g.dtype))
+    cols = None
+    if pol.grad_out is not None:
+        rule = pol.grad_out
+        out_w = op.out_w_axis(len(a_struct.shape), len(w_struct.shape))
+        if (isinstance(rule, SharedColumns) and pol.compact and plan is None and out_w is not None):
+            cols = jnp.nonzero(rule.columns(g, feat, where), size=rule.k, fill_value=0)[0]
+        else:
+            gmask, _ = rule.keep(g, res["g"], feat, where)
+            g = jnp.where(gmask, g, jnp.zeros((), g.dtype))
 
-  if cols is not None:
-    (y_axis,) = feat
-    g_k = compact.take(g, cols, y_axis)
-    w_k = compact.take(w_keep, cols, out_w)
-    da = _t_a(op, w_k, a_struct, g_k)
-    dw = compact.put(_t_w(op, a_saved, _with_axis(w_struct, out_w, cols.size), g_k), cols,
-                     out_w, w_struct.shape)
-  elif plan is None:
-    da = _t_a(op, w_keep, a_struct, g)
-    dw = _t_w(op, a_saved, w_struct, g)
-  else:
-    n = idx.size
-    w_k_struct = _with_axis(w_struct, plan.w_axis, n)
-    if plan.role == "in":
-      da = compact.put(_t_a(op, w_keep, _with_axis(a_struct, plan.axis, n), g), idx, plan.axis,
-                       a_struct.shape)
-      if pol.straight_through:
+    if cols is not None:
+        (y_axis,) = feat
+        g_k = compact.take(g, cols, y_axis)
+        w_k = compact.take(w_keep, cols, out_w)
+        da = _t_a(op, w_k, a_struct, g_k)
+        dw = compact.put(_t_w(op, a_saved, _with_axis(w_struct, out_w, cols.size), g_k), cols,
+                         out_w, w_struct.shape)
+    elif plan is None:
+        da = _t_a(op, w_keep, a_struct, g)
         dw = _t_w(op, a_saved, w_struct, g)
-      else:
-        dw = compact.put(_t_w(op, a_saved, w_k_struct, g), idx, plan.w_axis, w_struct.shape)
     else:
-      g_k = compact.take(g, idx, plan.axis)
-      da = _t_a(op, w_keep, a_struct, g_k)
-      if pol.straight_through:
-        dw = _t_w(op, a_saved, w_struct, g)
-      else:
-        dw = compact.put(_t_w(op, a_saved, w_k_struct, g_k), idx, plan.w_axis, w_struct.shape)
-  if res["wmask"] is not None:
-    dw = jnp.where(res["wmask"], dw, jnp.zeros((), dw.dtype))
-  if res["w_pruned"] is not None:
-    dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
-  return da.astype(a_struct.dtype), dw.astype(w_struct.dtype), None
+        n = idx.size
+        w_k_struct = _with_axis(w_struct, plan.w_axis, n)
+        if plan.role == "in":
+            da = compact.put(_t_a(op, w_keep, _with_axis(a_struct, plan.axis, n), g), idx, plan.axis,
+                             a_struct.shape)
+            if pol.straight_through:
+                dw = _t_w(op, a_saved, w_struct, g)
+            else:
+                dw = compact.put(_t_w(op, a_saved, w_k_struct, g), idx, plan.w_axis, w_struct.shape)
+        else:
+            g_k = compact.take(g, idx, plan.axis)
+            da = _t_a(op, w_keep, a_struct, g_k)
+            if pol.straight_through:
+                dw = _t_w(op, a_saved, w_struct, g)
+            else:
+                dw = compact.put(_t_w(op, a_saved, w_k_struct, g_k), idx, plan.w_axis, w_struct.shape)
+    if res["wmask"] is not None:
+        dw = jnp.where(res["wmask"], dw, jnp.zeros((), dw.dtype))
+    if res["w_pruned"] is not None:
+        dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
+    return da.astype(a_struct.dtype), dw.astype(w_struct.dtype), None
 
 
 def _primal(cfg: _Cfg, a, w, aux):
-  return _forward(cfg, a, w, aux, save=False)[0]
+    return _forward(cfg, a, w, aux, save=False)[0]
 
 
 _sparse_op = jax.custom_vjp(_primal, nondiff_argnums=(0,))
@@ -550,138 +550,138 @@ _sparse_op.defvjp(_forward, _backward)
 
 
 def _run(cfg: _Cfg, a: ArrayLike, w: ArrayLike, aux: Optional[Aux]) -> tuple[Array, Stats]:
-  if not isinstance(cfg.policy, Policy):
-    raise TypeError(f"policy must be a sparsejax.ops.Policy, got {cfg.policy!r}.")
-  if aux is None:
-    aux = Aux()
-  elif not isinstance(aux, Aux):
-    raise TypeError(f"aux must be a sparsejax.ops.Aux or None, got {type(aux).__name__}.")
-  a, w = jnp.asarray(a), jnp.asarray(w)
-  y_shape = jax.eval_shape(cfg.op.apply, a, w).shape
-  _validate(cfg, a, w, aux, y_shape)
-  return _sparse_op(cfg, a, w, aux)
+    if not isinstance(cfg.policy, Policy):
+        raise TypeError(f"policy must be a sparsejax.ops.Policy, got {cfg.policy!r}.")
+    if aux is None:
+        aux = Aux()
+    elif not isinstance(aux, Aux):
+        raise TypeError(f"aux must be a sparsejax.ops.Aux or None, got {type(aux).__name__}.")
+    a, w = jnp.asarray(a), jnp.asarray(w)
+    y_shape = jax.eval_shape(cfg.op.apply, a, w).shape
+    _validate(cfg, a, w, aux, y_shape)
+    return _sparse_op(cfg, a, w, aux)
 
 
 def _no_sharding(out_sharding, where):
-  if out_sharding is not None:
-    raise NotImplementedError(
-        f"sparse ops{' in ' + where if where else ''} do not take out_sharding; shard with "
-        "jax.jit in/out shardings (the selection is made of plain reductions).")
+    if out_sharding is not None:
+        raise NotImplementedError(
+            f"sparse ops{' in ' + where if where else ''} do not take out_sharding; shard with "
+            "jax.jit in/out shardings (the selection is made of plain reductions).")
 
 
 def _dot_cfg(dimension_numbers, precision, preferred_element_type, policy, where):
-  (lc, rc), (lb, rb) = dimension_numbers
-  dn = ((tuple(int(i) for i in lc), tuple(int(i) for i in rc)),
-        (tuple(int(i) for i in lb), tuple(int(i) for i in rb)))
-  return _Cfg(_Dot(dn, _tuple(precision), preferred_element_type), policy, where)
+    (lc, rc), (lb, rb) = dimension_numbers
+    dn = ((tuple(int(i) for i in lc), tuple(int(i) for i in rc)),
+          (tuple(int(i) for i in lb), tuple(int(i) for i in rb)))
+    return _Cfg(_Dot(dn, _tuple(precision), preferred_element_type), policy, where)
 
 
 def sparse_dot_general_with_stats(
-    lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
-    preferred_element_type=None, *, policy: Policy, aux: Optional[Aux] = None,
-    where: Optional[str] = None, out_sharding=None) -> tuple[Array, Stats]:
-  """:func:`sparse_dot_general` that also returns the forward's :class:`Stats`.
+        lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
+        preferred_element_type=None, *, policy: Policy, aux: Optional[Aux] = None,
+        where: Optional[str] = None, out_sharding=None) -> tuple[Array, Stats]:
+    """:func:`sparse_dot_general` that also returns the forward's :class:`Stats`.
 
-  Returns:
-    ``(y, stats)``; ``stats`` carries the thresholds to cache and the realised
-    densities to monitor.
-  """
-  _no_sharding(out_sharding, where)
-  cfg = _dot_cfg(dimension_numbers, precision, preferred_element_type, policy, where)
-  return _run(cfg, lhs, rhs, aux)
+    Returns:
+      ``(y, stats)``; ``stats`` carries the thresholds to cache and the realised
+      densities to monitor.
+    """
+    _no_sharding(out_sharding, where)
+    cfg = _dot_cfg(dimension_numbers, precision, preferred_element_type, policy, where)
+    return _run(cfg, lhs, rhs, aux)
 
 
 def sparse_dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
                        preferred_element_type=None, *, policy: Policy,
                        aux: Optional[Aux] = None, where: Optional[str] = None,
                        out_sharding=None) -> Array:
-  """Drop-in ``lax.dot_general`` whose forward and backward follow ``policy``.
+    """Drop-in ``lax.dot_general`` whose forward and backward follow ``policy``.
 
-  Args:
-    lhs: the activation A.
-    rhs: the kernel W.
-    dimension_numbers: as ``lax.dot_general`` (batch dims allowed).
-    precision: as ``lax.dot_general``.
-    preferred_element_type: as ``lax.dot_general``.
-    policy: which rule sparsifies which tensor (static).
-    aux: dynamic inputs of the rules (traced; changing them never recompiles).
-    where: the layer's name for error messages.
-    out_sharding: accepted for Flax NNX compatibility; must be ``None``.
+    Args:
+      lhs: the activation A.
+      rhs: the kernel W.
+      dimension_numbers: as ``lax.dot_general`` (batch dims allowed).
+      precision: as ``lax.dot_general``.
+      preferred_element_type: as ``lax.dot_general``.
+      policy: which rule sparsifies which tensor (static).
+      aux: dynamic inputs of the rules (traced; changing them never recompiles).
+      where: the layer's name for error messages.
+      out_sharding: accepted for Flax NNX compatibility; must be ``None``.
 
-  Returns:
-    The output of ``lax.dot_general(lhs, W_s, ...)`` (masked by ``policy.out``).
+    Returns:
+      The output of ``lax.dot_general(lhs, W_s, ...)`` (masked by ``policy.out``).
 
-  Example:
-    >>> import functools, flax.linen as nn
-    >>> dg = functools.partial(sparse_dot_general, policy=Policy(weight=TopK(0.8),
-    ...                        act_saved=TopK(0.8)))
-    >>> layer = nn.Dense(4, dot_general=dg)
+    Example:
+      >>> import functools, flax.linen as nn
+      >>> dg = functools.partial(sparse_dot_general, policy=Policy(weight=TopK(0.8),
+      ...                        act_saved=TopK(0.8)))
+      >>> layer = nn.Dense(4, dot_general=dg)
 
-  References:
-    Raihan & Aamodt, NeurIPS 2020 (SWAT); Sun et al., ICML 2017 (meProp);
-    Liu et al., ICLR 2019 (DSG); Zhou et al., ICLR 2021 (SR-STE).
-  """
-  return sparse_dot_general_with_stats(
-      lhs, rhs, dimension_numbers, precision, preferred_element_type, policy=policy, aux=aux,
-      where=where, out_sharding=out_sharding)[0]
+    References:
+      Raihan & Aamodt, NeurIPS 2020 (SWAT); Sun et al., ICML 2017 (meProp);
+      Liu et al., ICLR 2019 (DSG); Zhou et al., ICLR 2021 (SR-STE).
+    """
+    return sparse_dot_general_with_stats(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type, policy=policy, aux=aux,
+        where=where, out_sharding=out_sharding)[0]
 
 
 def _conv_cfg(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
               dimension_numbers, feature_group_count, batch_group_count, precision,
               preferred_element_type, policy, where):
-  dn = lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
-  op = _Conv(_tuple(window_strides), _tuple(padding), _tuple(lhs_dilation),
-             _tuple(rhs_dilation), dn, int(feature_group_count), int(batch_group_count),
-             _tuple(precision), preferred_element_type)
-  return _Cfg(op, policy, where)
+    dn = lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), dimension_numbers)
+    op = _Conv(_tuple(window_strides), _tuple(padding), _tuple(lhs_dilation),
+               _tuple(rhs_dilation), dn, int(feature_group_count), int(batch_group_count),
+               _tuple(precision), preferred_element_type)
+    return _Cfg(op, policy, where)
 
 
 def sparse_conv_general_dilated_with_stats(
-    lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
-    rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-    batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
-    policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
-    out_sharding=None) -> tuple[Array, Stats]:
-  """:func:`sparse_conv_general_dilated` that also returns the forward's :class:`Stats`."""
-  _no_sharding(out_sharding, where)
-  cfg = _conv_cfg(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                  dimension_numbers, feature_group_count, batch_group_count, precision,
-                  preferred_element_type, policy, where)
-  return _run(cfg, lhs, rhs, aux)
+        lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
+        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+        batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
+        policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
+        out_sharding=None) -> tuple[Array, Stats]:
+    """:func:`sparse_conv_general_dilated` that also returns the forward's :class:`Stats`."""
+    _no_sharding(out_sharding, where)
+    cfg = _conv_cfg(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                    preferred_element_type, policy, where)
+    return _run(cfg, lhs, rhs, aux)
 
 
 def sparse_conv_general_dilated(
-    lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
-    rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-    batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
-    policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
-    out_sharding=None) -> Array:
-  """Drop-in ``lax.conv_general_dilated`` whose forward and backward follow ``policy``.
+        lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
+        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+        batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
+        policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
+        out_sharding=None) -> Array:
+    """Drop-in ``lax.conv_general_dilated`` whose forward and backward follow ``policy``.
 
-  Args:
-    lhs: the activation A.
-    rhs: the kernel W.
-    window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type:
-      as ``lax.conv_general_dilated``.
-    policy: which rule sparsifies which tensor (static).
-    aux: dynamic inputs of the rules (traced).
-    where: the layer's name for error messages.
-    out_sharding: accepted for Flax NNX compatibility; must be ``None``.
+    Args:
+      lhs: the activation A.
+      rhs: the kernel W.
+      window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count, precision, preferred_element_type:
+        as ``lax.conv_general_dilated``.
+      policy: which rule sparsifies which tensor (static).
+      aux: dynamic inputs of the rules (traced).
+      where: the layer's name for error messages.
+      out_sharding: accepted for Flax NNX compatibility; must be ``None``.
 
-  Returns:
-    The convolution of A with the sparse kernel (masked by ``policy.out``).
+    Returns:
+      The convolution of A with the sparse kernel (masked by ``policy.out``).
 
-  Example:
-    >>> import functools, flax.linen as nn
-    >>> conv = functools.partial(sparse_conv_general_dilated,
-    ...                          policy=Policy(weight=TopK(0.8), act_saved=TopK(0.8)))
-    >>> layer = nn.Conv(8, (3, 3), conv_general_dilated=conv)
+    Example:
+      >>> import functools, flax.linen as nn
+      >>> conv = functools.partial(sparse_conv_general_dilated,
+      ...                          policy=Policy(weight=TopK(0.8), act_saved=TopK(0.8)))
+      >>> layer = nn.Conv(8, (3, 3), conv_general_dilated=conv)
 
-  References:
-    Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
-  """
-  return sparse_conv_general_dilated_with_stats(
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, precision, preferred_element_type,
-      policy=policy, aux=aux, where=where, out_sharding=out_sharding)[0]
+    References:
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
+    """
+    return sparse_conv_general_dilated_with_stats(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type,
+        policy=policy, aux=aux, where=where, out_sharding=out_sharding)[0]

@@ -35,160 +35,160 @@ Schedule = Callable[[ArrayLike], Array]
 
 
 def _check_step(value: object, name: str, *, minimum: int = 0) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise TypeError(f"{name} must be an integer step, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer step, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
 
 
 def constant(sparsity: float) -> Schedule:
-  """The same sparsity at every step.
+    """The same sparsity at every step.
 
-  Args:
-    sparsity: fraction removed, in ``[0, 1)``.
+    Args:
+      sparsity: fraction removed, in ``[0, 1)``.
 
-  Returns:
-    ``step -> sparsity`` (float32 scalar).
+    Returns:
+      ``step -> sparsity`` (float32 scalar).
 
-  Example:
-    >>> round(float(constant(0.8)(123)), 4)
-    0.8
-  """
-  check_sparsity(sparsity, "constant(sparsity)")
-  value = float(sparsity)
+    Example:
+      >>> round(float(constant(0.8)(123)), 4)
+      0.8
+    """
+    check_sparsity(sparsity, "constant(sparsity)")
+    value = float(sparsity)
 
-  def schedule(step: ArrayLike) -> Array:
-    return jnp.full(jnp.shape(step), value, jnp.float32)
+    def schedule(step: ArrayLike) -> Array:
+        return jnp.full(jnp.shape(step), value, jnp.float32)
 
-  return schedule
+    return schedule
 
 
 def one_shot(sparsity: float, step: int) -> Schedule:
-  """Dense (0) before ``step``, ``sparsity`` from ``step`` on (one-shot pruning).
+    """Dense (0) before ``step``, ``sparsity`` from ``step`` on (one-shot pruning).
 
-  Args:
-    sparsity: fraction removed from ``step`` on, in ``[0, 1)``.
-    step: first step at which the sparsity applies (``>= 0``).
+    Args:
+      sparsity: fraction removed from ``step`` on, in ``[0, 1)``.
+      step: first step at which the sparsity applies (``>= 0``).
 
-  Returns:
-    ``step -> sparsity`` (float32 scalar).
+    Returns:
+      ``step -> sparsity`` (float32 scalar).
 
-  Example:
-    >>> s = one_shot(0.5, 10)
-    >>> float(s(9)), float(s(10))
-    (0.0, 0.5)
+    Example:
+      >>> s = one_shot(0.5, 10)
+      >>> float(s(9)), float(s(10))
+      (0.0, 0.5)
 
-  References:
-    Han et al., NeurIPS 2015 (train dense, prune once, retrain).
-  """
-  check_sparsity(sparsity, "one_shot(sparsity)")
-  at = _check_step(step, "one_shot(step)")
-  value = float(sparsity)
+    References:
+      Han et al., NeurIPS 2015 (train dense, prune once, retrain).
+    """
+    check_sparsity(sparsity, "one_shot(sparsity)")
+    at = _check_step(step, "one_shot(step)")
+    value = float(sparsity)
 
-  def schedule(t: ArrayLike) -> Array:
-    return jnp.where(jnp.asarray(t) >= at, jnp.float32(value), jnp.float32(0.0))
+    def schedule(t: ArrayLike) -> Array:
+        return jnp.where(jnp.asarray(t) >= at, jnp.float32(value), jnp.float32(0.0))
 
-  return schedule
+    return schedule
 
 
 def polynomial(final_sparsity: float, begin_step: int, end_step: int, *,
                initial_sparsity: float = 0.0, power: float = 3,
                frequency: int = 1) -> Schedule:
-  """Zhu & Gupta's gradual pruning schedule.
+    """Zhu & Gupta's gradual pruning schedule.
 
-  ``s_t = s_f + (s_i - s_f) * (1 - (t' - t_0) / (end_step - t_0)) ** power``
-  where ``t'`` is ``t`` rounded down to the last update step
-  ``t_0 + k * frequency`` (the value is held between updates, as masks are
-  refreshed every ``frequency`` steps). Before ``begin_step`` the value is
-  ``initial_sparsity``; from ``end_step`` on it is ``final_sparsity`` (also
-  when ``end_step - begin_step`` is not a multiple of ``frequency``).
+    ``s_t = s_f + (s_i - s_f) * (1 - (t' - t_0) / (end_step - t_0)) ** power``
+    where ``t'`` is ``t`` rounded down to the last update step
+    ``t_0 + k * frequency`` (the value is held between updates, as masks are
+    refreshed every ``frequency`` steps). Before ``begin_step`` the value is
+    ``initial_sparsity``; from ``end_step`` on it is ``final_sparsity`` (also
+    when ``end_step - begin_step`` is not a multiple of ``frequency``).
 
-  Args:
-    final_sparsity: ``s_f``, reached at ``end_step``; in ``[0, 1)``.
-    begin_step: ``t_0`` (``>= 0``).
-    end_step: ``t_0 + n * Δt`` (``> begin_step``).
-    initial_sparsity: ``s_i``, in ``[0, 1)``.
-    power: exponent (3 in the paper), ``> 0``.
-    frequency: ``Δt``, steps between value changes (``>= 1``).
+    Args:
+      final_sparsity: ``s_f``, reached at ``end_step``; in ``[0, 1)``.
+      begin_step: ``t_0`` (``>= 0``).
+      end_step: ``t_0 + n * Δt`` (``> begin_step``).
+      initial_sparsity: ``s_i``, in ``[0, 1)``.
+      power: exponent (3 in the paper), ``> 0``.
+      frequency: ``Δt``, steps between value changes (``>= 1``).
 
-  Returns:
-    ``step -> sparsity`` (float32 scalar).
+    Returns:
+      ``step -> sparsity`` (float32 scalar).
 
-  Example:
-    >>> s = polynomial(0.8, 0, 100)
-    >>> [round(float(s(t)), 4) for t in (0, 50, 100)]
-    [0.0, 0.7, 0.8]
+    Example:
+      >>> s = polynomial(0.8, 0, 100)
+      >>> [round(float(s(t)), 4) for t in (0, 50, 100)]
+      [0.0, 0.7, 0.8]
 
-  References:
-    Zhu & Gupta 2017, arXiv:1710.01878, eq. (1).
-  """
-  check_sparsity(final_sparsity, "polynomial(final_sparsity)")
-  check_sparsity(initial_sparsity, "polynomial(initial_sparsity)")
-  t0 = _check_step(begin_step, "polynomial(begin_step)")
-  t1 = _check_step(end_step, "polynomial(end_step)")
-  if t1 <= t0:
-    raise ValueError(f"polynomial needs end_step > begin_step, got begin_step={t0}, "
-                     f"end_step={t1}.")
-  freq = _check_step(frequency, "polynomial(frequency)", minimum=1)
-  if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
-    raise ValueError(f"polynomial(power) must be a positive number, got {power!r}.")
-  s_f, s_i, p = float(final_sparsity), float(initial_sparsity), float(power)
+    References:
+      Zhu & Gupta 2017, arXiv:1710.01878, eq. (1).
+    """
+    check_sparsity(final_sparsity, "polynomial(final_sparsity)")
+    check_sparsity(initial_sparsity, "polynomial(initial_sparsity)")
+    t0 = _check_step(begin_step, "polynomial(begin_step)")
+    t1 = _check_step(end_step, "polynomial(end_step)")
+    if t1 <= t0:
+        raise ValueError(f"polynomial needs end_step > begin_step, got begin_step={t0}, "
+                         f"end_step={t1}.")
+    freq = _check_step(frequency, "polynomial(frequency)", minimum=1)
+    if isinstance(power, bool) or not isinstance(power, numbers.Real) or not power > 0:
+        raise ValueError(f"polynomial(power) must be a positive number, got {power!r}.")
+    s_f, s_i, p = float(final_sparsity), float(initial_sparsity), float(power)
 
-  def schedule(step: ArrayLike) -> Array:
-    t = jnp.asarray(step).astype(jnp.int32)
-    held = t0 + ((jnp.clip(t, t0, t1) - t0) // freq) * freq
-    held = jnp.where(t >= t1, t1, held)
-    frac = (held - t0).astype(jnp.float32) / jnp.float32(t1 - t0)
-    return (s_f + (s_i - s_f) * (1.0 - frac) ** p).astype(jnp.float32)
+    def schedule(step: ArrayLike) -> Array:
+        t = jnp.asarray(step).astype(jnp.int32)
+        held = t0 + ((jnp.clip(t, t0, t1) - t0) // freq) * freq
+        held = jnp.where(t >= t1, t1, held)
+        frac = (held - t0).astype(jnp.float32) / jnp.float32(t1 - t0)
+        return (s_f + (s_i - s_f) * (1.0 - frac) ** p).astype(jnp.float32)
 
-  return schedule
+    return schedule
 
 
 def iterative(steps_and_sparsities: Sequence[tuple[int, float]]) -> Schedule:
-  """Piecewise-constant sparsity: ``s`` from each ``step`` until the next one.
+    """Piecewise-constant sparsity: ``s`` from each ``step`` until the next one.
 
-  Dense (0) before the first step. This is Han et al.'s iterative
-  prune → retrain recipe: with :func:`sparsejax.transform.pruning` and
-  ``update_every=None``, masks are recomputed exactly at the listed steps
-  (where the value changes) and stay fixed in between.
+    Dense (0) before the first step. This is Han et al.'s iterative
+    prune → retrain recipe: with :func:`sparsejax.transform.pruning` and
+    ``update_every=None``, masks are recomputed exactly at the listed steps
+    (where the value changes) and stay fixed in between.
 
-  Args:
-    steps_and_sparsities: ``[(step, sparsity), ...]`` with strictly increasing
-      non-negative integer steps and sparsities in ``[0, 1)``.
+    Args:
+      steps_and_sparsities: ``[(step, sparsity), ...]`` with strictly increasing
+        non-negative integer steps and sparsities in ``[0, 1)``.
 
-  Returns:
-    ``step -> sparsity`` (float32 scalar).
+    Returns:
+      ``step -> sparsity`` (float32 scalar).
 
-  Example:
-    >>> s = iterative([(0, 0.5), (100, 0.75), (200, 0.9)])
-    >>> [round(float(s(t)), 4) for t in (0, 99, 100, 250)]
-    [0.5, 0.5, 0.75, 0.9]
+    Example:
+      >>> s = iterative([(0, 0.5), (100, 0.75), (200, 0.9)])
+      >>> [round(float(s(t)), 4) for t in (0, 99, 100, 250)]
+      [0.5, 0.5, 0.75, 0.9]
 
-  References:
-    Han et al., NeurIPS 2015, Section 3.3 (iterative pruning).
-  """
-  pairs = list(steps_and_sparsities)
-  if not pairs:
-    raise ValueError("iterative needs at least one (step, sparsity) pair, e.g. "
-                     "[(0, 0.5), (1000, 0.8)].")
-  steps, values = [], []
-  for i, pair in enumerate(pairs):
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-      raise TypeError(f"iterative entry {i} must be a (step, sparsity) pair, got {pair!r}.")
-    step = _check_step(pair[0], f"iterative entry {i} step")
-    check_sparsity(pair[1], f"iterative entry {i} (step {step})")
-    if steps and step <= steps[-1]:
-      raise ValueError(f"iterative steps must be strictly increasing: entry {i} has step "
-                       f"{step} after step {steps[-1]}.")
-    steps.append(step)
-    values.append(float(pair[1]))
-  starts = tuple(steps)
-  levels = (0.0,) + tuple(values)
+    References:
+      Han et al., NeurIPS 2015, Section 3.3 (iterative pruning).
+    """
+    pairs = list(steps_and_sparsities)
+    if not pairs:
+        raise ValueError("iterative needs at least one (step, sparsity) pair, e.g. "
+                         "[(0, 0.5), (1000, 0.8)].")
+    steps, values = [], []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"iterative entry {i} must be a (step, sparsity) pair, got {pair!r}.")
+        step = _check_step(pair[0], f"iterative entry {i} step")
+        check_sparsity(pair[1], f"iterative entry {i} (step {step})")
+        if steps and step <= steps[-1]:
+            raise ValueError(f"iterative steps must be strictly increasing: entry {i} has step "
+                             f"{step} after step {steps[-1]}.")
+        steps.append(step)
+        values.append(float(pair[1]))
+    starts = tuple(steps)
+    levels = (0.0,) + tuple(values)
 
-  def schedule(step: ArrayLike) -> Array:
-    t = jnp.asarray(step)
-    index = sum((t >= s).astype(jnp.int32) for s in starts)
-    return jnp.asarray(levels, jnp.float32)[index]
+    def schedule(step: ArrayLike) -> Array:
+        t = jnp.asarray(step)
+        index = sum((t >= s).astype(jnp.int32) for s in starts)
+        return jnp.asarray(levels, jnp.float32)[index]
 
-  return schedule
+    return schedule

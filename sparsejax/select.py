@@ -42,114 +42,114 @@ _BISECTION_STEPS = 32
 
 
 def magnitude_keys(x: ArrayLike) -> Array:
-  """Returns int32 keys whose ordering equals the ordering of ``|x|``.
+    """Returns int32 keys whose ordering equals the ordering of ``|x|``.
 
-  Args:
-    x: any real floating array (float16/bfloat16/float32; float64 is rounded
-      to float32, which can only merge near-equal magnitudes into ties).
+    Args:
+      x: any real floating array (float16/bfloat16/float32; float64 is rounded
+        to float32, which can only merge near-equal magnitudes into ties).
 
-  Returns:
-    An int32 array of ``x``'s shape: the bit pattern of ``|x|`` as float32, with
-    NaN mapped to ``-1`` so that it sorts below every number.
+    Returns:
+      An int32 array of ``x``'s shape: the bit pattern of ``|x|`` as float32, with
+      NaN mapped to ``-1`` so that it sorts below every number.
 
-  Example:
-    >>> magnitude_keys(jnp.array([-2.0, 1.0])) [0] > magnitude_keys(jnp.array([1.0]))[0]
-    Array(True, dtype=bool)
-  """
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"magnitude selection needs a floating array, got {x.dtype}; "
-                    "cast it with .astype(jnp.float32) first.")
-  a = jnp.abs(x.astype(jnp.float32))
-  bits = lax.bitcast_convert_type(a, jnp.int32)
-  return jnp.where(jnp.isnan(a), jnp.int32(-1), bits)
+    Example:
+      >>> magnitude_keys(jnp.array([-2.0, 1.0])) [0] > magnitude_keys(jnp.array([1.0]))[0]
+      Array(True, dtype=bool)
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"magnitude selection needs a floating array, got {x.dtype}; "
+                        "cast it with .astype(jnp.float32) first.")
+    a = jnp.abs(x.astype(jnp.float32))
+    bits = lax.bitcast_convert_type(a, jnp.int32)
+    return jnp.where(jnp.isnan(a), jnp.int32(-1), bits)
 
 
 def keep_count(sparsity: ArrayLike, size: int) -> Array | int:
-  """Number of entries kept at ``sparsity``: ``ceil((1 - sparsity) * size)``.
+    """Number of entries kept at ``sparsity``: ``ceil((1 - sparsity) * size)``.
 
-  A Python float gives an exact Python ``int`` (rounded to 9 decimals first so
-  that ``(1 - 0.7) * 10`` is 3, not 4). A traced value (a schedule under
-  ``jit``) is rounded to a multiple of 1e-4 and then evaluated in exact integer
-  arithmetic, so it agrees with the Python value on that grid (float32 alone
-  would be off by one for tensors of millions of entries).
+    A Python float gives an exact Python ``int`` (rounded to 9 decimals first so
+    that ``(1 - 0.7) * 10`` is 3, not 4). A traced value (a schedule under
+    ``jit``) is rounded to a multiple of 1e-4 and then evaluated in exact integer
+    arithmetic, so it agrees with the Python value on that grid (float32 alone
+    would be off by one for tensors of millions of entries).
 
-  Args:
-    sparsity: fraction removed, in [0, 1).
-    size: number of entries (or of weighted units) to select from.
+    Args:
+      sparsity: fraction removed, in [0, 1).
+      size: number of entries (or of weighted units) to select from.
 
-  Returns:
-    The kept count, clipped to ``[0, size]``.
+    Returns:
+      The kept count, clipped to ``[0, size]``.
 
-  Example:
-    >>> keep_count(0.8, 10)
-    2
-  """
-  if isinstance(sparsity, (int, float)):
-    return max(0, min(size, math.ceil(round((1.0 - float(sparsity)) * size, 9))))
-  grid = 10_000
-  p = grid - jnp.round(jnp.asarray(sparsity, jnp.float32) * grid).astype(jnp.int32)
-  p = jnp.clip(p, 0, grid)
-  a, b = divmod(size, grid)
-  return jnp.clip(p * a + (p * b + grid - 1) // grid, 0, size).astype(jnp.int32)
+    Example:
+      >>> keep_count(0.8, 10)
+      2
+    """
+    if isinstance(sparsity, (int, float)):
+        return max(0, min(size, math.ceil(round((1.0 - float(sparsity)) * size, 9))))
+    grid = 10_000
+    p = grid - jnp.round(jnp.asarray(sparsity, jnp.float32) * grid).astype(jnp.int32)
+    p = jnp.clip(p, 0, grid)
+    a, b = divmod(size, grid)
+    return jnp.clip(p * a + (p * b + grid - 1) // grid, 0, size).astype(jnp.int32)
 
 
 def _count(hit: Array, weight: Array | int = 1) -> Array:
-  """Exact int32 (weighted) count of ``hit``.
+    """Exact int32 (weighted) count of ``hit``.
 
-  XLA:CPU reduces float32 several times faster than int32, and float32 sums of
-  integers are exact below 2**24, so small enough populations count in float32.
-  """
-  w_max = weight if isinstance(weight, int) else None
-  if w_max is not None and hit.size * w_max < 2**24:
-    return jnp.sum(hit.astype(jnp.float32) * w_max if w_max != 1 else
-                   hit.astype(jnp.float32)).astype(jnp.int32)
-  return jnp.sum(jnp.where(hit, weight, 0), dtype=jnp.int32)
+    XLA:CPU reduces float32 several times faster than int32, and float32 sums of
+    integers are exact below 2**24, so small enough populations count in float32.
+    """
+    w_max = weight if isinstance(weight, int) else None
+    if w_max is not None and hit.size * w_max < 2**24:
+        return jnp.sum(hit.astype(jnp.float32) * w_max if w_max != 1 else
+                       hit.astype(jnp.float32)).astype(jnp.int32)
+    return jnp.sum(jnp.where(hit, weight, 0), dtype=jnp.int32)
 
 
 def _total(keys: Sequence[Array], weights: Sequence[Array | int] | None, pred) -> Array:
-  total = jnp.zeros((), jnp.int32)
-  for i, k in enumerate(keys):
-    total = total + _count(pred(i, k), 1 if weights is None else weights[i])
-  return total
+    total = jnp.zeros((), jnp.int32)
+    for i, k in enumerate(keys):
+        total = total + _count(pred(i, k), 1 if weights is None else weights[i])
+    return total
 
 
 def _flat(keys: Sequence[Array], weights: Sequence[Array | int] | None):
-  """1-D views of keys and weights: XLA:CPU reduces rank-1 arrays 2-3x faster."""
-  flat_keys = [kk.reshape(-1) for kk in keys]
-  if weights is None:
-    return flat_keys, None
-  return flat_keys, [w if isinstance(w, int) else jnp.broadcast_to(w, kk.shape).reshape(-1)
-                     for w, kk in zip(weights, keys)]
+    """1-D views of keys and weights: XLA:CPU reduces rank-1 arrays 2-3x faster."""
+    flat_keys = [kk.reshape(-1) for kk in keys]
+    if weights is None:
+        return flat_keys, None
+    return flat_keys, [w if isinstance(w, int) else jnp.broadcast_to(w, kk.shape).reshape(-1)
+                       for w, kk in zip(weights, keys)]
 
 
 def _bisect(count_ge, lo: ArrayLike, hi: ArrayLike, k: Array, steps: int | None,
             c_lo: ArrayLike, c_hi: ArrayLike) -> tuple[Array, Array, Array]:
-  """Largest ``t`` in ``[lo, hi)`` with ``count_ge(t) >= k`` (given it holds at lo).
+    """Largest ``t`` in ``[lo, hi)`` with ``count_ge(t) >= k`` (given it holds at lo).
 
-  ``c_lo``/``c_hi`` are ``count_ge(lo)``/``count_ge(hi)``; the loop carries the
-  counts at both ends, so the result comes with ``count_ge(t)`` and
-  ``count_ge(t + 1)`` (the kept and strictly-greater counts) at no extra pass.
-  ``steps=None`` loops until the bracket closes (``lax.while_loop``).
+    ``c_lo``/``c_hi`` are ``count_ge(lo)``/``count_ge(hi)``; the loop carries the
+    counts at both ends, so the result comes with ``count_ge(t)`` and
+    ``count_ge(t + 1)`` (the kept and strictly-greater counts) at no extra pass.
+    ``steps=None`` loops until the bracket closes (``lax.while_loop``).
 
-  Returns:
-    ``(t, count_ge(t), count_ge(t + 1))``.
-  """
+    Returns:
+      ``(t, count_ge(t), count_ge(t + 1))``.
+    """
 
-  def body(state):
-    lo, hi, c_lo, c_hi = state
-    mid = lo + (hi - lo) // 2
-    c = count_ge(mid)
-    ok = c >= k
-    return (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid), jnp.where(ok, c, c_lo),
-            jnp.where(ok, c_hi, c))
+    def body(state):
+        lo, hi, c_lo, c_hi = state
+        mid = lo + (hi - lo) // 2
+        c = count_ge(mid)
+        ok = c >= k
+        return (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid), jnp.where(ok, c, c_lo),
+                jnp.where(ok, c_hi, c))
 
-  init = tuple(jnp.asarray(v, jnp.int32) for v in (lo, hi, c_lo, c_hi))
-  if steps is None:
-    out = lax.while_loop(lambda s: jnp.any(s[1] - s[0] > 1), body, init)
-  else:
-    out = lax.fori_loop(0, steps, lambda _, s: body(s), init)
-  return out[0], out[2], out[3]
+    init = tuple(jnp.asarray(v, jnp.int32) for v in (lo, hi, c_lo, c_hi))
+    if steps is None:
+        out = lax.while_loop(lambda s: jnp.any(s[1] - s[0] > 1), body, init)
+    else:
+        out = lax.fori_loop(0, steps, lambda _, s: body(s), init)
+    return out[0], out[2], out[3]
 
 
 # Populations above this size first bracket the threshold from a strided sample.
@@ -158,30 +158,30 @@ _SAMPLE_SIZE = 1 << 14
 
 
 def _sample_bracket(keys: Array, k: Array, count_ge) -> tuple[Array, ...]:
-  """A verified bracket ``[lo, hi)`` around the k-th largest key, with its counts.
+    """A verified bracket ``[lo, hi)`` around the k-th largest key, with its counts.
 
-  Quantiles of an evenly strided sample (sorted: one small op, no loop) give a
-  candidate bracket four standard deviations wide; two counting passes verify
-  it, and a failed side falls back to the full key range, so the result is
-  exact whatever the data order.
+    Quantiles of an evenly strided sample (sorted: one small op, no loop) give a
+    candidate bracket four standard deviations wide; two counting passes verify
+    it, and a failed side falls back to the full key range, so the result is
+    exact whatever the data order.
 
-  Returns:
-    ``(lo, hi, count_ge(lo), count_ge(hi))``.
-  """
-  flat = keys.reshape(-1)
-  n = flat.size
-  stride = n // _SAMPLE_SIZE
-  sample = jnp.sort(flat[: stride * _SAMPLE_SIZE: stride])
-  s = sample.size
-  k_s = k.astype(jnp.float32) * s / n
-  margin = 4.0 * jnp.sqrt(k_s * (1.0 - k_s / s) + 1.0) + 8.0
-  # The r-th largest sample key is the largest t with count(sample >= t) >= r.
-  key_at = lambda r: sample[s - jnp.clip(jnp.round(r), 1, s).astype(jnp.int32)]
-  lo, hi = key_at(k_s + margin), key_at(k_s - margin) + 1
-  c_lo, c_hi = count_ge(lo), count_ge(hi)
-  lo_ok, hi_ok = c_lo >= k, c_hi < k
-  return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, _INF_KEY + 1),
-          jnp.where(lo_ok, c_lo, n), jnp.where(hi_ok, c_hi, 0))
+    Returns:
+      ``(lo, hi, count_ge(lo), count_ge(hi))``.
+    """
+    flat = keys.reshape(-1)
+    n = flat.size
+    stride = n // _SAMPLE_SIZE
+    sample = jnp.sort(flat[: stride * _SAMPLE_SIZE: stride])
+    s = sample.size
+    k_s = k.astype(jnp.float32) * s / n
+    margin = 4.0 * jnp.sqrt(k_s * (1.0 - k_s / s) + 1.0) + 8.0
+    # The r-th largest sample key is the largest t with count(sample >= t) >= r.
+    key_at = lambda r: sample[s - jnp.clip(jnp.round(r), 1, s).astype(jnp.int32)]
+    lo, hi = key_at(k_s + margin), key_at(k_s - margin) + 1
+    c_lo, c_hi = count_ge(lo), count_ge(hi)
+    lo_ok, hi_ok = c_lo >= k, c_hi < k
+    return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, _INF_KEY + 1),
+            jnp.where(lo_ok, c_lo, n), jnp.where(hi_ok, c_hi, 0))
 
 
 # A single population this small is selected by one sort (no loop to compile).
@@ -189,106 +189,106 @@ _SORT_BELOW = 1 << 12
 
 
 def _small(keys: list[Array], weights) -> bool:
-  return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
+    return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
 
 
 def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
-  """``(v, count(keys >= v), count(keys > v))`` on flat keys (see kth_largest_key)."""
-  count_ge = lambda t: _total(keys, weights, lambda i, kk: kk >= t)
-  if _small(keys, weights):
-    n = keys[0].size
-    v = jnp.sort(keys[0])[jnp.clip(n - k, 0, n - 1)]
-    v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
-    return v, count_ge(v), count_ge(v + 1)
-  if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
-    lo, hi, c_lo, c_hi = _sample_bracket(keys[0], jnp.maximum(k, 1), count_ge)
-    return _bisect(count_ge, lo, hi, k, None, c_lo, c_hi)
-  if weights is None:
-    n_all = sum(kk.size for kk in keys)
-  else:
-    n_all = _total(keys, weights, lambda i, kk: kk >= -1)
-  return _bisect(count_ge, -1, _INF_KEY + 1, k, _BISECTION_STEPS, n_all, 0)
+    """``(v, count(keys >= v), count(keys > v))`` on flat keys (see kth_largest_key)."""
+    count_ge = lambda t: _total(keys, weights, lambda i, kk: kk >= t)
+    if _small(keys, weights):
+        n = keys[0].size
+        v = jnp.sort(keys[0])[jnp.clip(n - k, 0, n - 1)]
+        v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
+        return v, count_ge(v), count_ge(v + 1)
+    if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
+        lo, hi, c_lo, c_hi = _sample_bracket(keys[0], jnp.maximum(k, 1), count_ge)
+        return _bisect(count_ge, lo, hi, k, None, c_lo, c_hi)
+    if weights is None:
+        n_all = sum(kk.size for kk in keys)
+    else:
+        n_all = _total(keys, weights, lambda i, kk: kk >= -1)
+    return _bisect(count_ge, -1, _INF_KEY + 1, k, _BISECTION_STEPS, n_all, 0)
 
 
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None) -> Array:
-  """Largest key ``v`` with ``count(keys >= v) >= k`` (weighted if given).
+    """Largest key ``v`` with ``count(keys >= v) >= k`` (weighted if given).
 
-  Bisection over the int32 key range, one counting pass per step (32 steps).
-  A single large population is first bracketed from a strided sample of
-  16K keys (sorted, then verified by two counting passes), which leaves about
-  18 full passes; a single population of at most 4096 keys is sorted instead
-  (no loop to compile).
+    Bisection over the int32 key range, one counting pass per step (32 steps).
+    A single large population is first bracketed from a strided sample of
+    16K keys (sorted, then verified by two counting passes), which leaves about
+    18 full passes; a single population of at most 4096 keys is sorted instead
+    (no loop to compile).
 
-  Args:
-    keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
-      int32 scores); they are treated as one concatenated population.
-    k: number of (weighted) entries to keep; may be traced. ``k >= 1``.
-    weights: optional per-array weights (an int, or an int array broadcastable
-      to the keys): an entry counts ``weight`` times (a channel of 9 weights
-      counts 9).
+    Args:
+      keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
+        int32 scores); they are treated as one concatenated population.
+      k: number of (weighted) entries to keep; may be traced. ``k >= 1``.
+      weights: optional per-array weights (an int, or an int array broadcastable
+        to the keys): an entry counts ``weight`` times (a channel of 9 weights
+        counts 9).
 
-  Returns:
-    The int32 key of the k-th largest entry (``-1`` if only NaNs remain).
-  """
-  keys, weights = _flat(keys, weights)
-  return _kth(keys, jnp.asarray(k, jnp.int32), weights)[0]
+    Returns:
+      The int32 key of the k-th largest entry (``-1`` if only NaNs remain).
+    """
+    keys, weights = _flat(keys, weights)
+    return _kth(keys, jnp.asarray(k, jnp.int32), weights)[0]
 
 
 def kth_largest_key_along(keys: Array, k: ArrayLike, axis: int = -1) -> Array:
-  """Per-row k-th largest key along ``axis`` by vectorised bisection.
+    """Per-row k-th largest key along ``axis`` by vectorised bisection.
 
-  Every row (all indices of the other axes) runs the same 32-step bisection
-  over the int32 key range at once: one counting pass ``sum(keys >= mid)``
-  along ``axis`` per step, no sort and no ``lax.top_k``. Used for per-row
-  gradient selection (meProp) and per-position neuron selection (DSG).
+    Every row (all indices of the other axes) runs the same 32-step bisection
+    over the int32 key range at once: one counting pass ``sum(keys >= mid)``
+    along ``axis`` per step, no sort and no ``lax.top_k``. Used for per-row
+    gradient selection (meProp) and per-position neuron selection (DSG).
 
-  Args:
-    keys: int32 keys from :func:`magnitude_keys` (or non-negative int32 scores).
-    k: kept count per row, ``1 <= k <= keys.shape[axis]``; a Python int, a
-      traced scalar, or an int array broadcastable to the row shape.
-    axis: the axis each row runs along.
+    Args:
+      keys: int32 keys from :func:`magnitude_keys` (or non-negative int32 scores).
+      k: kept count per row, ``1 <= k <= keys.shape[axis]``; a Python int, a
+        traced scalar, or an int array broadcastable to the row shape.
+      axis: the axis each row runs along.
 
-  Returns:
-    An int32 array of ``keys``'s shape without ``axis``: the largest key ``v``
-    of each row with ``count(row >= v) >= k``; ``keys >= expand_dims(v, axis)``
-    keeps at least ``k`` entries per row (more only on ties at ``v``).
+    Returns:
+      An int32 array of ``keys``'s shape without ``axis``: the largest key ``v``
+      of each row with ``count(row >= v) >= k``; ``keys >= expand_dims(v, axis)``
+      keeps at least ``k`` entries per row (more only on ties at ``v``).
 
-  Example:
-    >>> keys = magnitude_keys(jnp.array([[1., 4., 2.], [3., 0., 5.]]))
-    >>> v = kth_largest_key_along(keys, 2, axis=1)
-    >>> (keys >= v[:, None]).tolist()
-    [[False, True, True], [True, False, True]]
+    Example:
+      >>> keys = magnitude_keys(jnp.array([[1., 4., 2.], [3., 0., 5.]]))
+      >>> v = kth_largest_key_along(keys, 2, axis=1)
+      >>> (keys >= v[:, None]).tolist()
+      [[False, True, True], [True, False, True]]
 
-  References:
-    Sun et al., "meProp: Sparsified Back Propagation for Accelerated Deep
-    Learning with Reduced Overfitting", ICML 2017 (per-example top-k).
-  """
-  keys = jnp.asarray(keys)
-  axis = axis % keys.ndim
-  rows = keys.shape[:axis] + keys.shape[axis + 1:]
-  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), rows)
-  width = keys.shape[axis]
-  if math.prod(rows) >= _COLUMN_ROWS and width < 2**24:
-    # Many short rows: XLA:CPU reduces a short minor axis slowly, so lay the
-    # rows out as columns (width, R) and sum by halving: contiguous, fused
-    # elementwise adds (2x faster on conv-sized gradients); the loop state is
-    # kept rank-1 like the columns.
-    cols = jnp.moveaxis(keys, axis, 0).reshape(width, -1)
-    n = cols.shape[1]
-    count_cols = lambda t: _halving_sum((cols >= t).astype(jnp.float32)).astype(jnp.int32)
-    flat = lambda v: jnp.full((n,), v, jnp.int32)
-    v = _bisect(count_cols, flat(-1), flat(_INF_KEY + 1), k.reshape(-1), _BISECTION_STEPS,
-                flat(width), flat(0))[0]
-    return v.reshape(rows)
-  if width < 2**24:  # float32 sums of 0/1 are exact below 2**24 (and faster on CPU)
-    count_ge = lambda t: jnp.sum((keys >= jnp.expand_dims(t, axis)).astype(jnp.float32),
-                                 axis=axis).astype(jnp.int32)
-  else:
-    count_ge = lambda t: jnp.sum(keys >= jnp.expand_dims(t, axis), axis=axis, dtype=jnp.int32)
-  full = lambda v: jnp.full(rows, v, jnp.int32)
-  return _bisect(count_ge, full(-1), full(_INF_KEY + 1), k, _BISECTION_STEPS,
-                 full(width), full(0))[0]
+    References:
+      Sun et al., "meProp: Sparsified Back Propagation for Accelerated Deep
+      Learning with Reduced Overfitting", ICML 2017 (per-example top-k).
+    """
+    keys = jnp.asarray(keys)
+    axis = axis % keys.ndim
+    rows = keys.shape[:axis] + keys.shape[axis + 1:]
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), rows)
+    width = keys.shape[axis]
+    if math.prod(rows) >= _COLUMN_ROWS and width < 2**24:
+        # Many short rows: XLA:CPU reduces a short minor axis slowly, so lay the
+        # rows out as columns (width, R) and sum by halving: contiguous, fused
+        # elementwise adds (2x faster on conv-sized gradients); the loop state is
+        # kept rank-1 like the columns.
+        cols = jnp.moveaxis(keys, axis, 0).reshape(width, -1)
+        n = cols.shape[1]
+        count_cols = lambda t: _halving_sum((cols >= t).astype(jnp.float32)).astype(jnp.int32)
+        flat = lambda v: jnp.full((n,), v, jnp.int32)
+        v = _bisect(count_cols, flat(-1), flat(_INF_KEY + 1), k.reshape(-1), _BISECTION_STEPS,
+                    flat(width), flat(0))[0]
+        return v.reshape(rows)
+    if width < 2**24:  # float32 sums of 0/1 are exact below 2**24 (and faster on CPU)
+        count_ge = lambda t: jnp.sum((keys >= jnp.expand_dims(t, axis)).astype(jnp.float32),
+                                     axis=axis).astype(jnp.int32)
+    else:
+        count_ge = lambda t: jnp.sum(keys >= jnp.expand_dims(t, axis), axis=axis, dtype=jnp.int32)
+    full = lambda v: jnp.full(rows, v, jnp.int32)
+    return _bisect(count_ge, full(-1), full(_INF_KEY + 1), k, _BISECTION_STEPS,
+                   full(width), full(0))[0]
 
 
 # Row selections over at least this many rows count in the column layout.
@@ -296,131 +296,131 @@ _COLUMN_ROWS = 1024
 
 
 def _halving_sum(h: Array) -> Array:
-  """Sum over axis 0 by repeated halving (contiguous adds XLA fuses into one loop)."""
-  while h.shape[0] > 1:
-    half = h.shape[0] // 2
-    if h.shape[0] % 2:  # fold the odd last row into the first
-      h = h[:-1].at[0].add(h[-1])
-    h = h[:half] + h[half:]
-  return h[0]
+    """Sum over axis 0 by repeated halving (contiguous adds XLA fuses into one loop)."""
+    while h.shape[0] > 1:
+        half = h.shape[0] // 2
+        if h.shape[0] % 2:  # fold the odd last row into the first
+            h = h[:-1].at[0].add(h[-1])
+        h = h[:half] + h[half:]
+    return h[0]
 
 
 def select_topk(keys: Sequence[Array], k: ArrayLike,
                 weights: Sequence[Array | int] | None = None) -> list[Array]:
-  """Exact top-k over one or several key arrays with deterministic ties.
+    """Exact top-k over one or several key arrays with deterministic ties.
 
-  Keeps every entry whose key is above the k-th largest key ``v``, then the
-  entries tied at ``v`` in order (array order, then row-major flat index) until
-  exactly ``k`` (weighted) entries are kept. Tie ranks are found by a second
-  bisection over the flat index, run only when some but not all ties fit
-  (``lax.cond``), so the common case costs the counting passes of
-  :func:`kth_largest_key` and no sort or cumulative sum (the tied and
-  strictly-greater counts come out of that bisection). NaN keys (``-1``) are
-  never kept.
+    Keeps every entry whose key is above the k-th largest key ``v``, then the
+    entries tied at ``v`` in order (array order, then row-major flat index) until
+    exactly ``k`` (weighted) entries are kept. Tie ranks are found by a second
+    bisection over the flat index, run only when some but not all ties fit
+    (``lax.cond``), so the common case costs the counting passes of
+    :func:`kth_largest_key` and no sort or cumulative sum (the tied and
+    strictly-greater counts come out of that bisection). NaN keys (``-1``) are
+    never kept.
 
-  Args:
-    keys: int32 key arrays (see :func:`magnitude_keys`).
-    k: kept count; Python int or traced int.
-    weights: optional per-entry integer weights (see :func:`kth_largest_key`).
+    Args:
+      keys: int32 key arrays (see :func:`magnitude_keys`).
+      k: kept count; Python int or traced int.
+      weights: optional per-entry integer weights (see :func:`kth_largest_key`).
 
-  Returns:
-    One bool mask per key array.
+    Returns:
+      One bool mask per key array.
 
-  Example:
-    >>> [m] = select_topk([magnitude_keys(jnp.array([1., 3., 2., 3.]))], 2)
-    >>> m.tolist()
-    [False, True, False, True]
-  """
-  return select_topk_key(keys, k, weights)[0]
+    Example:
+      >>> [m] = select_topk([magnitude_keys(jnp.array([1., 3., 2., 3.]))], 2)
+      >>> m.tolist()
+      [False, True, False, True]
+    """
+    return select_topk_key(keys, k, weights)[0]
 
 
 def select_topk_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None, *,
                     ties: str = "index") -> tuple[list[Array], Array]:
-  """:func:`select_topk` that also returns the k-th largest key ``v``.
+    """:func:`select_topk` that also returns the k-th largest key ``v``.
 
-  ``v`` is the selection's threshold (``bitcast(v)`` is the smallest kept
-  magnitude), so a caller caching thresholds needs no extra pass over the
-  tensor to find it.
+    ``v`` is the selection's threshold (``bitcast(v)`` is the smallest kept
+    magnitude), so a caller caching thresholds needs no extra pass over the
+    tensor to find it.
 
-  Args:
-    keys: int32 key arrays (see :func:`magnitude_keys`).
-    k: kept count; Python int or traced int.
-    weights: optional per-entry integer weights (see :func:`kth_largest_key`).
-    ties: ``"index"``: exactly ``k`` kept, ties at ``v`` broken by index (as
-      :func:`select_topk`). ``"all"``: keep every entry with ``key >= v`` (the
-      rule "|x| >= threshold of the k-th largest", SWAT's): at least ``k``
-      kept, more only on ties at ``v``; no tie-resolution pass or loop.
+    Args:
+      keys: int32 key arrays (see :func:`magnitude_keys`).
+      k: kept count; Python int or traced int.
+      weights: optional per-entry integer weights (see :func:`kth_largest_key`).
+      ties: ``"index"``: exactly ``k`` kept, ties at ``v`` broken by index (as
+        :func:`select_topk`). ``"all"``: keep every entry with ``key >= v`` (the
+        rule "|x| >= threshold of the k-th largest", SWAT's): at least ``k``
+        kept, more only on ties at ``v``; no tie-resolution pass or loop.
 
-  Returns:
-    ``(masks, v)``: one bool mask per key array and the int32 k-th largest
-    key (``-1`` if only NaNs remain).
+    Returns:
+      ``(masks, v)``: one bool mask per key array and the int32 k-th largest
+      key (``-1`` if only NaNs remain).
 
-  Example:
-    >>> [m], v = select_topk_key([magnitude_keys(jnp.array([1., 3., 2., 3.]))], 1, ties="all")
-    >>> m.tolist(), float(lax.bitcast_convert_type(v, jnp.float32))
-    ([False, True, False, True], 3.0)
-  """
-  if ties not in ("index", "all"):
-    raise ValueError(f"select_topk_key(ties=...) must be 'index' or 'all', got {ties!r}.")
-  k = jnp.asarray(k, jnp.int32)
-  shapes = [kk.shape for kk in keys]
-  keys, weights = _flat(keys, weights)
-  v, n_ge, n_gt = _kth(keys, k, weights)
-  if ties == "all":
-    t = jnp.maximum(v, 0)
-    return [((kk >= t) & (k > 0)).reshape(shape) for kk, shape in zip(keys, shapes)], v
-  room, n_tied = k - n_gt, n_ge - n_gt
-  if _small(keys, weights):  # rank the ties by a running count (cheap at this size)
-    [kk], [shape] = keys, shapes
-    tie = (kk == v) & (v >= 0)
-    m = (kk > v) | (tie & (jnp.cumsum(tie.astype(jnp.int32)) <= room))
-    return [(m & (k > 0)).reshape(shape)], v
-  offsets, total = [], 0
-  for kk in keys:
-    offsets.append(total)
-    total += kk.size
-  flat_index = lambda i, kk: lax.iota(jnp.int32, kk.size) + offsets[i]
+    Example:
+      >>> [m], v = select_topk_key([magnitude_keys(jnp.array([1., 3., 2., 3.]))], 1, ties="all")
+      >>> m.tolist(), float(lax.bitcast_convert_type(v, jnp.float32))
+      ([False, True, False, True], 3.0)
+    """
+    if ties not in ("index", "all"):
+        raise ValueError(f"select_topk_key(ties=...) must be 'index' or 'all', got {ties!r}.")
+    k = jnp.asarray(k, jnp.int32)
+    shapes = [kk.shape for kk in keys]
+    keys, weights = _flat(keys, weights)
+    v, n_ge, n_gt = _kth(keys, k, weights)
+    if ties == "all":
+        t = jnp.maximum(v, 0)
+        return [((kk >= t) & (k > 0)).reshape(shape) for kk, shape in zip(keys, shapes)], v
+    room, n_tied = k - n_gt, n_ge - n_gt
+    if _small(keys, weights):  # rank the ties by a running count (cheap at this size)
+        [kk], [shape] = keys, shapes
+        tie = (kk == v) & (v >= 0)
+        m = (kk > v) | (tie & (jnp.cumsum(tie.astype(jnp.int32)) <= room))
+        return [(m & (k > 0)).reshape(shape)], v
+    offsets, total = [], 0
+    for kk in keys:
+        offsets.append(total)
+        total += kk.size
+    flat_index = lambda i, kk: lax.iota(jnp.int32, kk.size) + offsets[i]
 
-  def partial_ties():
-    # Smallest cut c with count(tie & index < c) >= room: bisect on the index.
-    count_lt = lambda c: _total(keys, weights, lambda i, kk: (kk == v) & (flat_index(i, kk) < c))
-    below = lambda c: room - count_lt(c)  # positive while fewer than room ties precede c
-    c = _bisect(below, 0, total + 1, jnp.int32(1), max(1, (total + 1).bit_length()),
-                room, room - n_tied)[0]
-    return c + 1
+    def partial_ties():
+        # Smallest cut c with count(tie & index < c) >= room: bisect on the index.
+        count_lt = lambda c: _total(keys, weights, lambda i, kk: (kk == v) & (flat_index(i, kk) < c))
+        below = lambda c: room - count_lt(c)  # positive while fewer than room ties precede c
+        c = _bisect(below, 0, total + 1, jnp.int32(1), max(1, (total + 1).bit_length()),
+                    room, room - n_tied)[0]
+        return c + 1
 
-  cut = lax.cond((room > 0) & (room < n_tied), partial_ties,
-                 lambda: jnp.where(room > 0, jnp.int32(total), jnp.int32(0)))
-  masks = [(kk > v) | ((kk == v) & (v >= 0) & (flat_index(i, kk) < cut))
-           for i, kk in enumerate(keys)]
-  return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)], v
+    cut = lax.cond((room > 0) & (room < n_tied), partial_ties,
+                   lambda: jnp.where(room > 0, jnp.int32(total), jnp.int32(0)))
+    masks = [(kk > v) | ((kk == v) & (v >= 0) & (flat_index(i, kk) < cut))
+             for i, kk in enumerate(keys)]
+    return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)], v
 
 
 def threshold(x: ArrayLike, sparsity: ArrayLike, *,
               sample_size: int | None = None) -> Array:
-  """Magnitude threshold ``t`` such that ``|x| >= t`` keeps ``1 - sparsity`` of ``x``.
+    """Magnitude threshold ``t`` such that ``|x| >= t`` keeps ``1 - sparsity`` of ``x``.
 
-  With ``sample_size`` the threshold is estimated from an evenly strided sample
-  of that many entries (Spartan-style, one pass over ``sample_size`` values
-  instead of 32 over ``x``); the realised sparsity is then approximate and
-  should be reported (see ``sparsejax.realised_sparsity``-style monitors).
+    With ``sample_size`` the threshold is estimated from an evenly strided sample
+    of that many entries (Spartan-style, one pass over ``sample_size`` values
+    instead of 32 over ``x``); the realised sparsity is then approximate and
+    should be reported (see ``sparsejax.realised_sparsity``-style monitors).
 
-  Args:
-    x: floating array.
-    sparsity: fraction removed in [0, 1); may be traced.
-    sample_size: optional sample size for an approximate threshold.
+    Args:
+      x: floating array.
+      sparsity: fraction removed in [0, 1); may be traced.
+      sample_size: optional sample size for an approximate threshold.
 
-  Returns:
-    A float32 scalar magnitude threshold (``+inf``-free; 0 when sparsity is 0).
+    Returns:
+      A float32 scalar magnitude threshold (``+inf``-free; 0 when sparsity is 0).
 
-  Example:
-    >>> float(threshold(jnp.arange(10.), 0.8))
-    8.0
-  """
-  x = jnp.asarray(x).reshape(-1)
-  if sample_size is not None and sample_size < x.size:
-    stride = x.size // sample_size
-    x = x[: stride * sample_size: stride]
-  v = kth_largest_key([magnitude_keys(x)], jnp.maximum(keep_count(sparsity, x.size), 1))
-  return lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)
+    Example:
+      >>> float(threshold(jnp.arange(10.), 0.8))
+      8.0
+    """
+    x = jnp.asarray(x).reshape(-1)
+    if sample_size is not None and sample_size < x.size:
+        stride = x.size // sample_size
+        x = x[: stride * sample_size: stride]
+    v = kth_largest_key([magnitude_keys(x)], jnp.maximum(keep_count(sparsity, x.size), 1))
+    return lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)

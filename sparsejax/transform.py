@@ -86,35 +86,35 @@ SparsityOrSchedule = Union[float, Callable[[ArrayLike], ArrayLike], None]
 
 
 class PruningState(NamedTuple):
-  """State of :func:`pruning`.
+    """State of :func:`pruning`.
 
-  Attributes:
-    count: int32 number of updates done.
-    masks: bool masks with the params' structure (``None`` for untouched
-      leaves); ``True`` = kept.
-    mask_step: int32 step whose scheduled sparsity the masks were computed for
-      (``-1``: no pruning yet, masks all ``True``).
-  """
+    Attributes:
+      count: int32 number of updates done.
+      masks: bool masks with the params' structure (``None`` for untouched
+        leaves); ``True`` = kept.
+      mask_step: int32 step whose scheduled sparsity the masks were computed for
+        (``-1``: no pruning yet, masks all ``True``).
+    """
 
-  count: Array
-  masks: Any
-  mask_step: Array
+    count: Array
+    masks: Any
+    mask_step: Array
 
 
 def _plain(tree: Any) -> Any:
-  """Unwraps Flax NNX ``Variable`` leaves (``nnx.Optimizer`` passes them to ``init``).
+    """Unwraps Flax NNX ``Variable`` leaves (``nnx.Optimizer`` passes them to ``init``).
 
-  Only a loaded ``flax.nnx`` can have put Variables in the tree, so the core
-  does not import flax for plain optax users.
-  """
-  nnx = sys.modules.get("flax.nnx")
-  return tree if nnx is None else nnx.as_pure(tree)
+    Only a loaded ``flax.nnx`` can have put Variables in the tree, so the core
+    does not import flax for plain optax users.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    return tree if nnx is None else nnx.as_pure(tree)
 
 
 def _check_step(value: Any, name: str, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"pruning({name}=...) must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"pruning({name}=...) must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
 
 
 def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unstructured(),
@@ -122,154 +122,154 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
             end_step: int | None = None, include: PathRule | None = None,
             exclude: PathRule | None = None, strict: bool = False,
             q: ArrayLike | dict | None = None) -> optax.GradientTransformationExtraArgs:
-  """Magnitude pruning that keeps pruned weights exactly 0; place it last in a chain.
+    """Magnitude pruning that keeps pruned weights exactly 0; place it last in a chain.
 
-  Args:
-    sparsity_or_schedule: a sparsity in ``[0, 1)``, a schedule ``step ->
-      sparsity`` (see :mod:`sparsejax.schedules`; evaluated under ``jit`` with a
-      traced step), or ``None`` when the rule implies it (``pattern=NM(n, m)``,
-      or Han's ``q``).
-    pattern: which entries may be removed (``Unstructured()``, ``NM(2, 4)``,
-      ``Channel(...)``, ``Block(...)``).
-    distribution: how the sparsity is spread over layers (``"uniform"``,
-      ``"erk"``, ``"global"``; see :func:`sparsejax.tree.compute_masks`).
-    update_every: refresh masks every this many steps from ``begin_step``;
-      ``None`` refreshes only when the scheduled sparsity changes (see the
-      module docstring).
-    begin_step: first step at which masks may be refreshed.
-    end_step: masks are frozen from this step on (``None``: never frozen).
-    include: path rule of the leaves to prune (replaces the default: floating
-      leaves with ``ndim >= 2``).
-    exclude: path rule of leaves left dense (e.g. the classifier head).
-    strict: raise instead of skipping (and logging) leaves the pattern does not
-      fit.
-    q: Han's quality parameter(s): masks ``|W| > q · std(W)`` per layer.
+    Args:
+      sparsity_or_schedule: a sparsity in ``[0, 1)``, a schedule ``step ->
+        sparsity`` (see :mod:`sparsejax.schedules`; evaluated under ``jit`` with a
+        traced step), or ``None`` when the rule implies it (``pattern=NM(n, m)``,
+        or Han's ``q``).
+      pattern: which entries may be removed (``Unstructured()``, ``NM(2, 4)``,
+        ``Channel(...)``, ``Block(...)``).
+      distribution: how the sparsity is spread over layers (``"uniform"``,
+        ``"erk"``, ``"global"``; see :func:`sparsejax.tree.compute_masks`).
+      update_every: refresh masks every this many steps from ``begin_step``;
+        ``None`` refreshes only when the scheduled sparsity changes (see the
+        module docstring).
+      begin_step: first step at which masks may be refreshed.
+      end_step: masks are frozen from this step on (``None``: never frozen).
+      include: path rule of the leaves to prune (replaces the default: floating
+        leaves with ``ndim >= 2``).
+      exclude: path rule of leaves left dense (e.g. the classifier head).
+      strict: raise instead of skipping (and logging) leaves the pattern does not
+        fit.
+      q: Han's quality parameter(s): masks ``|W| > q · std(W)`` per layer.
 
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
-    ``params`` and returns ``where(mask, update, -param)`` for pruned leaves
-    (untouched leaves pass through).
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
+      ``params`` and returns ``where(mask, update, -param)`` for pruned leaves
+      (untouched leaves pass through).
 
-  Example:
-    >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
-    >>> tx = optax.chain(optax.sgd(0.0), pruning(0.5))
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
-    >>> optax.apply_updates(params, updates)["w"].tolist()
-    [[0.0, -3.0], [0.0, 2.0]]
+    Example:
+      >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
+      >>> tx = optax.chain(optax.sgd(0.0), pruning(0.5))
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+      >>> optax.apply_updates(params, updates)["w"].tolist()
+      [[0.0, -3.0], [0.0, 2.0]]
 
-  References:
-    Han et al., NeurIPS 2015; Zhu & Gupta, arXiv:1710.01878; NVIDIA apex ASP
-    (Mishra et al., arXiv:2104.08378).
-  """
-  if not isinstance(pattern, Pattern):
-    raise TypeError(f"pruning(pattern=...) must be a sparsejax Pattern (Unstructured(), "
-                    f"NM(2, 4), Channel(...), Block(...)), got {pattern!r}.")
-  schedule = sparsity_or_schedule if callable(sparsity_or_schedule) else None
-  if sparsity_or_schedule is None:
-    if pattern.fixed_sparsity is None and q is None:
-      raise ValueError(f"pruning(None, pattern={pattern!r}) needs a sparsity: pass a float "
-                       "or a schedule, or a pattern that fixes it (NM(2, 4)) or Han's q.")
-  elif schedule is None:
-    check_sparsity(sparsity_or_schedule, "pruning(sparsity)")
-  elif pattern.fixed_sparsity is not None:
-    raise ValueError(f"{pattern!r} fixes its own sparsity; pass sparsity_or_schedule=None "
-                     "instead of a schedule.")
-  if update_every is not None:
-    update_every = _check_step(update_every, "update_every", 1)
-  begin_step = _check_step(begin_step, "begin_step", 0)
-  if end_step is not None:
-    end_step = _check_step(end_step, "end_step", begin_step + 1)
-  options = dict(pattern=pattern, distribution=distribution, include=include,
-                 exclude=exclude, strict=strict, q=q)
-
-  # A constant sparsity with update_every=None from step 0: init computed the
-  # masks (or the sparsity is 0) and no later step can refresh them, so the
-  # update skips the refresh branch entirely (Han / ASP retraining).
-  masks_fixed_at_init = update_every is None and schedule is None and begin_step == 0
-
-  def sparsity_at(step: ArrayLike) -> ArrayLike | None:
-    """The argument ``compute_masks`` gets at ``step``."""
-    return sparsity_or_schedule if schedule is None else schedule(step)
-
-  def level(step: ArrayLike) -> Array:
-    """The value whose changes trigger a refresh (``update_every=None``)."""
-    if schedule is not None:
-      return jnp.asarray(schedule(step), jnp.float32)
-    return jnp.float32(1.0 if sparsity_or_schedule is None else sparsity_or_schedule)
-
-  def masks_at(params: Any, step: ArrayLike) -> Any:
-    return compute_masks(params, sparsity_at(step), **options)
-
-  def should_refresh(count: Array, mask_step: Array) -> Array:
-    in_window = count >= begin_step
-    if end_step is not None:
-      in_window = in_window & (count < end_step)
+    References:
+      Han et al., NeurIPS 2015; Zhu & Gupta, arXiv:1710.01878; NVIDIA apex ASP
+      (Mishra et al., arXiv:2104.08378).
+    """
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pruning(pattern=...) must be a sparsejax Pattern (Unstructured(), "
+                        f"NM(2, 4), Channel(...), Block(...)), got {pattern!r}.")
+    schedule = sparsity_or_schedule if callable(sparsity_or_schedule) else None
+    if sparsity_or_schedule is None:
+        if pattern.fixed_sparsity is None and q is None:
+            raise ValueError(f"pruning(None, pattern={pattern!r}) needs a sparsity: pass a float "
+                             "or a schedule, or a pattern that fixes it (NM(2, 4)) or Han's q.")
+    elif schedule is None:
+        check_sparsity(sparsity_or_schedule, "pruning(sparsity)")
+    elif pattern.fixed_sparsity is not None:
+        raise ValueError(f"{pattern!r} fixes its own sparsity; pass sparsity_or_schedule=None "
+                         "instead of a schedule.")
     if update_every is not None:
-      return in_window & ((count - begin_step) % update_every == 0)
-    previous = jnp.where(mask_step < 0, 0.0, level(jnp.maximum(mask_step, 0)))
-    return in_window & (level(count) != previous)
+        update_every = _check_step(update_every, "update_every", 1)
+    begin_step = _check_step(begin_step, "begin_step", 0)
+    if end_step is not None:
+        end_step = _check_step(end_step, "end_step", begin_step + 1)
+    options = dict(pattern=pattern, distribution=distribution, include=include,
+                   exclude=exclude, strict=strict, q=q)
 
-  def init_fn(params):
-    params = _plain(params)
-    with jax.ensure_compile_time_eval():
-      s0 = level(0)
-    if schedule is not None:
-      check_sparsity(s0, "pruning schedule at step 0")
-    if begin_step == 0 and float(s0) > 0.0:
-      return PruningState(jnp.zeros((), jnp.int32), masks_at(params, 0), jnp.zeros((), jnp.int32))
-    shapes = jax.eval_shape(masks_at, params, jnp.zeros((), jnp.int32))
-    ones = jax.tree.map(lambda s: jnp.ones(s.shape, bool), shapes)
-    return PruningState(jnp.zeros((), jnp.int32), ones, jnp.full((), -1, jnp.int32))
+    # A constant sparsity with update_every=None from step 0: init computed the
+    # masks (or the sparsity is 0) and no later step can refresh them, so the
+    # update skips the refresh branch entirely (Han / ASP retraining).
+    masks_fixed_at_init = update_every is None and schedule is None and begin_step == 0
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    if params is None:
-      raise ValueError("pruning needs the params: call tx.update(grads, opt_state, params) "
-                       "(flax TrainState and nnx.Optimizer pass them).")
-    count = state.count
-    if masks_fixed_at_init:
-      masks, mask_step = state.masks, state.mask_step
-    else:
-      refresh = should_refresh(count, state.mask_step)
-      candidate = optax.apply_updates(params, updates)
-      masks = lax.cond(refresh, lambda c: masks_at(c, count), lambda c: state.masks, candidate)
-      mask_step = jnp.where(refresh, count, state.mask_step)
-    masked = jax.tree.map(
-        lambda m, u, p: u if m is None else jnp.where(m, u, -jnp.asarray(p, u.dtype)),
-        masks, updates, params, is_leaf=lambda x: x is None)
-    return masked, PruningState(optax.safe_int32_increment(count), masks, mask_step)
+    def sparsity_at(step: ArrayLike) -> ArrayLike | None:
+        """The argument ``compute_masks`` gets at ``step``."""
+        return sparsity_or_schedule if schedule is None else schedule(step)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def level(step: ArrayLike) -> Array:
+        """The value whose changes trigger a refresh (``update_every=None``)."""
+        if schedule is not None:
+            return jnp.asarray(schedule(step), jnp.float32)
+        return jnp.float32(1.0 if sparsity_or_schedule is None else sparsity_or_schedule)
+
+    def masks_at(params: Any, step: ArrayLike) -> Any:
+        return compute_masks(params, sparsity_at(step), **options)
+
+    def should_refresh(count: Array, mask_step: Array) -> Array:
+        in_window = count >= begin_step
+        if end_step is not None:
+            in_window = in_window & (count < end_step)
+        if update_every is not None:
+            return in_window & ((count - begin_step) % update_every == 0)
+        previous = jnp.where(mask_step < 0, 0.0, level(jnp.maximum(mask_step, 0)))
+        return in_window & (level(count) != previous)
+
+    def init_fn(params):
+        params = _plain(params)
+        with jax.ensure_compile_time_eval():
+            s0 = level(0)
+        if schedule is not None:
+            check_sparsity(s0, "pruning schedule at step 0")
+        if begin_step == 0 and float(s0) > 0.0:
+            return PruningState(jnp.zeros((), jnp.int32), masks_at(params, 0), jnp.zeros((), jnp.int32))
+        shapes = jax.eval_shape(masks_at, params, jnp.zeros((), jnp.int32))
+        ones = jax.tree.map(lambda s: jnp.ones(s.shape, bool), shapes)
+        return PruningState(jnp.zeros((), jnp.int32), ones, jnp.full((), -1, jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("pruning needs the params: call tx.update(grads, opt_state, params) "
+                             "(flax TrainState and nnx.Optimizer pass them).")
+        count = state.count
+        if masks_fixed_at_init:
+            masks, mask_step = state.masks, state.mask_step
+        else:
+            refresh = should_refresh(count, state.mask_step)
+            candidate = optax.apply_updates(params, updates)
+            masks = lax.cond(refresh, lambda c: masks_at(c, count), lambda c: state.masks, candidate)
+            mask_step = jnp.where(refresh, count, state.mask_step)
+        masked = jax.tree.map(
+            lambda m, u, p: u if m is None else jnp.where(m, u, -jnp.asarray(p, u.dtype)),
+            masks, updates, params, is_leaf=lambda x: x is None)
+        return masked, PruningState(optax.safe_int32_increment(count), masks, mask_step)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def get_masks(opt_state: Any) -> Any:
-  """The masks of the :func:`pruning` transform inside an optimizer state.
+    """The masks of the :func:`pruning` transform inside an optimizer state.
 
-  Searches the whole state pytree (``optax.chain`` tuples,
-  ``inject_hyperparams``, ``MultiSteps``, ``masked``, a Flax ``TrainState``'s
-  ``opt_state`` or an ``nnx.Optimizer``'s ``opt_state``).
+    Searches the whole state pytree (``optax.chain`` tuples,
+    ``inject_hyperparams``, ``MultiSteps``, ``masked``, a Flax ``TrainState``'s
+    ``opt_state`` or an ``nnx.Optimizer``'s ``opt_state``).
 
-  Args:
-    opt_state: any optimizer state.
+    Args:
+      opt_state: any optimizer state.
 
-  Returns:
-    The bool mask tree (``None`` for untouched leaves; Flax NNX wrappers are
-    removed), or ``None`` if the state holds no :class:`PruningState`.
+    Returns:
+      The bool mask tree (``None`` for untouched leaves; Flax NNX wrappers are
+      removed), or ``None`` if the state holds no :class:`PruningState`.
 
-  Raises:
-    ValueError: if the state holds more than one :class:`PruningState`.
+    Raises:
+      ValueError: if the state holds more than one :class:`PruningState`.
 
-  Example:
-    >>> state = optax.chain(optax.sgd(0.1), pruning(0.5)).init({"w": jnp.ones((2, 2))})
-    >>> get_masks(state)["w"].sum().item()
-    2
-  """
-  is_state = lambda x: isinstance(x, PruningState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
-  if not found:
-    return None
-  if len(found) > 1:
-    raise ValueError(f"the optimizer state holds {len(found)} pruning states; read the one "
-                     "you want directly (state[i].masks) instead of get_masks.")
-  return _plain(found[0].masks)
+    Example:
+      >>> state = optax.chain(optax.sgd(0.1), pruning(0.5)).init({"w": jnp.ones((2, 2))})
+      >>> get_masks(state)["w"].sum().item()
+      2
+    """
+    is_state = lambda x: isinstance(x, PruningState)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ValueError(f"the optimizer state holds {len(found)} pruning states; read the one "
+                         "you want directly (state[i].masks) instead of get_masks.")
+    return _plain(found[0].masks)

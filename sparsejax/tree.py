@@ -29,58 +29,58 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def _check_arguments(sparsity, pattern, distribution, q) -> None:
-  if not isinstance(pattern, Pattern):
-    raise TypeError(f"pattern must be a sparsejax Pattern (Unstructured(), NM(2, 4), "
-                    f"Channel(axes), Block(shape)), got {pattern!r}.")
-  if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
-    raise ValueError(f"unknown distribution {distribution!r}; valid: {list(DISTRIBUTIONS)} "
-                     "(or pass q=... for Han's q·std rule).")
-  fixed = pattern.fixed_sparsity
-  if q is not None:
-    if sparsity is not None:
-      raise ValueError("pass exactly one of sparsity= (a target) and q= (Han's q·std "
-                       f"threshold), got sparsity={sparsity!r} and q={q!r}.")
-    if type(pattern) is not Unstructured or distribution != "uniform":
-      raise ValueError(f"q= (Han's |W| > q·std(W) rule) is per entry and per layer; it "
-                       f"takes neither pattern={pattern!r} nor distribution={distribution!r}. "
-                       "Use sparsity= for structured patterns.")
-    return
-  if fixed is not None:
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a sparsejax Pattern (Unstructured(), NM(2, 4), "
+                        f"Channel(axes), Block(shape)), got {pattern!r}.")
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; valid: {list(DISTRIBUTIONS)} "
+                         "(or pass q=... for Han's q·std rule).")
+    fixed = pattern.fixed_sparsity
+    if q is not None:
+        if sparsity is not None:
+            raise ValueError("pass exactly one of sparsity= (a target) and q= (Han's q·std "
+                             f"threshold), got sparsity={sparsity!r} and q={q!r}.")
+        if type(pattern) is not Unstructured or distribution != "uniform":
+            raise ValueError(f"q= (Han's |W| > q·std(W) rule) is per entry and per layer; it "
+                             f"takes neither pattern={pattern!r} nor distribution={distribution!r}. "
+                             "Use sparsity= for structured patterns.")
+        return
+    if fixed is not None:
+        if distribution != "uniform":
+            raise ValueError(f"{pattern!r} has a fixed per-group sparsity {fixed:g}; it takes "
+                             f"distribution='uniform' only, got {distribution!r}.")
+        if sparsity is not None and not (is_concrete(sparsity)
+                                         and abs(float(sparsity) - fixed) < 1e-9):
+            raise ValueError(f"{pattern!r} implies sparsity {fixed:g}; pass sparsity=None "
+                             f"(got {sparsity!r}).")
+        return
+    if sparsity is None:
+        raise ValueError(f"{pattern!r} needs a target: pass sparsity= in [0, 1) or q= for "
+                         "Han's q·std rule.")
+    if distribution == "global" and not pattern.supports_global:
+        raise ValueError(f"{pattern!r} has no global threshold; use distribution='uniform' "
+                         "or 'erk'.")
     if distribution != "uniform":
-      raise ValueError(f"{pattern!r} has a fixed per-group sparsity {fixed:g}; it takes "
-                       f"distribution='uniform' only, got {distribution!r}.")
-    if sparsity is not None and not (is_concrete(sparsity)
-                                     and abs(float(sparsity) - fixed) < 1e-9):
-      raise ValueError(f"{pattern!r} implies sparsity {fixed:g}; pass sparsity=None "
-                       f"(got {sparsity!r}).")
-    return
-  if sparsity is None:
-    raise ValueError(f"{pattern!r} needs a target: pass sparsity= in [0, 1) or q= for "
-                     "Han's q·std rule.")
-  if distribution == "global" and not pattern.supports_global:
-    raise ValueError(f"{pattern!r} has no global threshold; use distribution='uniform' "
-                     "or 'erk'.")
-  if distribution != "uniform":
-    check_sparsity(sparsity, f"sparsity (distribution={distribution!r})")
+        check_sparsity(sparsity, f"sparsity (distribution={distribution!r})")
 
 
 def _eligible(params, include, exclude, pattern, strict) -> dict[str, Array]:
-  leaves = leaf_paths(params)
-  out = {}
-  for path in selected_paths(params, include, exclude):
-    leaf = leaves[path]
-    reason = pattern.ineligible(tuple(jnp.shape(leaf)))
-    if reason is not None:
-      if strict:
-        raise ValueError(f"{pattern!r} cannot prune {path!r}: {reason}. Exclude the layer "
-                         f"(exclude={path!r}), pick a pattern that fits its shape, or pass "
-                         "strict=False to skip it with a logged reason.")
-      logger.warning("skipped %s %s: %s doesn't fit (%s)", path, tuple(jnp.shape(leaf)),
-                     pattern, reason)
-      continue
-    check_finite(leaf, path)
-    out[path] = jnp.asarray(leaf)
-  return out
+    leaves = leaf_paths(params)
+    out = {}
+    for path in selected_paths(params, include, exclude):
+        leaf = leaves[path]
+        reason = pattern.ineligible(tuple(jnp.shape(leaf)))
+        if reason is not None:
+            if strict:
+                raise ValueError(f"{pattern!r} cannot prune {path!r}: {reason}. Exclude the layer "
+                                 f"(exclude={path!r}), pick a pattern that fits its shape, or pass "
+                                 "strict=False to skip it with a logged reason.")
+            logger.warning("skipped %s %s: %s doesn't fit (%s)", path, tuple(jnp.shape(leaf)),
+                           pattern, reason)
+            continue
+        check_finite(leaf, path)
+        out[path] = jnp.asarray(leaf)
+    return out
 
 
 def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
@@ -88,122 +88,122 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
                   include: PathRule | None = None, exclude: PathRule | None = None,
                   strict: bool = False,
                   q: ArrayLike | Mapping[str, ArrayLike] | None = None) -> Any:
-  """Magnitude masks for every selected leaf of ``params``.
+    """Magnitude masks for every selected leaf of ``params``.
 
-  Works eagerly and under ``jit``: ``sparsity`` (and a scalar ``q``) may be
-  traced (no recompilation per value); ``pattern``, ``distribution``,
-  ``include``, ``exclude`` and ``strict`` are static Python values. Outside
-  ``jit`` NaN weights in a selected leaf raise an error naming it; inside
-  ``jit`` NaN entries are simply never kept.
+    Works eagerly and under ``jit``: ``sparsity`` (and a scalar ``q``) may be
+    traced (no recompilation per value); ``pattern``, ``distribution``,
+    ``include``, ``exclude`` and ``strict`` are static Python values. Outside
+    ``jit`` NaN weights in a selected leaf raise an error naming it; inside
+    ``jit`` NaN entries are simply never kept.
 
-  Args:
-    params: parameter pytree (e.g. Flax ``variables["params"]``).
-    sparsity: target fraction removed in ``[0, 1)``; ``None`` for N:M
-      patterns (their sparsity is ``1 - n/m``) or with ``q``.
-    pattern: which entries may be removed together (``Unstructured()``,
-      ``NM(2, 4)``, ``Channel(axes)``, ``Block(shape)``).
-    distribution: ``"uniform"`` (every layer at ``sparsity``), ``"erk"``
-      (Erdős–Rényi-Kernel, :func:`sparsejax.distributions.erk_sparsities`) or
-      ``"global"`` (one threshold across layers; not for N:M).
-    include: path rule replacing the default targets (floating leaves with
-      ``ndim >= 2``); see :mod:`sparsejax.paths` for the semantics.
-    exclude: path rule removing leaves from the selection.
-    strict: if ``True`` a selected leaf the pattern does not fit (e.g. an N:M
-      axis not divisible by m) raises ``ValueError``; by default it is skipped
-      (mask ``None``) with a warning on the ``"sparsejax"`` logger.
-    q: Han's rule instead of a target: keep ``|W| > q · std(W)`` per layer; a
-      scalar or a mapping path-regex -> q (first match wins). Unstructured
-      pattern and ``distribution="uniform"`` only.
+    Args:
+      params: parameter pytree (e.g. Flax ``variables["params"]``).
+      sparsity: target fraction removed in ``[0, 1)``; ``None`` for N:M
+        patterns (their sparsity is ``1 - n/m``) or with ``q``.
+      pattern: which entries may be removed together (``Unstructured()``,
+        ``NM(2, 4)``, ``Channel(axes)``, ``Block(shape)``).
+      distribution: ``"uniform"`` (every layer at ``sparsity``), ``"erk"``
+        (Erdős–Rényi-Kernel, :func:`sparsejax.distributions.erk_sparsities`) or
+        ``"global"`` (one threshold across layers; not for N:M).
+      include: path rule replacing the default targets (floating leaves with
+        ``ndim >= 2``); see :mod:`sparsejax.paths` for the semantics.
+      exclude: path rule removing leaves from the selection.
+      strict: if ``True`` a selected leaf the pattern does not fit (e.g. an N:M
+        axis not divisible by m) raises ``ValueError``; by default it is skipped
+        (mask ``None``) with a warning on the ``"sparsejax"`` logger.
+      q: Han's rule instead of a target: keep ``|W| > q · std(W)`` per layer; a
+        scalar or a mapping path-regex -> q (first match wins). Unstructured
+        pattern and ``distribution="uniform"`` only.
 
-  Returns:
-    A tree with ``params``' structure: a bool array of the leaf's shape for
-    every pruned leaf (``True`` = kept), ``None`` for untouched leaves.
+    Returns:
+      A tree with ``params``' structure: a bool array of the leaf's shape for
+      every pruned leaf (``True`` = kept), ``None`` for untouched leaves.
 
-  Example:
-    >>> params = {"Dense_0": {"kernel": jnp.arange(8.).reshape(4, 2), "bias": jnp.ones(2)}}
-    >>> masks = compute_masks(params, 0.75)
-    >>> masks["Dense_0"]["bias"] is None, int(masks["Dense_0"]["kernel"].sum())
-    (True, 2)
+    Example:
+      >>> params = {"Dense_0": {"kernel": jnp.arange(8.).reshape(4, 2), "bias": jnp.ones(2)}}
+      >>> masks = compute_masks(params, 0.75)
+      >>> masks["Dense_0"]["bias"] is None, int(masks["Dense_0"]["kernel"].sum())
+      (True, 2)
 
-  References:
-    Han et al., NeurIPS 2015 (magnitude pruning, q·std rule); Evci et al.,
-    "Rigging the Lottery", ICML 2020 (ERK); Mishra et al. 2021 (N:M).
-  """
-  _check_arguments(sparsity, pattern, distribution, q)
-  leaves = _eligible(params, include, exclude, pattern, strict)
-  return _as_tree(params, _layer_masks(leaves, sparsity, pattern, distribution, q))
+    References:
+      Han et al., NeurIPS 2015 (magnitude pruning, q·std rule); Evci et al.,
+      "Rigging the Lottery", ICML 2020 (ERK); Mishra et al. 2021 (N:M).
+    """
+    _check_arguments(sparsity, pattern, distribution, q)
+    leaves = _eligible(params, include, exclude, pattern, strict)
+    return _as_tree(params, _layer_masks(leaves, sparsity, pattern, distribution, q))
 
 
 def _layer_masks(leaves: Mapping[str, Array], sparsity, pattern, distribution,
                  q) -> dict[str, Array]:
-  if not leaves:
-    warnings.warn("compute_masks selected no leaf to prune (see the 'sparsejax' logger "
-                  "at INFO level for why); every mask is None.", stacklevel=3)
-  if q is not None:
-    return han_masks(leaves, q)
-  if pattern.fixed_sparsity is not None or distribution == "uniform":
-    return {p: pattern.mask(x, sparsity, where=p) for p, x in leaves.items()}
-  if distribution == "erk":
-    per_layer = erk_sparsities({p: x.shape for p, x in leaves.items()}, sparsity)
-    return {p: pattern.mask(x, per_layer[p], where=p) for p, x in leaves.items()}
-  return global_masks(leaves, sparsity, pattern)
+    if not leaves:
+        warnings.warn("compute_masks selected no leaf to prune (see the 'sparsejax' logger "
+                      "at INFO level for why); every mask is None.", stacklevel=3)
+    if q is not None:
+        return han_masks(leaves, q)
+    if pattern.fixed_sparsity is not None or distribution == "uniform":
+        return {p: pattern.mask(x, sparsity, where=p) for p, x in leaves.items()}
+    if distribution == "erk":
+        per_layer = erk_sparsities({p: x.shape for p, x in leaves.items()}, sparsity)
+        return {p: pattern.mask(x, per_layer[p], where=p) for p, x in leaves.items()}
+    return global_masks(leaves, sparsity, pattern)
 
 
 def _as_tree(params: Any, masks: Mapping[str, Array]) -> Any:
-  pairs, treedef = flatten(params)
-  return jax.tree_util.tree_unflatten(treedef, [masks.get(p) for p, _ in pairs])
+    pairs, treedef = flatten(params)
+    return jax.tree_util.tree_unflatten(treedef, [masks.get(p) for p, _ in pairs])
 
 
 def _same_paths(params_pairs, mask_pairs) -> None:
-  for i in range(max(len(params_pairs), len(mask_pairs))):
-    pp = params_pairs[i][0] if i < len(params_pairs) else None
-    mp = mask_pairs[i][0] if i < len(mask_pairs) else None
-    if pp != mp:
-      raise ValueError(f"masks do not match params: first difference at leaf {i}, params "
-                       f"has {pp!r}, masks has {mp!r}. Compute the masks from these params "
-                       "(compute_masks) or rebuild them with the same tree structure.")
+    for i in range(max(len(params_pairs), len(mask_pairs))):
+        pp = params_pairs[i][0] if i < len(params_pairs) else None
+        mp = mask_pairs[i][0] if i < len(mask_pairs) else None
+        if pp != mp:
+            raise ValueError(f"masks do not match params: first difference at leaf {i}, params "
+                             f"has {pp!r}, masks has {mp!r}. Compute the masks from these params "
+                             "(compute_masks) or rebuild them with the same tree structure.")
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
-  """Zeros the entries of ``params`` where ``masks`` is ``False``.
+    """Zeros the entries of ``params`` where ``masks`` is ``False``.
 
-  Args:
-    params: parameter pytree.
-    masks: a mask tree with ``params``' structure (see :func:`compute_masks`):
-      bool arrays of the leaf's shape, ``None`` for untouched leaves.
+    Args:
+      params: parameter pytree.
+      masks: a mask tree with ``params``' structure (see :func:`compute_masks`):
+        bool arrays of the leaf's shape, ``None`` for untouched leaves.
 
-  Returns:
-    ``params`` with masked entries set to 0 (dtype kept); untouched leaves are
-    returned as they are.
+    Returns:
+      ``params`` with masked entries set to 0 (dtype kept); untouched leaves are
+      returned as they are.
 
-  Raises:
-    ValueError: the trees differ (the message names the first differing
-      path) or a mask's shape differs from its leaf's.
-    TypeError: a mask leaf is not boolean.
+    Raises:
+      ValueError: the trees differ (the message names the first differing
+        path) or a mask's shape differs from its leaf's.
+      TypeError: a mask leaf is not boolean.
 
-  Example:
-    >>> apply_masks({"w": jnp.array([1., 2.])}, {"w": jnp.array([False, True])})
-    {'w': Array([0., 2.], dtype=float32)}
-  """
-  ppairs, treedef = flatten(params)
-  mpairs, _ = flatten(masks)
-  _same_paths(ppairs, mpairs)
-  out = []
-  for (path, x), (_, m) in zip(ppairs, mpairs):
-    if m is None:
-      out.append(x)
-      continue
-    if x is None:
-      raise ValueError(f"masks has an array at {path!r} where params has None.")
-    if jnp.result_type(m) != jnp.bool_:
-      raise TypeError(f"mask at {path!r} has dtype {jnp.result_type(m)}; masks are bool "
-                      "(True = kept). Did you pass params as masks?")
-    if jnp.shape(m) != jnp.shape(x):
-      raise ValueError(f"mask at {path!r} has shape {jnp.shape(m)}, the parameter "
-                       f"{jnp.shape(x)}; recompute the masks for these params.")
-    x = jnp.asarray(x)
-    out.append(jnp.where(m, x, jnp.zeros((), x.dtype)))
-  return jax.tree_util.tree_unflatten(treedef, out)
+    Example:
+      >>> apply_masks({"w": jnp.array([1., 2.])}, {"w": jnp.array([False, True])})
+      {'w': Array([0., 2.], dtype=float32)}
+    """
+    ppairs, treedef = flatten(params)
+    mpairs, _ = flatten(masks)
+    _same_paths(ppairs, mpairs)
+    out = []
+    for (path, x), (_, m) in zip(ppairs, mpairs):
+        if m is None:
+            out.append(x)
+            continue
+        if x is None:
+            raise ValueError(f"masks has an array at {path!r} where params has None.")
+        if jnp.result_type(m) != jnp.bool_:
+            raise TypeError(f"mask at {path!r} has dtype {jnp.result_type(m)}; masks are bool "
+                            "(True = kept). Did you pass params as masks?")
+        if jnp.shape(m) != jnp.shape(x):
+            raise ValueError(f"mask at {path!r} has shape {jnp.shape(m)}, the parameter "
+                             f"{jnp.shape(x)}; recompute the masks for these params.")
+        x = jnp.asarray(x)
+        out.append(jnp.where(m, x, jnp.zeros((), x.dtype)))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def prune(params: Any, sparsity: ArrayLike | None = None, *,
@@ -211,38 +211,38 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
           include: PathRule | None = None, exclude: PathRule | None = None,
           strict: bool = False,
           q: ArrayLike | Mapping[str, ArrayLike] | None = None) -> tuple[Any, Any]:
-  """One-shot magnitude pruning of a trained parameter tree (outside ``jit``).
+    """One-shot magnitude pruning of a trained parameter tree (outside ``jit``).
 
-  Validates everything on the host first (sparsity in ``[0, 1)``, finite
-  weights, known distribution, pattern fit with ``strict``), each error naming
-  the parameter path, then computes the masks in one compiled program (same
-  result as :func:`compute_masks` with a Python-float sparsity) and applies
-  them. Retrain with the
-  masks fixed (e.g. the optax ``pruning`` transform) to recover accuracy.
+    Validates everything on the host first (sparsity in ``[0, 1)``, finite
+    weights, known distribution, pattern fit with ``strict``), each error naming
+    the parameter path, then computes the masks in one compiled program (same
+    result as :func:`compute_masks` with a Python-float sparsity) and applies
+    them. Retrain with the
+    masks fixed (e.g. the optax ``pruning`` transform) to recover accuracy.
 
-  Args:
-    params: trained parameter pytree (concrete arrays).
-    sparsity, pattern, distribution, include, exclude, strict, q: as in
-      :func:`compute_masks`.
+    Args:
+      params: trained parameter pytree (concrete arrays).
+      sparsity, pattern, distribution, include, exclude, strict, q: as in
+        :func:`compute_masks`.
 
-  Returns:
-    ``(pruned_params, masks)``.
+    Returns:
+      ``(pruned_params, masks)``.
 
-  Example:
-    >>> pruned, masks = prune(params, 0.9, exclude="Dense_2")  # doctest: +SKIP
+    Example:
+      >>> pruned, masks = prune(params, 0.9, exclude="Dense_2")  # doctest: +SKIP
 
-  References:
-    Han et al., "Learning both Weights and Connections for Efficient Neural
-    Networks", NeurIPS 2015; NVIDIA ASP for one-shot 2:4.
-  """
-  for path, leaf in leaf_paths(params).items():
-    if not is_concrete(leaf):
-      raise TypeError(f"prune() runs on concrete params, {path!r} is traced; inside jit "
-                      "use compute_masks + apply_masks.")
-  _check_arguments(sparsity, pattern, distribution, q)
-  leaves = _eligible(params, include, exclude, pattern, strict)
-  # One compiled program with the host sparsity as a constant (exact keep counts)
-  # instead of op-by-op dispatch of every layer's selection loops.
-  layer_masks = jax.jit(lambda lv: _layer_masks(lv, sparsity, pattern, distribution, q))
-  masks = _as_tree(params, layer_masks(leaves))
-  return apply_masks(params, masks), masks
+    References:
+      Han et al., "Learning both Weights and Connections for Efficient Neural
+      Networks", NeurIPS 2015; NVIDIA ASP for one-shot 2:4.
+    """
+    for path, leaf in leaf_paths(params).items():
+        if not is_concrete(leaf):
+            raise TypeError(f"prune() runs on concrete params, {path!r} is traced; inside jit "
+                            "use compute_masks + apply_masks.")
+    _check_arguments(sparsity, pattern, distribution, q)
+    leaves = _eligible(params, include, exclude, pattern, strict)
+    # One compiled program with the host sparsity as a constant (exact keep counts)
+    # instead of op-by-op dispatch of every layer's selection loops.
+    layer_masks = jax.jit(lambda lv: _layer_masks(lv, sparsity, pattern, distribution, q))
+    masks = _as_tree(params, layer_masks(leaves))
+    return apply_masks(params, masks), masks

@@ -9,7 +9,7 @@ _BLOCKED = ("tensorflow", "tensorflow_datasets", "orbax", "matplotlib", "ml_coll
 
 
 def test_core_imports_without_experiment_stack():
-  code = textwrap.dedent(f"""
+    code = textwrap.dedent(f"""
       import importlib.abc, sys
       class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -19,6 +19,6 @@ def test_core_imports_without_experiment_stack():
       import sparsejax, sparsejax.zoo
       print('ok', len(dir(sparsejax)))
   """)
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.startswith("ok")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")

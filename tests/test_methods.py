@@ -18,66 +18,66 @@ LAYERS = [LayerInfo("Conv_0", "conv", (3, 3, 3, 16), 16),
 
 
 def test_methods_are_hashable_values():
-  assert hash(methods.swat(0.8, period=20)) == hash(methods.swat(0.8, period=20))
-  assert methods.swat(0.8) != methods.swat(0.9)
-  jax.jit(lambda x, m: x, static_argnums=1)(1.0, methods.ste(NM(2, 4)))
+    assert hash(methods.swat(0.8, period=20)) == hash(methods.swat(0.8, period=20))
+    assert methods.swat(0.8) != methods.swat(0.9)
+    jax.jit(lambda x, m: x, static_argnums=1)(1.0, methods.ste(NM(2, 4)))
 
 
 def test_swat_uniform_plan_first_dense_last_sparse():
-  plan = methods.swat(0.8).plan(LAYERS)
-  assert list(plan) == ["Block_0/Conv_0", "Block_0/Conv_1", "head"]
-  assert set(plan.values()) == {0.8}
-  plan = methods.swat(0.8, dense_first=False, dense_last=True).plan(LAYERS)
-  assert list(plan) == ["Conv_0", "Block_0/Conv_0", "Block_0/Conv_1"]
+    plan = methods.swat(0.8).plan(LAYERS)
+    assert list(plan) == ["Block_0/Conv_0", "Block_0/Conv_1", "head"]
+    assert set(plan.values()) == {0.8}
+    plan = methods.swat(0.8, dense_first=False, dense_last=True).plan(LAYERS)
+    assert list(plan) == ["Conv_0", "Block_0/Conv_0", "Block_0/Conv_1"]
 
 
 def test_swat_include_exclude_by_module_path():
-  plan = methods.swat(0.5, dense_first=False, exclude=r"^Block_0/Conv_1$").plan(LAYERS)
-  assert "Block_0/Conv_1" not in plan and "head" in plan
-  plan = methods.swat(0.5, dense_first=False, include="Block_0").plan(LAYERS)
-  assert list(plan) == ["Block_0/Conv_0", "Block_0/Conv_1"]
+    plan = methods.swat(0.5, dense_first=False, exclude=r"^Block_0/Conv_1$").plan(LAYERS)
+    assert "Block_0/Conv_1" not in plan and "head" in plan
+    plan = methods.swat(0.5, dense_first=False, include="Block_0").plan(LAYERS)
+    assert list(plan) == ["Block_0/Conv_0", "Block_0/Conv_1"]
 
 
 def test_swat_erk_budgets_match_erk_and_global_budget():
-  plan = methods.swat(0.9, distribution="erk").plan(LAYERS)
-  shapes = {l.path: l.kernel_shape for l in LAYERS[1:]}
-  assert plan == erk_sparsities(shapes, 0.9)
-  sizes = {l.path: l.size for l in LAYERS[1:]}
-  kept = sum((1 - plan[p]) * sizes[p] for p in plan)
-  np.testing.assert_allclose(kept, 0.1 * sum(sizes.values()), rtol=1e-9)
-  assert plan["head"] < plan["Block_0/Conv_1"]  # the small layer is denser
+    plan = methods.swat(0.9, distribution="erk").plan(LAYERS)
+    shapes = {l.path: l.kernel_shape for l in LAYERS[1:]}
+    assert plan == erk_sparsities(shapes, 0.9)
+    sizes = {l.path: l.size for l in LAYERS[1:]}
+    kept = sum((1 - plan[p]) * sizes[p] for p in plan)
+    np.testing.assert_allclose(kept, 0.1 * sum(sizes.values()), rtol=1e-9)
+    assert plan["head"] < plan["Block_0/Conv_1"]  # the small layer is denser
 
 
 def test_momentum_budgets_respect_cap_and_global_budget():
-  sizes = {"a": 100, "b": 1000, "c": 10000}
-  scores = {"a": 50.0, "b": 1.0, "c": 1.0}  # "a" would get far more than its size
-  s = methods.momentum_budgets(sizes, scores, 0.9)
-  dens = {p: 1 - float(v) for p, v in s.items()}
-  assert dens["a"] == pytest.approx(methods.MOMENTUM_DENSITY_CAP, abs=1e-6)
-  kept = sum(dens[p] * sizes[p] for p in sizes)
-  assert kept == pytest.approx(0.1 * sum(sizes.values()), rel=1e-5)
-  # residual shared in proportion to the scores: b and c get equal mean-score density
-  np.testing.assert_allclose(dens["b"] * sizes["b"] / (dens["c"] * sizes["c"]), 1.0, rtol=1e-5)
-  # all-zero scores -> uniform
-  u = methods.momentum_budgets(sizes, {p: 0.0 for p in sizes}, 0.8)
-  np.testing.assert_allclose([float(v) for v in u.values()], 0.8, rtol=1e-5)
-  jax.jit(lambda sc: methods.momentum_budgets(sizes, sc, 0.9))(scores)
+    sizes = {"a": 100, "b": 1000, "c": 10000}
+    scores = {"a": 50.0, "b": 1.0, "c": 1.0}  # "a" would get far more than its size
+    s = methods.momentum_budgets(sizes, scores, 0.9)
+    dens = {p: 1 - float(v) for p, v in s.items()}
+    assert dens["a"] == pytest.approx(methods.MOMENTUM_DENSITY_CAP, abs=1e-6)
+    kept = sum(dens[p] * sizes[p] for p in sizes)
+    assert kept == pytest.approx(0.1 * sum(sizes.values()), rel=1e-5)
+    # residual shared in proportion to the scores: b and c get equal mean-score density
+    np.testing.assert_allclose(dens["b"] * sizes["b"] / (dens["c"] * sizes["c"]), 1.0, rtol=1e-5)
+    # all-zero scores -> uniform
+    u = methods.momentum_budgets(sizes, {p: 0.0 for p in sizes}, 0.8)
+    np.testing.assert_allclose([float(v) for v in u.values()], 0.8, rtol=1e-5)
+    jax.jit(lambda sc: methods.momentum_budgets(sizes, sc, 0.9))(scores)
 
 
 def test_meprop_k_too_large_names_layer():
-  with pytest.raises(ValueError, match="'Conv_0' has output features \(16\)"):
-    methods.meprop(20).plan(LAYERS)
-  plan = methods.meprop(0.25).plan(LAYERS)
-  assert "head" not in plan and plan["Block_0/Conv_0"] == pytest.approx(0.75)
-  assert methods.meprop(0.2).kept(32) == 7
+    with pytest.raises(ValueError, match="'Conv_0' has output features \(16\)"):
+        methods.meprop(20).plan(LAYERS)
+    plan = methods.meprop(0.25).plan(LAYERS)
+    assert "head" not in plan and plan["Block_0/Conv_0"] == pytest.approx(0.75)
+    assert methods.meprop(0.2).kept(32) == 7
 
 
 def test_ste_skips_layers_that_do_not_fit():
-  plan = methods.ste(NM(2, 4)).plan(LAYERS)
-  assert "Conv_0" not in plan  # 3 input channels
-  assert plan["head"] == 0.5
-  plan = methods.ste(Unstructured(), sparsity=0.8).plan(LAYERS)
-  assert len(plan) == 4
+    plan = methods.ste(NM(2, 4)).plan(LAYERS)
+    assert "Conv_0" not in plan  # 3 input channels
+    assert plan["head"] == 0.5
+    plan = methods.ste(Unstructured(), sparsity=0.8).plan(LAYERS)
+    assert len(plan) == 4
 
 
 @pytest.mark.parametrize("build, exc, match", [
@@ -95,42 +95,42 @@ def test_ste_skips_layers_that_do_not_fit():
     (lambda: methods.grad_drop(1.2), ValueError, "sparsity"),
 ])
 def test_invalid_arguments(build, exc, match):
-  with pytest.raises(exc, match=match):
-    build()
+    with pytest.raises(exc, match=match):
+        build()
 
 
 def test_grad_drop_keeps_exact_topk_of_each_kernel():
-  g = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (10, 10)),
-                   "bias": jnp.ones(10)}}
-  tx = methods.grad_drop(0.9)
-  out, state = jax.jit(tx.update)(g, tx.init(g))
-  k = out["Dense_0"]["kernel"]
-  assert int(jnp.sum(k != 0)) == 10
-  kept = jnp.abs(g["Dense_0"]["kernel"])[k != 0]
-  assert float(kept.min()) >= float(jnp.sort(jnp.abs(g["Dense_0"]["kernel"]).ravel())[-10])
-  np.testing.assert_array_equal(out["Dense_0"]["bias"], 1.0)
-  assert int(state.count) == 1
-  optax.chain(tx, optax.sgd(0.1)).init(g)
+    g = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(0), (10, 10)),
+                     "bias": jnp.ones(10)}}
+    tx = methods.grad_drop(0.9)
+    out, state = jax.jit(tx.update)(g, tx.init(g))
+    k = out["Dense_0"]["kernel"]
+    assert int(jnp.sum(k != 0)) == 10
+    kept = jnp.abs(g["Dense_0"]["kernel"])[k != 0]
+    assert float(kept.min()) >= float(jnp.sort(jnp.abs(g["Dense_0"]["kernel"]).ravel())[-10])
+    np.testing.assert_array_equal(out["Dense_0"]["bias"], 1.0)
+    assert int(state.count) == 1
+    optax.chain(tx, optax.sgd(0.1)).init(g)
 
 
 def test_swat_straight_through_false_gives_pruned_filters_zero_gradient():
-  from sparsejax.ops import sparse_conv_general_dilated
-  method = methods.swat(0.5, structured="filter", straight_through=False)
-  info = LAYERS[1]
-  w = jax.random.normal(jax.random.key(0), info.kernel_shape)
-  a = jax.nn.relu(jax.random.normal(jax.random.key(1), (2, 6, 6, 16)))
-  policy, aux = method.policy_aux(info, 0.5, method.init_state(info, 0.5, w), None, True)
-  assert not policy.straight_through
-  loss = lambda w_: sparse_conv_general_dilated(
-      a, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), policy=policy,
-      aux=aux).sum()
-  dw = jax.grad(loss)(w)
-  live = np.asarray(jnp.any(dw != 0, axis=(0, 1, 2)))
-  assert live.sum() == 16
-  # Kept filters are the 16 of largest mean |W|; their gradient is the dense one.
-  kept = np.argsort(-np.asarray(jnp.abs(w).mean(axis=(0, 1, 2))))[:16]
-  assert set(np.flatnonzero(live)) == set(kept.tolist())
-  paper = methods.swat(0.5, structured="filter")
-  assert paper.policy_aux(info, 0.5, paper.init_state(info, 0.5, w), None, True)[0].straight_through
-  with pytest.raises(TypeError):
-    methods.swat(0.5, straight_through=1)
+    from sparsejax.ops import sparse_conv_general_dilated
+    method = methods.swat(0.5, structured="filter", straight_through=False)
+    info = LAYERS[1]
+    w = jax.random.normal(jax.random.key(0), info.kernel_shape)
+    a = jax.nn.relu(jax.random.normal(jax.random.key(1), (2, 6, 6, 16)))
+    policy, aux = method.policy_aux(info, 0.5, method.init_state(info, 0.5, w), None, True)
+    assert not policy.straight_through
+    loss = lambda w_: sparse_conv_general_dilated(
+        a, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), policy=policy,
+        aux=aux).sum()
+    dw = jax.grad(loss)(w)
+    live = np.asarray(jnp.any(dw != 0, axis=(0, 1, 2)))
+    assert live.sum() == 16
+    # Kept filters are the 16 of largest mean |W|; their gradient is the dense one.
+    kept = np.argsort(-np.asarray(jnp.abs(w).mean(axis=(0, 1, 2))))[:16]
+    assert set(np.flatnonzero(live)) == set(kept.tolist())
+    paper = methods.swat(0.5, structured="filter")
+    assert paper.policy_aux(info, 0.5, paper.init_state(info, 0.5, w), None, True)[0].straight_through
+    with pytest.raises(TypeError):
+        methods.swat(0.5, straight_through=1)

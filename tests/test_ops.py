@@ -22,81 +22,81 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def np_topk(x, s):
-  """Reference whole-tensor top-K mask by a full sort (no ties in random data)."""
-  x = np.asarray(x)
-  k = math.ceil(round((1 - s) * x.size, 9))
-  m = np.zeros(x.size, bool)
-  m[np.argsort(-np.abs(x).ravel(), kind="stable")[:k]] = True
-  return m.reshape(x.shape)
+    """Reference whole-tensor top-K mask by a full sort (no ties in random data)."""
+    x = np.asarray(x)
+    k = math.ceil(round((1 - s) * x.size, 9))
+    m = np.zeros(x.size, bool)
+    m[np.argsort(-np.abs(x).ravel(), kind="stable")[:k]] = True
+    return m.reshape(x.shape)
 
 
 def rand(seed, *shapes):
-  keys = jax.random.split(jax.random.key(seed), len(shapes))
-  return [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
 
 
 def conv(a, w, **kw):
-  kw = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": NHWC, **kw}
-  return lax.conv_general_dilated(a, w, **kw)
+    kw = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": NHWC, **kw}
+    return lax.conv_general_dilated(a, w, **kw)
 
 
 def sconv(policy, aux=None, **kw):
-  kw = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": NHWC, **kw}
-  return lambda a, w: sparse_conv_general_dilated(a, w, policy=policy, aux=aux, **kw)
+    kw = {"window_strides": (1, 1), "padding": "SAME", "dimension_numbers": NHWC, **kw}
+    return lambda a, w: sparse_conv_general_dilated(a, w, policy=policy, aux=aux, **kw)
 
 
 DENSE_DN = (((1,), (0,)), ((), ()))
 
 
 def dense(a, w):
-  return lax.dot_general(a, w, DENSE_DN)
+    return lax.dot_general(a, w, DENSE_DN)
 
 
 def sdense(policy, aux=None):
-  return lambda a, w: sparse_dot_general(a, w, DENSE_DN, policy=policy, aux=aux)
+    return lambda a, w: sparse_dot_general(a, w, DENSE_DN, policy=policy, aux=aux)
 
 
 def fwd_bwd(f, a, w, ct):
-  """Forward output and the (dA, dW) pulled back from ``ct``, under jit."""
+    """Forward output and the (dA, dW) pulled back from ``ct``, under jit."""
 
-  @jax.jit
-  def run(a_, w_, ct_):
-    y, vjp = jax.vjp(f, a_, w_)
-    return (y,) + vjp(ct_)
+    @jax.jit
+    def run(a_, w_, ct_):
+        y, vjp = jax.vjp(f, a_, w_)
+        return (y,) + vjp(ct_)
 
-  return run(a, w, ct)
+    return run(a, w, ct)
 
 
 def ref_fwd_bwd(op, a, w, ct, *, w_fwd=None, a_saved=None, g_mask=None, y_mask=None):
-  """Dense reference: y = op(A, W_fwd)·y_mask; dA uses W_fwd, dW uses A_saved."""
-  w_fwd = w if w_fwd is None else w_fwd
-  a_saved = a if a_saved is None else a_saved
-  y = op(a, w_fwd)
-  g = ct
-  if y_mask is not None:
-    y, g = y * y_mask, g * y_mask
-  if g_mask is not None:
-    g = g * g_mask
-  da = jax.vjp(lambda a_: op(a_, w_fwd), a)[1](g)[0]
-  dw = jax.vjp(lambda w_: op(a_saved, w_), w)[1](g)[0]
-  return y, da, dw
+    """Dense reference: y = op(A, W_fwd)·y_mask; dA uses W_fwd, dW uses A_saved."""
+    w_fwd = w if w_fwd is None else w_fwd
+    a_saved = a if a_saved is None else a_saved
+    y = op(a, w_fwd)
+    g = ct
+    if y_mask is not None:
+        y, g = y * y_mask, g * y_mask
+    if g_mask is not None:
+        g = g * g_mask
+    da = jax.vjp(lambda a_: op(a_, w_fwd), a)[1](g)[0]
+    dw = jax.vjp(lambda w_: op(a_saved, w_), w)[1](g)[0]
+    return y, da, dw
 
 
 def assert_all_close(got, want, **tol):
-  for g, r in zip(got, want):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(r), **(tol or TOL))
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), **(tol or TOL))
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_no_rules_is_dense_op_with_true_gradient(kind):
-  if kind == "dense":
-    a, w = rand(0, (5, 6), (6, 4))
-    f, ref = sdense(Policy()), dense
-  else:
-    a, w = rand(0, (2, 5, 5, 3), (3, 3, 3, 4))
-    f, ref = sconv(Policy(), window_strides=(2, 2)), functools.partial(conv, window_strides=(2, 2))
-  np.testing.assert_allclose(f(a, w), ref(a, w), **TOL)
-  check_grads(f, (a, w), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+    if kind == "dense":
+        a, w = rand(0, (5, 6), (6, 4))
+        f, ref = sdense(Policy()), dense
+    else:
+        a, w = rand(0, (2, 5, 5, 3), (3, 3, 3, 4))
+        f, ref = sconv(Policy(), window_strides=(2, 2)), functools.partial(conv, window_strides=(2, 2))
+    np.testing.assert_allclose(f(a, w), ref(a, w), **TOL)
+    check_grads(f, (a, w), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("kw", [
@@ -105,235 +105,235 @@ def test_no_rules_is_dense_op_with_true_gradient(kind):
     dict(feature_group_count=2, rhs_dilation=(2, 1)),
 ])
 def test_swat_conv_matches_masked_reference(kw):
-  a, w, ct = rand(1, (2, 7, 7, 4), (3, 3, 4 // kw.get("feature_group_count", 1), 6), (1,))
-  a = jax.nn.relu(a)
-  y_shape = jax.eval_shape(lambda: conv(a, w, **kw)).shape
-  ct = jax.random.normal(jax.random.key(9), y_shape)
-  f = sconv(Policy(weight=TopK(0.7), act_saved=TopK(0.6)), **kw)
-  got = fwd_bwd(f, a, w, ct)
-  want = ref_fwd_bwd(functools.partial(conv, **kw), a, w, ct,
-                     w_fwd=w * np_topk(w, 0.7), a_saved=a * np_topk(a, 0.6))
-  assert_all_close(got, want)
-  assert np.count_nonzero(np.asarray(got[2])) > np.count_nonzero(np_topk(w, 0.7))  # dense dW
+    a, w, ct = rand(1, (2, 7, 7, 4), (3, 3, 4 // kw.get("feature_group_count", 1), 6), (1,))
+    a = jax.nn.relu(a)
+    y_shape = jax.eval_shape(lambda: conv(a, w, **kw)).shape
+    ct = jax.random.normal(jax.random.key(9), y_shape)
+    f = sconv(Policy(weight=TopK(0.7), act_saved=TopK(0.6)), **kw)
+    got = fwd_bwd(f, a, w, ct)
+    want = ref_fwd_bwd(functools.partial(conv, **kw), a, w, ct,
+                       w_fwd=w * np_topk(w, 0.7), a_saved=a * np_topk(a, 0.6))
+    assert_all_close(got, want)
+    assert np.count_nonzero(np.asarray(got[2])) > np.count_nonzero(np_topk(w, 0.7))  # dense dW
 
 
 def test_swat_relu_input_drops_nothing_more():
-  a, w, ct = rand(2, (4, 8), (8, 3), (4, 3))
-  a = a.at[:, :6].set(0.0)  # 75% zeros, sparsity 0.5 keeps every non-zero
-  got = fwd_bwd(sdense(Policy(act_saved=TopK(0.5))), a, w, ct)
-  assert_all_close(got, ref_fwd_bwd(dense, a, w, ct))
+    a, w, ct = rand(2, (4, 8), (8, 3), (4, 3))
+    a = a.at[:, :6].set(0.0)  # 75% zeros, sparsity 0.5 keeps every non-zero
+    got = fwd_bwd(sdense(Policy(act_saved=TopK(0.5))), a, w, ct)
+    assert_all_close(got, ref_fwd_bwd(dense, a, w, ct))
 
 
 def test_dot_general_batch_dims_einsum_style():
-  # (B, T, H, D) x (H, D, F) -> (H, B, T, F): batch over heads.
-  a, w = rand(3, (2, 3, 4, 5), (4, 5, 6))
-  dn = (((3,), (1,)), ((2,), (0,)))
-  op = lambda a_, w_: lax.dot_general(a_, w_, dn)
-  ct = jax.random.normal(jax.random.key(4), op(a, w).shape)
-  pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5), grad_out=RowTopK(2))
-  got = fwd_bwd(lambda a_, w_: sparse_dot_general(a_, w_, dn, policy=pol), a, w, ct)
-  g_rows = np.abs(np.asarray(ct))
-  g_mask = g_rows >= np.sort(g_rows, axis=-1)[..., -2:-1]
-  want = ref_fwd_bwd(op, a, w, ct, w_fwd=w * np_topk(w, 0.5), a_saved=a * np_topk(a, 0.5),
-                     g_mask=g_mask)
-  assert_all_close(got, want)
+    # (B, T, H, D) x (H, D, F) -> (H, B, T, F): batch over heads.
+    a, w = rand(3, (2, 3, 4, 5), (4, 5, 6))
+    dn = (((3,), (1,)), ((2,), (0,)))
+    op = lambda a_, w_: lax.dot_general(a_, w_, dn)
+    ct = jax.random.normal(jax.random.key(4), op(a, w).shape)
+    pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5), grad_out=RowTopK(2))
+    got = fwd_bwd(lambda a_, w_: sparse_dot_general(a_, w_, dn, policy=pol), a, w, ct)
+    g_rows = np.abs(np.asarray(ct))
+    g_mask = g_rows >= np.sort(g_rows, axis=-1)[..., -2:-1]
+    want = ref_fwd_bwd(op, a, w, ct, w_fwd=w * np_topk(w, 0.5), a_saved=a * np_topk(a, 0.5),
+                       g_mask=g_mask)
+    assert_all_close(got, want)
 
 
 def test_meprop_row_topk_and_dense_bias_grad():
-  import flax.linen as nn
-  a, ct = rand(5, (6, 7), (6, 5))
-  layer = nn.Dense(5, dot_general=functools.partial(sparse_dot_general,
-                                                    policy=Policy(grad_out=RowTopK(2))))
-  params = layer.init(jax.random.key(0), a)
-  y, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, a)
-  dp, da = vjp(ct)
-  w = params["params"]["kernel"]
-  g = np.abs(np.asarray(ct))
-  g_mask = g >= np.sort(g, axis=1)[:, -2:-1]
-  assert (g_mask.sum(1) == 2).all()
-  _, da_ref, dw_ref = ref_fwd_bwd(dense, a, w, ct, g_mask=g_mask)
-  assert_all_close((da, dp["params"]["kernel"]), (da_ref, dw_ref))
-  np.testing.assert_allclose(dp["params"]["bias"], ct.sum(0), **TOL)  # dense bias gradient
+    import flax.linen as nn
+    a, ct = rand(5, (6, 7), (6, 5))
+    layer = nn.Dense(5, dot_general=functools.partial(sparse_dot_general,
+                                                      policy=Policy(grad_out=RowTopK(2))))
+    params = layer.init(jax.random.key(0), a)
+    y, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, a)
+    dp, da = vjp(ct)
+    w = params["params"]["kernel"]
+    g = np.abs(np.asarray(ct))
+    g_mask = g >= np.sort(g, axis=1)[:, -2:-1]
+    assert (g_mask.sum(1) == 2).all()
+    _, da_ref, dw_ref = ref_fwd_bwd(dense, a, w, ct, g_mask=g_mask)
+    assert_all_close((da, dp["params"]["kernel"]), (da_ref, dw_ref))
+    np.testing.assert_allclose(dp["params"]["bias"], ct.sum(0), **TOL)  # dense bias gradient
 
 
 @pytest.mark.parametrize("compact", [True, False])
 def test_meprop_shared_columns(compact):
-  a, w, ct = rand(6, (6, 7), (7, 9), (6, 9))
-  got = fwd_bwd(sdense(Policy(grad_out=SharedColumns(3), compact=compact)), a, w, ct)
-  cols = np.argsort(-np.abs(np.asarray(ct)).sum(0))[:3]
-  g_mask = np.zeros(9, bool)
-  g_mask[cols] = True
-  assert_all_close(got, ref_fwd_bwd(dense, a, w, ct, g_mask=g_mask[None, :]))
+    a, w, ct = rand(6, (6, 7), (7, 9), (6, 9))
+    got = fwd_bwd(sdense(Policy(grad_out=SharedColumns(3), compact=compact)), a, w, ct)
+    cols = np.argsort(-np.abs(np.asarray(ct)).sum(0))[:3]
+    g_mask = np.zeros(9, bool)
+    g_mask[cols] = True
+    assert_all_close(got, ref_fwd_bwd(dense, a, w, ct, g_mask=g_mask[None, :]))
 
 
 def test_shared_columns_conv_compacted():
-  a, w = rand(7, (2, 5, 5, 3), (3, 3, 3, 8))
-  ct = jax.random.normal(jax.random.key(1), (2, 5, 5, 8))
-  got = fwd_bwd(sconv(Policy(grad_out=SharedColumns(3))), a, w, ct)
-  cols = np.argsort(-np.abs(np.asarray(ct)).sum((0, 1, 2)))[:3]
-  g_mask = np.zeros(8, bool)
-  g_mask[cols] = True
-  assert_all_close(got, ref_fwd_bwd(conv, a, w, ct, g_mask=g_mask))
+    a, w = rand(7, (2, 5, 5, 3), (3, 3, 3, 8))
+    ct = jax.random.normal(jax.random.key(1), (2, 5, 5, 8))
+    got = fwd_bwd(sconv(Policy(grad_out=SharedColumns(3))), a, w, ct)
+    cols = np.argsort(-np.abs(np.asarray(ct)).sum((0, 1, 2)))[:3]
+    g_mask = np.zeros(8, bool)
+    g_mask[cols] = True
+    assert_all_close(got, ref_fwd_bwd(conv, a, w, ct, g_mask=g_mask))
 
 
 def test_dsg_exact_scores_mask_forward_and_reuse_on_dy():
-  a, w, ct = rand(8, (6, 4), (4, 10), (6, 10))  # JL dim > 4: exact pre-activation scores
-  y, stats = sparse_dot_general_with_stats(a, w, DENSE_DN, policy=Policy(out=RandomProjection(0.6)))
-  y_full = np.asarray(dense(a, w))
-  rel = np.maximum(y_full, 0)
-  kth = np.sort(rel, axis=1)[:, -4:-3]  # keep_count(0.6, 10) = 4 per row
-  y_mask = (rel >= kth) & (rel > 0)
-  np.testing.assert_allclose(y, y_full * y_mask, **TOL)
-  assert float(stats.out_density) == pytest.approx(y_mask.mean())
-  got = fwd_bwd(sdense(Policy(out=RandomProjection(0.6))), a, w, ct)
-  assert_all_close(got, ref_fwd_bwd(dense, a, w, ct, y_mask=y_mask))
+    a, w, ct = rand(8, (6, 4), (4, 10), (6, 10))  # JL dim > 4: exact pre-activation scores
+    y, stats = sparse_dot_general_with_stats(a, w, DENSE_DN, policy=Policy(out=RandomProjection(0.6)))
+    y_full = np.asarray(dense(a, w))
+    rel = np.maximum(y_full, 0)
+    kth = np.sort(rel, axis=1)[:, -4:-3]  # keep_count(0.6, 10) = 4 per row
+    y_mask = (rel >= kth) & (rel > 0)
+    np.testing.assert_allclose(y, y_full * y_mask, **TOL)
+    assert float(stats.out_density) == pytest.approx(y_mask.mean())
+    got = fwd_bwd(sdense(Policy(out=RandomProjection(0.6))), a, w, ct)
+    assert_all_close(got, ref_fwd_bwd(dense, a, w, ct, y_mask=y_mask))
 
 
 def test_dsg_random_projection_estimate_conv():
-  a, w = rand(9, (2, 6, 6, 64), (3, 3, 64, 32))  # contraction 576 > JL dim
-  a = jax.nn.relu(a)
-  w = w * jnp.linspace(0.1, 3.0, 32)  # output neurons of very different scales
-  pol = Policy(out=RandomProjection(0.75, relu=False))
-  f = sconv(pol, Aux(key=jax.random.key(3)))
-  ct = jax.random.normal(jax.random.key(2), (2, 6, 6, 32))
-  y, da, dw = fwd_bwd(f, a, w, ct)
-  y_mask = np.asarray(y) != 0
-  assert (y_mask.sum(-1) == 8).all()  # keep_count(0.75, 32) per position
-  y_full = np.abs(np.asarray(conv(a, w)))
-  assert y_full[y_mask].mean() > 2 * y_full[~y_mask].mean()  # the estimate finds large outputs
-  assert_all_close((y, da, dw), ref_fwd_bwd(conv, a, w, ct, y_mask=y_mask), rtol=1e-4, atol=1e-4)
-  with pytest.raises(ValueError, match="PRNG key"):
-    sconv(pol)(a, w)
+    a, w = rand(9, (2, 6, 6, 64), (3, 3, 64, 32))  # contraction 576 > JL dim
+    a = jax.nn.relu(a)
+    w = w * jnp.linspace(0.1, 3.0, 32)  # output neurons of very different scales
+    pol = Policy(out=RandomProjection(0.75, relu=False))
+    f = sconv(pol, Aux(key=jax.random.key(3)))
+    ct = jax.random.normal(jax.random.key(2), (2, 6, 6, 32))
+    y, da, dw = fwd_bwd(f, a, w, ct)
+    y_mask = np.asarray(y) != 0
+    assert (y_mask.sum(-1) == 8).all()  # keep_count(0.75, 32) per position
+    y_full = np.abs(np.asarray(conv(a, w)))
+    assert y_full[y_mask].mean() > 2 * y_full[~y_mask].mean()  # the estimate finds large outputs
+    assert_all_close((y, da, dw), ref_fwd_bwd(conv, a, w, ct, y_mask=y_mask), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="PRNG key"):
+        sconv(pol)(a, w)
 
 
 def test_ste_nm_and_sr_ste_decay():
-  a, w, ct = rand(10, (5, 8), (8, 4), (5, 4))
-  nm = np.asarray(NM(2, 4).mask(w))
-  y, da, dw = fwd_bwd(sdense(Policy(weight=PatternRule(NM(2, 4)))), a, w, ct)
-  assert_all_close((y, da, dw), ref_fwd_bwd(dense, a, w, ct, w_fwd=w * nm))
-  got = fwd_bwd(sdense(Policy(weight=PatternRule(NM(2, 4)), weight_decay_pruned=0.3)), a, w, ct)
-  np.testing.assert_allclose(got[2], dw + 0.3 * (1 - nm) * w, **TOL)
+    a, w, ct = rand(10, (5, 8), (8, 4), (5, 4))
+    nm = np.asarray(NM(2, 4).mask(w))
+    y, da, dw = fwd_bwd(sdense(Policy(weight=PatternRule(NM(2, 4)))), a, w, ct)
+    assert_all_close((y, da, dw), ref_fwd_bwd(dense, a, w, ct, w_fwd=w * nm))
+    got = fwd_bwd(sdense(Policy(weight=PatternRule(NM(2, 4)), weight_decay_pruned=0.3)), a, w, ct)
+    np.testing.assert_allclose(got[2], dw + 0.3 * (1 - nm) * w, **TOL)
 
 
 def test_fixed_mask_pruning_is_true_gradient():
-  a, w = rand(11, (5, 6), (6, 4))
-  mask = jax.random.bernoulli(jax.random.key(5), 0.4, w.shape)
-  f = sdense(Policy(weight=Fixed(), straight_through=False), Aux(w_mask=mask))
-  check_grads(f, (a, w), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
-  ct = jnp.ones((5, 4))
-  y, da, dw = fwd_bwd(f, a, w, ct)
-  _, _, dw_ref = ref_fwd_bwd(dense, a, w, ct)
-  np.testing.assert_allclose(dw, dw_ref * mask, **TOL)
-  y_st, _, dw_st = fwd_bwd(sdense(Policy(weight=Fixed()), Aux(w_mask=mask)), a, w, ct)
-  np.testing.assert_allclose(dw_st, dw_ref, **TOL)  # straight-through: dense dW
+    a, w = rand(11, (5, 6), (6, 4))
+    mask = jax.random.bernoulli(jax.random.key(5), 0.4, w.shape)
+    f = sdense(Policy(weight=Fixed(), straight_through=False), Aux(w_mask=mask))
+    check_grads(f, (a, w), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+    ct = jnp.ones((5, 4))
+    y, da, dw = fwd_bwd(f, a, w, ct)
+    _, _, dw_ref = ref_fwd_bwd(dense, a, w, ct)
+    np.testing.assert_allclose(dw, dw_ref * mask, **TOL)
+    y_st, _, dw_st = fwd_bwd(sdense(Policy(weight=Fixed()), Aux(w_mask=mask)), a, w, ct)
+    np.testing.assert_allclose(dw_st, dw_ref, **TOL)  # straight-through: dense dW
 
 
 @pytest.mark.parametrize("axes", [(-2,), (-1,)])
 @pytest.mark.parametrize("straight_through", [True, False])
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_channel_compaction_equals_masked_dense(axes, straight_through, kind):
-  if kind == "dense":
-    a, w = rand(12, (6, 8), (8, 10))
-    make, op = (lambda p: sdense(p)), dense
-  else:
-    a, w = rand(12, (2, 6, 6, 8), (3, 3, 8, 10))
-    make, op = (lambda p: sconv(p, window_strides=(2, 1))), functools.partial(
-        conv, window_strides=(2, 1))
-  ct = jax.random.normal(jax.random.key(7), op(a, w).shape)
-  rule = PatternRule(Channel(axes), 0.6)
-  kw = dict(weight=rule, act_saved=TopK(0.5), straight_through=straight_through)
-  got = fwd_bwd(make(Policy(**kw)), a, w, ct)
-  masked = fwd_bwd(make(Policy(compact=False, **kw)), a, w, ct)
-  assert_all_close(got, masked)
-  wm = np.asarray(Channel(axes).mask(w, 0.6))
-  want = ref_fwd_bwd(op, a, w, ct, w_fwd=w * wm, a_saved=a * np_topk(a, 0.5))
-  if not straight_through:
-    want = want[:2] + (want[2] * wm,)
-  assert_all_close(got, want)
+    if kind == "dense":
+        a, w = rand(12, (6, 8), (8, 10))
+        make, op = (lambda p: sdense(p)), dense
+    else:
+        a, w = rand(12, (2, 6, 6, 8), (3, 3, 8, 10))
+        make, op = (lambda p: sconv(p, window_strides=(2, 1))), functools.partial(
+            conv, window_strides=(2, 1))
+    ct = jax.random.normal(jax.random.key(7), op(a, w).shape)
+    rule = PatternRule(Channel(axes), 0.6)
+    kw = dict(weight=rule, act_saved=TopK(0.5), straight_through=straight_through)
+    got = fwd_bwd(make(Policy(**kw)), a, w, ct)
+    masked = fwd_bwd(make(Policy(compact=False, **kw)), a, w, ct)
+    assert_all_close(got, masked)
+    wm = np.asarray(Channel(axes).mask(w, 0.6))
+    want = ref_fwd_bwd(op, a, w, ct, w_fwd=w * wm, a_saved=a * np_topk(a, 0.5))
+    if not straight_through:
+        want = want[:2] + (want[2] * wm,)
+    assert_all_close(got, want)
 
 
 def test_stats_and_cached_threshold_refresh():
-  a, w = rand(13, (16, 32), (32, 8))
-  pol = Policy(weight=TopK(0.75), act_saved=TopK(0.5))
-  _, st = sparse_dot_general_with_stats(a, w, DENSE_DN, policy=pol)
-  assert float(st.w_density) == pytest.approx(0.25)
-  assert float(st.a_density) == pytest.approx(0.5)
-  assert float(st.a_input_density) == 1.0
-  np.testing.assert_allclose(st.w_threshold, np.abs(np.asarray(w))[np_topk(w, 0.75)].min())
+    a, w = rand(13, (16, 32), (32, 8))
+    pol = Policy(weight=TopK(0.75), act_saved=TopK(0.5))
+    _, st = sparse_dot_general_with_stats(a, w, DENSE_DN, policy=pol)
+    assert float(st.w_density) == pytest.approx(0.25)
+    assert float(st.a_density) == pytest.approx(0.5)
+    assert float(st.a_input_density) == 1.0
+    np.testing.assert_allclose(st.w_threshold, np.abs(np.asarray(w))[np_topk(w, 0.75)].min())
 
-  cached = Policy(weight=Cached(0.75), act_saved=Cached(0.5))
-  step = jax.jit(lambda a, w, aux: sparse_dot_general_with_stats(a, w, DENSE_DN, policy=cached,
-                                                                 aux=aux))
-  aux = Aux(w_threshold=jnp.float32(0), w_refresh=True, a_threshold=jnp.float32(0), a_refresh=True)
-  y, st2 = step(a, w, aux)
-  np.testing.assert_allclose(y, dense(a, w * np_topk(w, 0.75)), **TOL)
-  np.testing.assert_allclose(st2.w_threshold, st.w_threshold)
-  # Between refreshes the cached value is used as is (here a larger one).
-  aux = aux._replace(w_threshold=st2.w_threshold * 2, w_refresh=False)
-  _, st3 = step(a, w, aux)
-  assert float(st3.w_threshold) == pytest.approx(2 * float(st2.w_threshold))
-  assert float(st3.w_density) < 0.25
+    cached = Policy(weight=Cached(0.75), act_saved=Cached(0.5))
+    step = jax.jit(lambda a, w, aux: sparse_dot_general_with_stats(a, w, DENSE_DN, policy=cached,
+                                                                   aux=aux))
+    aux = Aux(w_threshold=jnp.float32(0), w_refresh=True, a_threshold=jnp.float32(0), a_refresh=True)
+    y, st2 = step(a, w, aux)
+    np.testing.assert_allclose(y, dense(a, w * np_topk(w, 0.75)), **TOL)
+    np.testing.assert_allclose(st2.w_threshold, st.w_threshold)
+    # Between refreshes the cached value is used as is (here a larger one).
+    aux = aux._replace(w_threshold=st2.w_threshold * 2, w_refresh=False)
+    _, st3 = step(a, w, aux)
+    assert float(st3.w_threshold) == pytest.approx(2 * float(st2.w_threshold))
+    assert float(st3.w_density) < 0.25
 
 
 def test_no_recompilation_across_aux_values_and_traced_sparsity():
-  traces = []
+    traces = []
 
-  @jax.jit
-  def step(a, w, aux):
-    traces.append(1)
-    f = lambda a_, w_: sparse_dot_general(a_, w_, DENSE_DN, aux=aux,
-                                          policy=Policy(weight=TopK(0.5), act_saved=TopK(0.5)))
-    y, vjp = jax.vjp(f, a, w)
-    return vjp(jnp.ones_like(y))
+    @jax.jit
+    def step(a, w, aux):
+        traces.append(1)
+        f = lambda a_, w_: sparse_dot_general(a_, w_, DENSE_DN, aux=aux,
+                                              policy=Policy(weight=TopK(0.5), act_saved=TopK(0.5)))
+        y, vjp = jax.vjp(f, a, w)
+        return vjp(jnp.ones_like(y))
 
-  a, w = rand(14, (8, 10), (10, 4))
-  for s in (0.1, 0.5, 0.9):
-    _, dw = step(a, w, Aux(w_sparsity=jnp.float32(s), a_sparsity=jnp.float32(s)))
-    a_mask = np_topk(a, s)
-    np.testing.assert_allclose(dw, (a * a_mask).T @ jnp.ones((8, 4)), **TOL)
-  assert len(traces) == 1
+    a, w = rand(14, (8, 10), (10, 4))
+    for s in (0.1, 0.5, 0.9):
+        _, dw = step(a, w, Aux(w_sparsity=jnp.float32(s), a_sparsity=jnp.float32(s)))
+        a_mask = np_topk(a, s)
+        np.testing.assert_allclose(dw, (a * a_mask).T @ jnp.ones((8, 4)), **TOL)
+    assert len(traces) == 1
 
 
 def test_jit_vmap_grad_compose():
-  a, w = rand(15, (3, 5, 6), (6, 4))
-  pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5))
-  loss = lambda w_, a_: jnp.sum(jnp.tanh(sdense(pol)(a_, w_)))
-  per_ex = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, a)
-  loop = np.stack([jax.grad(loss)(w, a[i]) for i in range(3)])
-  np.testing.assert_allclose(per_ex, loop, **TOL)
+    a, w = rand(15, (3, 5, 6), (6, 4))
+    pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5))
+    loss = lambda w_, a_: jnp.sum(jnp.tanh(sdense(pol)(a_, w_)))
+    per_ex = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, a)
+    loop = np.stack([jax.grad(loss)(w, a[i]) for i in range(3)])
+    np.testing.assert_allclose(per_ex, loop, **TOL)
 
 
 def test_flax_linen_and_nnx_layers():
-  import flax.linen as nn
-  from flax import nnx
-  pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5))
-  x = rand(16, (2, 6, 6, 3))[0]
-  dense_l = nn.Dense(4, dot_general=functools.partial(sparse_dot_general, policy=pol))
-  conv_l = nn.Conv(4, (3, 3), conv_general_dilated=functools.partial(sparse_conv_general_dilated,
-                                                                     policy=pol))
-  for layer in (dense_l, conv_l):
-    p = layer.init(jax.random.key(0), x)
-    k = p["params"]["kernel"]
-    y = layer.apply(p, x)
-    ref = (x @ (k * np_topk(k, 0.5)) if layer is dense_l else conv(x, k * np_topk(k, 0.5)))
-    np.testing.assert_allclose(y - p["params"]["bias"], ref, **TOL)
-    jax.grad(lambda p_: jnp.sum(layer.apply(p_, x)))(p)
-  lin = nnx.Linear(3, 4, dot_general=functools.partial(sparse_dot_general, policy=pol),
-                   rngs=nnx.Rngs(0))
-  cv = nnx.Conv(3, 4, (3, 3), conv_general_dilated=functools.partial(
-      sparse_conv_general_dilated, policy=pol), rngs=nnx.Rngs(0))
-  for m in (lin, cv):
-    k = m.kernel[...]
-    ref = x @ (k * np_topk(k, 0.5)) if m is lin else conv(x, k * np_topk(k, 0.5))
-    np.testing.assert_allclose(m(x), ref, **TOL)
+    import flax.linen as nn
+    from flax import nnx
+    pol = Policy(weight=TopK(0.5), act_saved=TopK(0.5))
+    x = rand(16, (2, 6, 6, 3))[0]
+    dense_l = nn.Dense(4, dot_general=functools.partial(sparse_dot_general, policy=pol))
+    conv_l = nn.Conv(4, (3, 3), conv_general_dilated=functools.partial(sparse_conv_general_dilated,
+                                                                       policy=pol))
+    for layer in (dense_l, conv_l):
+        p = layer.init(jax.random.key(0), x)
+        k = p["params"]["kernel"]
+        y = layer.apply(p, x)
+        ref = (x @ (k * np_topk(k, 0.5)) if layer is dense_l else conv(x, k * np_topk(k, 0.5)))
+        np.testing.assert_allclose(y - p["params"]["bias"], ref, **TOL)
+        jax.grad(lambda p_: jnp.sum(layer.apply(p_, x)))(p)
+    lin = nnx.Linear(3, 4, dot_general=functools.partial(sparse_dot_general, policy=pol),
+                     rngs=nnx.Rngs(0))
+    cv = nnx.Conv(3, 4, (3, 3), conv_general_dilated=functools.partial(
+        sparse_conv_general_dilated, policy=pol), rngs=nnx.Rngs(0))
+    for m in (lin, cv):
+        k = m.kernel[...]
+        ref = x @ (k * np_topk(k, 0.5)) if m is lin else conv(x, k * np_topk(k, 0.5))
+        np.testing.assert_allclose(m(x), ref, **TOL)
 
 
 def test_packed_saved_activation_gives_same_gradients():
-  a, w = rand(17, (4, 8, 8, 16), (3, 3, 16, 16))
-  ct = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
-  packed = Policy(weight=TopK(0.8), act_saved=TopK(0.8), pack_saved=True)
-  unpacked = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
-  assert_all_close(fwd_bwd(sconv(packed), a, w, ct), fwd_bwd(sconv(unpacked), a, w, ct))
+    a, w = rand(17, (4, 8, 8, 16), (3, 3, 16, 16))
+    ct = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+    packed = Policy(weight=TopK(0.8), act_saved=TopK(0.8), pack_saved=True)
+    unpacked = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
+    assert_all_close(fwd_bwd(sconv(packed), a, w, ct), fwd_bwd(sconv(unpacked), a, w, ct))
 
 
 @pytest.mark.parametrize("call, match", [
@@ -359,5 +359,5 @@ def test_packed_saved_activation_gives_same_gradients():
                                 out_sharding="x"), "out_sharding"),
 ])
 def test_errors(call, match):
-  with pytest.raises((ValueError, TypeError, NotImplementedError), match=match):
-    call()
+    with pytest.raises((ValueError, TypeError, NotImplementedError), match=match):
+        call()

@@ -11,61 +11,61 @@ STEPS = np.arange(-3, 260)
 
 
 def _check(schedule, reference):
-  want = np.array([reference(int(t)) for t in STEPS], np.float32)
-  eager = np.array([float(schedule(int(t))) for t in STEPS[::7]], np.float32)
-  np.testing.assert_allclose(eager, want[::7], rtol=1e-6, atol=1e-7)
-  traced = jax.jit(jax.vmap(schedule))(jnp.asarray(STEPS, jnp.int32))
-  assert traced.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-6, atol=1e-7)
-  one = jax.jit(schedule)
-  for t in (0, 17, 250):
-    np.testing.assert_allclose(float(one(jnp.int32(t))), reference(t), rtol=1e-6, atol=1e-7)
+    want = np.array([reference(int(t)) for t in STEPS], np.float32)
+    eager = np.array([float(schedule(int(t))) for t in STEPS[::7]], np.float32)
+    np.testing.assert_allclose(eager, want[::7], rtol=1e-6, atol=1e-7)
+    traced = jax.jit(jax.vmap(schedule))(jnp.asarray(STEPS, jnp.int32))
+    assert traced.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(traced), want, rtol=1e-6, atol=1e-7)
+    one = jax.jit(schedule)
+    for t in (0, 17, 250):
+        np.testing.assert_allclose(float(one(jnp.int32(t))), reference(t), rtol=1e-6, atol=1e-7)
 
 
 def test_constant():
-  _check(schedules.constant(0.8), lambda t: 0.8)
+    _check(schedules.constant(0.8), lambda t: 0.8)
 
 
 def test_one_shot():
-  _check(schedules.one_shot(0.6, 40), lambda t: 0.6 if t >= 40 else 0.0)
+    _check(schedules.one_shot(0.6, 40), lambda t: 0.6 if t >= 40 else 0.0)
 
 
 @pytest.mark.parametrize("s_i,power,freq", [(0.0, 3, 1), (0.2, 3, 10), (0.1, 2.0, 7)])
 def test_polynomial_matches_zhu_gupta(s_i, power, freq):
-  s_f, t0, t1 = 0.9, 20, 220
+    s_f, t0, t1 = 0.9, 20, 220
 
-  def reference(t):
-    if t < t0:
-      return s_i
-    if t >= t1:
-      return s_f
-    held = t0 + ((t - t0) // freq) * freq  # value held between updates
-    return s_f + (s_i - s_f) * (1 - (held - t0) / (t1 - t0)) ** power
+    def reference(t):
+        if t < t0:
+            return s_i
+        if t >= t1:
+            return s_f
+        held = t0 + ((t - t0) // freq) * freq  # value held between updates
+        return s_f + (s_i - s_f) * (1 - (held - t0) / (t1 - t0)) ** power
 
-  _check(schedules.polynomial(s_f, t0, t1, initial_sparsity=s_i, power=power, frequency=freq),
-         reference)
+    _check(schedules.polynomial(s_f, t0, t1, initial_sparsity=s_i, power=power, frequency=freq),
+           reference)
 
 
 def test_polynomial_changes_only_every_frequency_steps():
-  s = schedules.polynomial(0.8, 10, 110, frequency=25)
-  values = np.asarray(jax.vmap(s)(jnp.arange(0, 130)))
-  changed = np.nonzero(np.diff(values))[0] + 1
-  np.testing.assert_array_equal(changed, [35, 60, 85, 110])
-  assert values[-1] == np.float32(0.8) and values[0] == 0.0
+    s = schedules.polynomial(0.8, 10, 110, frequency=25)
+    values = np.asarray(jax.vmap(s)(jnp.arange(0, 130)))
+    changed = np.nonzero(np.diff(values))[0] + 1
+    np.testing.assert_array_equal(changed, [35, 60, 85, 110])
+    assert values[-1] == np.float32(0.8) and values[0] == 0.0
 
 
 def test_iterative():
-  table = [(0, 0.5), (50, 0.75), (120, 0.9)]
+    table = [(0, 0.5), (50, 0.75), (120, 0.9)]
 
-  def reference(t):
-    value = 0.0
-    for step, s in table:
-      if t >= step:
-        value = s
-    return value
+    def reference(t):
+        value = 0.0
+        for step, s in table:
+            if t >= step:
+                value = s
+        return value
 
-  _check(schedules.iterative(table), reference)
-  _check(schedules.iterative([(30, 0.4)]), lambda t: 0.4 if t >= 30 else 0.0)
+    _check(schedules.iterative(table), reference)
+    _check(schedules.iterative([(30, 0.4)]), lambda t: 0.4 if t >= 30 else 0.0)
 
 
 @pytest.mark.parametrize("make,match", [
@@ -83,8 +83,8 @@ def test_iterative():
     (lambda: schedules.iterative([(0, 0.5), (5, 1.0)]), "entry 1"),
 ])
 def test_validation_errors(make, match):
-  with pytest.raises(ValueError, match=match):
-    make()
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 @pytest.mark.parametrize("make", [
@@ -95,5 +95,5 @@ def test_validation_errors(make, match):
     lambda: schedules.constant("0.5"),
 ])
 def test_type_errors(make):
-  with pytest.raises(TypeError):
-    make()
+    with pytest.raises(TypeError):
+        make()

@@ -18,203 +18,203 @@ _topk = jax.jit(topk_mask)  # traced sparsity: one compilation per shape
 
 
 def _reference(x: np.ndarray, k: int) -> np.ndarray:
-  """Keeps the k largest |x| (NaN never), ties to the lowest flat index."""
-  a = np.abs(x.astype(np.float32)).ravel()
-  order = np.argsort(-np.where(np.isnan(a), -1.0, a), kind="stable")
-  keep = np.zeros(a.size, bool)
-  keep[[i for i in order[:k] if not np.isnan(a[i])]] = True
-  return keep.reshape(x.shape)
+    """Keeps the k largest |x| (NaN never), ties to the lowest flat index."""
+    a = np.abs(x.astype(np.float32)).ravel()
+    order = np.argsort(-np.where(np.isnan(a), -1.0, a), kind="stable")
+    keep = np.zeros(a.size, bool)
+    keep[[i for i in order[:k] if not np.isnan(a[i])]] = True
+    return keep.reshape(x.shape)
 
 
 @st.composite
 def arrays(draw, ties=False):
-  shape = draw(st.sampled_from(SHAPES))
-  rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-  if ties:  # few distinct magnitudes, both signs
-    x = rng.integers(-3, 4, size=shape).astype(np.float32)
-  else:
-    x = rng.normal(size=shape).astype(np.float32)
-  return x
+    shape = draw(st.sampled_from(SHAPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if ties:  # few distinct magnitudes, both signs
+        x = rng.integers(-3, 4, size=shape).astype(np.float32)
+    else:
+        x = rng.normal(size=shape).astype(np.float32)
+    return x
 
 
 def test_keep_count_host_is_exact():
-  assert select.keep_count(0.7, 10) == 3
-  assert select.keep_count(0.0, 10) == 10
-  assert select.keep_count(0.999, 10) == 1
-  assert select.keep_count(0.8, 0) == 0
-  for i in range(100):
-    assert select.keep_count(i / 100, 12_345) == -(-(100 - i) * 12_345 // 100)
+    assert select.keep_count(0.7, 10) == 3
+    assert select.keep_count(0.0, 10) == 10
+    assert select.keep_count(0.999, 10) == 1
+    assert select.keep_count(0.8, 0) == 0
+    for i in range(100):
+        assert select.keep_count(i / 100, 12_345) == -(-(100 - i) * 12_345 // 100)
 
 
 def test_keep_count_traced_matches_host_on_grid():
-  f = jax.jit(lambda s: select.keep_count(s, 2_359_296))
-  for s in (0.0, 0.5, 0.7, 0.9, 0.9999, 0.1234):
-    assert int(f(s)) == select.keep_count(s, 2_359_296)
+    f = jax.jit(lambda s: select.keep_count(s, 2_359_296))
+    for s in (0.0, 0.5, 0.7, 0.9, 0.9999, 0.1234):
+        assert int(f(s)) == select.keep_count(s, 2_359_296)
 
 
 @PROPS
 @given(x=arrays(), pct=st.integers(0, 99))
 def test_topk_exact_count(x, pct):
-  m = np.asarray(_topk(jnp.asarray(x), pct / 100))
-  assert m.shape == x.shape and m.dtype == np.bool_
-  assert m.sum() == -(-(100 - pct) * x.size // 100)  # ceil((1 - s) * size)
-  np.testing.assert_array_equal(m, _reference(x, int(m.sum())))
+    m = np.asarray(_topk(jnp.asarray(x), pct / 100))
+    assert m.shape == x.shape and m.dtype == np.bool_
+    assert m.sum() == -(-(100 - pct) * x.size // 100)  # ceil((1 - s) * size)
+    np.testing.assert_array_equal(m, _reference(x, int(m.sum())))
 
 
 @PROPS
 @given(x=arrays(ties=True), pct=st.integers(0, 99))
 def test_topk_ties_lowest_index_first(x, pct):
-  k = -(-(100 - pct) * x.size // 100)
-  np.testing.assert_array_equal(np.asarray(_topk(jnp.asarray(x), pct / 100)),
-                                _reference(x, k))
+    k = -(-(100 - pct) * x.size // 100)
+    np.testing.assert_array_equal(np.asarray(_topk(jnp.asarray(x), pct / 100)),
+                                  _reference(x, k))
 
 
 def test_topk_host_float_equals_traced():
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(16, 5)), jnp.float32)
-  for s in (0.0, 0.3, 0.77, 0.95):
-    np.testing.assert_array_equal(topk_mask(x, s), _topk(x, s))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(16, 5)), jnp.float32)
+    for s in (0.0, 0.3, 0.77, 0.95):
+        np.testing.assert_array_equal(topk_mask(x, s), _topk(x, s))
 
 
 @PROPS
 @given(x=arrays(), pct=st.integers(0, 99), n_nan=st.integers(1, 3))
 def test_nan_never_kept(x, pct, n_nan):
-  x = x.copy()
-  x.ravel()[:n_nan] = np.nan
-  m = np.asarray(_topk(jnp.asarray(x), pct / 100))
-  assert not m[np.isnan(x)].any()
-  k = -(-(100 - pct) * x.size // 100)
-  assert m.sum() == min(k, x.size - n_nan)
-  np.testing.assert_array_equal(m, _reference(x, k))
-
-
-def test_traced_sparsity_does_not_recompile():
-  traces = []
-
-  def f(x, s):
-    traces.append(None)
-    return topk_mask(x, s)
-
-  jf = jax.jit(f)
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(8, 8)), jnp.float32)
-  for s in (0.1, 0.5, 0.9, 0.25):
-    np.testing.assert_array_equal(jf(x, s), topk_mask(x, s))
-    assert int(jf(x, s).sum()) == select.keep_count(s, 64)
-  assert len(traces) == 1
-
-
-def test_large_population_uses_exact_bracketed_bisection():
-  # Above the sampling size: the sample bracket must still give the exact top-k.
-  rng = np.random.default_rng(3)
-  x = rng.normal(size=(1 << 18,)).astype(np.float32)
-  x[::7] = 0.5  # a block of ties around the middle of the distribution
-  for s in (0.5, 0.9):
-    k = select.keep_count(s, x.size)
-    m = np.asarray(topk_mask(jnp.asarray(x), s))
-    assert m.sum() == k
+    x = x.copy()
+    x.ravel()[:n_nan] = np.nan
+    m = np.asarray(_topk(jnp.asarray(x), pct / 100))
+    assert not m[np.isnan(x)].any()
+    k = -(-(100 - pct) * x.size // 100)
+    assert m.sum() == min(k, x.size - n_nan)
     np.testing.assert_array_equal(m, _reference(x, k))
 
 
+def test_traced_sparsity_does_not_recompile():
+    traces = []
+
+    def f(x, s):
+        traces.append(None)
+        return topk_mask(x, s)
+
+    jf = jax.jit(f)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(8, 8)), jnp.float32)
+    for s in (0.1, 0.5, 0.9, 0.25):
+        np.testing.assert_array_equal(jf(x, s), topk_mask(x, s))
+        assert int(jf(x, s).sum()) == select.keep_count(s, 64)
+    assert len(traces) == 1
+
+
+def test_large_population_uses_exact_bracketed_bisection():
+    # Above the sampling size: the sample bracket must still give the exact top-k.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1 << 18,)).astype(np.float32)
+    x[::7] = 0.5  # a block of ties around the middle of the distribution
+    for s in (0.5, 0.9):
+        k = select.keep_count(s, x.size)
+        m = np.asarray(topk_mask(jnp.asarray(x), s))
+        assert m.sum() == k
+        np.testing.assert_array_equal(m, _reference(x, k))
+
+
 def test_kth_largest_key_with_weights():
-  a = select.magnitude_keys(jnp.array([5.0, 3.0]))
-  b = select.magnitude_keys(jnp.array([-4.0]))
-  key = lambda v: int(select.magnitude_keys(jnp.array([v]))[0])
-  # counts of entries >= 5, 4, 3 with b weighted 10: 1, 11, 12
-  for k, v in [(1, 5.0), (2, 4.0), (11, 4.0), (12, 3.0)]:
-    assert int(select.kth_largest_key([a, b], k, weights=[1, 10])) == key(v)
-  assert int(select.kth_largest_key([a, b], 2)) == key(4.0)
+    a = select.magnitude_keys(jnp.array([5.0, 3.0]))
+    b = select.magnitude_keys(jnp.array([-4.0]))
+    key = lambda v: int(select.magnitude_keys(jnp.array([v]))[0])
+    # counts of entries >= 5, 4, 3 with b weighted 10: 1, 11, 12
+    for k, v in [(1, 5.0), (2, 4.0), (11, 4.0), (12, 3.0)]:
+        assert int(select.kth_largest_key([a, b], k, weights=[1, 10])) == key(v)
+    assert int(select.kth_largest_key([a, b], 2)) == key(4.0)
 
 
 def test_select_topk_weighted_and_multi_array():
-  a = select.magnitude_keys(jnp.array([1.0, 2.0, 2.0]))
-  b = select.magnitude_keys(jnp.array([2.0, 0.5]))
-  ma, mb = select.select_topk([a, b], 2)  # ties at 2.0: earlier array, lower index first
-  assert ma.tolist() == [False, True, True] and mb.tolist() == [False, False]
-  # b's units count twice; tied units are taken in order until the count reaches k.
-  ma, mb = select.select_topk([a, b], 3, weights=[1, 2])
-  assert ma.tolist() == [False, True, True] and mb.tolist() == [True, False]
-  ma, mb = select.select_topk([a, b], 2, weights=[1, 2])
-  assert ma.tolist() == [False, True, True] and mb.tolist() == [False, False]
-  ma, mb = select.select_topk([a, b], 0)
-  assert not ma.any() and not mb.any()
+    a = select.magnitude_keys(jnp.array([1.0, 2.0, 2.0]))
+    b = select.magnitude_keys(jnp.array([2.0, 0.5]))
+    ma, mb = select.select_topk([a, b], 2)  # ties at 2.0: earlier array, lower index first
+    assert ma.tolist() == [False, True, True] and mb.tolist() == [False, False]
+    # b's units count twice; tied units are taken in order until the count reaches k.
+    ma, mb = select.select_topk([a, b], 3, weights=[1, 2])
+    assert ma.tolist() == [False, True, True] and mb.tolist() == [True, False]
+    ma, mb = select.select_topk([a, b], 2, weights=[1, 2])
+    assert ma.tolist() == [False, True, True] and mb.tolist() == [False, False]
+    ma, mb = select.select_topk([a, b], 0)
+    assert not ma.any() and not mb.any()
 
 
 def test_magnitude_keys_order_and_errors():
-  x = jnp.array([0.0, -1.0, 2.0, -np.inf, np.nan])
-  k = np.asarray(select.magnitude_keys(x))
-  assert k[4] == -1 and k[0] < k[1] < k[2] < k[3]
-  with pytest.raises(TypeError, match="floating"):
-    select.magnitude_keys(jnp.arange(3))
+    x = jnp.array([0.0, -1.0, 2.0, -np.inf, np.nan])
+    k = np.asarray(select.magnitude_keys(x))
+    assert k[4] == -1 and k[0] < k[1] < k[2] < k[3]
+    with pytest.raises(TypeError, match="floating"):
+        select.magnitude_keys(jnp.arange(3))
 
 
 def test_threshold():
-  assert float(select.threshold(jnp.arange(10.0), 0.8)) == 8.0
-  assert float(select.threshold(jnp.arange(10.0), 0.0)) == 0.0
-  x = jnp.asarray(np.random.default_rng(4).normal(size=4096), jnp.float32)
-  t = select.threshold(x, 0.9, sample_size=512)
-  realised = float(jnp.mean(jnp.abs(x) >= t))
-  assert math.isclose(realised, 0.1, abs_tol=0.04)
+    assert float(select.threshold(jnp.arange(10.0), 0.8)) == 8.0
+    assert float(select.threshold(jnp.arange(10.0), 0.0)) == 0.0
+    x = jnp.asarray(np.random.default_rng(4).normal(size=4096), jnp.float32)
+    t = select.threshold(x, 0.9, sample_size=512)
+    realised = float(jnp.mean(jnp.abs(x) >= t))
+    assert math.isclose(realised, 0.1, abs_tol=0.04)
 
 
 def test_select_topk_key_returns_threshold_and_ties_all_keeps_every_tie():
-  x = jnp.array([1.0, 3.0, 2.0, 3.0, 0.0])
-  keys = select.magnitude_keys(x)
-  [m], v = select.select_topk_key([keys], 1)
-  assert m.tolist() == [False, True, False, False, False]
-  assert float(jax.lax.bitcast_convert_type(v, jnp.float32)) == 3.0
-  [m], v = select.select_topk_key([keys], 1, ties="all")
-  assert m.tolist() == [False, True, False, True, False]
-  # More zeros than the dropped fraction: every non-zero kept (zeros change no value).
-  [m], v = select.select_topk_key([keys], 5, ties="all")
-  assert int(v) == 0 and m.tolist() == [True] * 5
-  with pytest.raises(ValueError, match="ties"):
-    select.select_topk_key([keys], 1, ties="first")
+    x = jnp.array([1.0, 3.0, 2.0, 3.0, 0.0])
+    keys = select.magnitude_keys(x)
+    [m], v = select.select_topk_key([keys], 1)
+    assert m.tolist() == [False, True, False, False, False]
+    assert float(jax.lax.bitcast_convert_type(v, jnp.float32)) == 3.0
+    [m], v = select.select_topk_key([keys], 1, ties="all")
+    assert m.tolist() == [False, True, False, True, False]
+    # More zeros than the dropped fraction: every non-zero kept (zeros change no value).
+    [m], v = select.select_topk_key([keys], 5, ties="all")
+    assert int(v) == 0 and m.tolist() == [True] * 5
+    with pytest.raises(ValueError, match="ties"):
+        select.select_topk_key([keys], 1, ties="first")
 
 
 def test_bracketed_selection_counts_match_exact_on_large_tensor():
-  x = jax.random.normal(jax.random.key(3), (300_000,))
-  keys = select.magnitude_keys(x)
-  k = 60_000
-  [m], v = jax.jit(lambda kk: select.select_topk_key([kk], k))(keys)
-  assert int(m.sum()) == k
-  assert int(v) == int(np.sort(np.asarray(keys))[-k])
-  [m_all], v_all = jax.jit(lambda kk: select.select_topk_key([kk], k, ties="all"))(keys)
-  assert int(v_all) == int(v) and int(m_all.sum()) == int((keys >= v).sum())
+    x = jax.random.normal(jax.random.key(3), (300_000,))
+    keys = select.magnitude_keys(x)
+    k = 60_000
+    [m], v = jax.jit(lambda kk: select.select_topk_key([kk], k))(keys)
+    assert int(m.sum()) == k
+    assert int(v) == int(np.sort(np.asarray(keys))[-k])
+    [m_all], v_all = jax.jit(lambda kk: select.select_topk_key([kk], k, ties="all"))(keys)
+    assert int(v_all) == int(v) and int(m_all.sum()) == int((keys >= v).sum())
 
 
 def test_sort_path_and_bisection_path_agree(monkeypatch):
-  rng = np.random.default_rng(7)
-  cases = []
-  for size in (1, 7, 64, 301):
-    x = rng.integers(-3, 4, size=size).astype(np.float32)  # many ties
-    x[rng.random(size) < 0.1] = np.nan
-    cases += [(x, k) for k in sorted({0, 1, size // 3, size - 1, size, size + 2})]
+    rng = np.random.default_rng(7)
+    cases = []
+    for size in (1, 7, 64, 301):
+        x = rng.integers(-3, 4, size=size).astype(np.float32)  # many ties
+        x[rng.random(size) < 0.1] = np.nan
+        cases += [(x, k) for k in sorted({0, 1, size // 3, size - 1, size, size + 2})]
 
-  def run():
-    out = []
-    for x, k in cases:
-      keys = select.magnitude_keys(jnp.asarray(x))
-      for ties in ("index", "all"):
-        [m], v = select.select_topk_key([keys], k, ties=ties)
-        out.append((np.asarray(m), int(v) if k > 0 else None))
-    return out
+    def run():
+        out = []
+        for x, k in cases:
+            keys = select.magnitude_keys(jnp.asarray(x))
+            for ties in ("index", "all"):
+                [m], v = select.select_topk_key([keys], k, ties=ties)
+                out.append((np.asarray(m), int(v) if k > 0 else None))
+        return out
 
-  small = run()
-  monkeypatch.setattr(select, "_SORT_BELOW", 0)
-  loop = run()
-  for (x, k), a, b in zip([c for c in cases for _ in range(2)], small, loop):
-    np.testing.assert_array_equal(a[0], b[0], err_msg=f"{x} k={k}")
-    assert a[1] == b[1]
-    if k > 0:
-      assert not a[0][np.isnan(x)].any()
+    small = run()
+    monkeypatch.setattr(select, "_SORT_BELOW", 0)
+    loop = run()
+    for (x, k), a, b in zip([c for c in cases for _ in range(2)], small, loop):
+        np.testing.assert_array_equal(a[0], b[0], err_msg=f"{x} k={k}")
+        assert a[1] == b[1]
+        if k > 0:
+            assert not a[0][np.isnan(x)].any()
 
 
 @pytest.mark.parametrize("width", [1, 5, 32, 33])
 def test_kth_largest_key_along_many_rows_matches_sort(width):
-  # >= 1024 rows take the column layout; compare with a sort along the axis.
-  x = jax.random.normal(jax.random.key(width), (16, 80, width))
-  keys = select.magnitude_keys(x)
-  for k in sorted({1, max(1, width // 3), width}):
-    ref = np.sort(np.asarray(keys), axis=-1)[..., width - k]
-    np.testing.assert_array_equal(select.kth_largest_key_along(keys, k, axis=-1), ref)
-    np.testing.assert_array_equal(
-        select.kth_largest_key_along(jnp.moveaxis(keys, -1, 1), k, axis=1), ref)
+    # >= 1024 rows take the column layout; compare with a sort along the axis.
+    x = jax.random.normal(jax.random.key(width), (16, 80, width))
+    keys = select.magnitude_keys(x)
+    for k in sorted({1, max(1, width // 3), width}):
+        ref = np.sort(np.asarray(keys), axis=-1)[..., width - k]
+        np.testing.assert_array_equal(select.kth_largest_key_along(keys, k, axis=-1), ref)
+        np.testing.assert_array_equal(
+            select.kth_largest_key_along(jnp.moveaxis(keys, -1, 1), k, axis=1), ref)

@@ -7,7 +7,7 @@ import textwrap
 
 
 def test_masks_on_sharded_arrays_match_unsharded():
-  code = textwrap.dedent("""
+    code = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np, optax
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       import sparsejax as sj
@@ -29,9 +29,9 @@ def test_masks_on_sharded_arrays_match_unsharded():
       assert int(jnp.sum(new["w"] != 0)) == sj.keep_count(0.75, x.size)
       print("ok")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip().endswith("ok")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

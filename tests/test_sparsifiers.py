@@ -16,107 +16,107 @@ NONE = SlotInput()
 
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_kth_largest_key_along_matches_sort(k):
-  x = jax.random.normal(jax.random.key(0), (4, 5, 7))
-  keys = select.magnitude_keys(x)
-  for axis in (0, 2):
-    if k > x.shape[axis]:
-      continue
-    v = select.kth_largest_key_along(keys, k, axis)
-    ref = -np.sort(-np.asarray(keys), axis=axis).take(k - 1, axis=axis)
-    np.testing.assert_array_equal(v, ref)
+    x = jax.random.normal(jax.random.key(0), (4, 5, 7))
+    keys = select.magnitude_keys(x)
+    for axis in (0, 2):
+        if k > x.shape[axis]:
+            continue
+        v = select.kth_largest_key_along(keys, k, axis)
+        ref = -np.sort(-np.asarray(keys), axis=axis).take(k - 1, axis=axis)
+        np.testing.assert_array_equal(v, ref)
 
 
 def test_kth_largest_key_along_traced_k_and_ties():
-  keys = select.magnitude_keys(jnp.array([[1., 2., 2., 3.], [5., 5., 5., 5.]]))
-  f = jax.jit(lambda k: keys >= select.kth_largest_key_along(keys, k, -1)[:, None])
-  assert f(2).sum(1).tolist() == [3, 4]  # ties at the k-th value are all kept
-  assert f(1).sum(1).tolist() == [1, 4]
+    keys = select.magnitude_keys(jnp.array([[1., 2., 2., 3.], [5., 5., 5., 5.]]))
+    f = jax.jit(lambda k: keys >= select.kth_largest_key_along(keys, k, -1)[:, None])
+    assert f(2).sum(1).tolist() == [3, 4]  # ties at the k-th value are all kept
+    assert f(1).sum(1).tolist() == [1, 4]
 
 
 def test_topk_exact_and_sampled_and_override():
-  x = jax.random.normal(jax.random.key(1), (40, 50))
-  m, t = TopK(0.9).keep(x, NONE, ())
-  assert int(m.sum()) == 200
-  assert float(t) == pytest.approx(float(jnp.sort(jnp.abs(x).ravel())[-200]))
-  m2, _ = TopK(0.9).keep(x, SlotInput(sparsity=jnp.float32(0.5)), ())
-  assert int(m2.sum()) == 1000
-  m3, t3 = TopK(0.9, sample_size=500).keep(x, NONE, ())
-  assert 100 < int(m3.sum()) < 300
-  assert TopK(0.9).static_count(x.shape, NONE) == 200
-  assert TopK(0.9, sample_size=500).static_count(x.shape, NONE) is None
+    x = jax.random.normal(jax.random.key(1), (40, 50))
+    m, t = TopK(0.9).keep(x, NONE, ())
+    assert int(m.sum()) == 200
+    assert float(t) == pytest.approx(float(jnp.sort(jnp.abs(x).ravel())[-200]))
+    m2, _ = TopK(0.9).keep(x, SlotInput(sparsity=jnp.float32(0.5)), ())
+    assert int(m2.sum()) == 1000
+    m3, t3 = TopK(0.9, sample_size=500).keep(x, NONE, ())
+    assert 100 < int(m3.sum()) < 300
+    assert TopK(0.9).static_count(x.shape, NONE) == 200
+    assert TopK(0.9, sample_size=500).static_count(x.shape, NONE) is None
 
 
 def test_cached_threshold_and_refresh():
-  x = jnp.arange(1., 11.)
-  m, t = Cached().keep(x, SlotInput(threshold=7.5), ())
-  assert int(m.sum()) == 3 and float(t) == 7.5
-  m, t = Cached(0.8).keep(x, SlotInput(threshold=7.5, refresh=jnp.bool_(True)), ())
-  assert int(m.sum()) == 2 and float(t) == 9.0
-  with pytest.raises(ValueError, match="no sparsity"):
-    Cached().keep(x, SlotInput(threshold=1., refresh=True), ())
+    x = jnp.arange(1., 11.)
+    m, t = Cached().keep(x, SlotInput(threshold=7.5), ())
+    assert int(m.sum()) == 3 and float(t) == 7.5
+    m, t = Cached(0.8).keep(x, SlotInput(threshold=7.5, refresh=jnp.bool_(True)), ())
+    assert int(m.sum()) == 2 and float(t) == 9.0
+    with pytest.raises(ValueError, match="no sparsity"):
+        Cached().keep(x, SlotInput(threshold=1., refresh=True), ())
 
 
 def test_pattern_rule_nm_and_channel():
-  w = jax.random.normal(jax.random.key(2), (3, 3, 8, 4))
-  m, _ = PatternRule(NM(2, 4)).keep(w, NONE, ())
-  np.testing.assert_array_equal(m, NM(2, 4).mask(w))
-  assert PatternRule(NM(2, 4)).static_count(w.shape, NONE) == w.size // 2
-  rule = PatternRule(Channel((-2,)), 0.5)
-  m, _ = rule.keep(w, NONE, ())
-  assert int(m.sum()) == w.size // 2 and rule.static_count(w.shape, NONE) == w.size // 2
-  with pytest.raises(ValueError, match="fixes its own"):
-    PatternRule(NM(2, 4), 0.5)
-  with pytest.raises(ValueError, match="needs a sparsity"):
-    PatternRule(Channel((-1,)))
-  with pytest.raises(ValueError, match="does not fit"):
-    PatternRule(NM(2, 4)).check((3, 5), (), "conv1/kernel")
+    w = jax.random.normal(jax.random.key(2), (3, 3, 8, 4))
+    m, _ = PatternRule(NM(2, 4)).keep(w, NONE, ())
+    np.testing.assert_array_equal(m, NM(2, 4).mask(w))
+    assert PatternRule(NM(2, 4)).static_count(w.shape, NONE) == w.size // 2
+    rule = PatternRule(Channel((-2,)), 0.5)
+    m, _ = rule.keep(w, NONE, ())
+    assert int(m.sum()) == w.size // 2 and rule.static_count(w.shape, NONE) == w.size // 2
+    with pytest.raises(ValueError, match="fixes its own"):
+        PatternRule(NM(2, 4), 0.5)
+    with pytest.raises(ValueError, match="needs a sparsity"):
+        PatternRule(Channel((-1,)))
+    with pytest.raises(ValueError, match="does not fit"):
+        PatternRule(NM(2, 4)).check((3, 5), (), "conv1/kernel")
 
 
 def test_fixed_rows_columns():
-  x = jnp.array([[1., -4., 2.], [3., 0., 5.]])
-  assert Fixed().keep(x, SlotInput(mask=jnp.eye(2, 3)), ())[0].sum() == 2
-  with pytest.raises(ValueError, match="shape"):
-    Fixed().keep(x, SlotInput(mask=jnp.ones(3)), ())
-  assert RowTopK(2).keep(x, NONE, (1,))[0].tolist() == [[False, True, True], [True, False, True]]
-  assert RowTopK(1).keep(x, NONE, (0,))[0].tolist() == [[False, True, False], [True, False, True]]
-  # column sums 4, 4, 7: the tie goes to the lower index
-  assert SharedColumns(2).keep(x, NONE, (1,))[0].tolist() == [[True, False, True]] * 2
-  with pytest.raises(ValueError, match="layer2.*exceeds the layer width 3"):
-    RowTopK(4).check(x.shape, (1,), "layer2")
-  with pytest.raises(ValueError, match="grad_out or out slot"):
-    RowTopK(1).check(x.shape, (), "w")
-  with pytest.raises(ValueError, match="positive int"):
-    SharedColumns(0)
+    x = jnp.array([[1., -4., 2.], [3., 0., 5.]])
+    assert Fixed().keep(x, SlotInput(mask=jnp.eye(2, 3)), ())[0].sum() == 2
+    with pytest.raises(ValueError, match="shape"):
+        Fixed().keep(x, SlotInput(mask=jnp.ones(3)), ())
+    assert RowTopK(2).keep(x, NONE, (1,))[0].tolist() == [[False, True, True], [True, False, True]]
+    assert RowTopK(1).keep(x, NONE, (0,))[0].tolist() == [[False, True, False], [True, False, True]]
+    # column sums 4, 4, 7: the tie goes to the lower index
+    assert SharedColumns(2).keep(x, NONE, (1,))[0].tolist() == [[True, False, True]] * 2
+    with pytest.raises(ValueError, match="layer2.*exceeds the layer width 3"):
+        RowTopK(4).check(x.shape, (1,), "layer2")
+    with pytest.raises(ValueError, match="grad_out or out slot"):
+        RowTopK(1).check(x.shape, (), "w")
+    with pytest.raises(ValueError, match="positive int"):
+        SharedColumns(0)
 
 
 def test_random_projection_parts():
-  assert projection_dim(1000, 0.5) == 332
-  r = np.asarray(ternary_projection(jax.random.key(0), (200, 300)))
-  np.testing.assert_allclose(np.unique(r), [-3**0.5, 0.0, 3**0.5], rtol=1e-6)
-  assert abs((r == 0).mean() - 2 / 3) < 0.01 and abs(r.var() - 1) < 0.03
-  scores = jnp.array([[1., -4., 2., 3.], [-1., -2., -3., 0.5]])
-  keep, _ = RandomProjection(0.5).keep(scores, NONE, (1,))
-  assert keep.tolist() == [[False, False, True, True], [False, False, False, True]]
-  keep, _ = RandomProjection(0.5, relu=False).keep(scores, NONE, (1,))
-  assert keep.tolist() == [[False, True, False, True], [False, True, True, False]]
-  with pytest.raises(ValueError, match="epsilon"):
-    RandomProjection(0.5, epsilon=1.5)
+    assert projection_dim(1000, 0.5) == 332
+    r = np.asarray(ternary_projection(jax.random.key(0), (200, 300)))
+    np.testing.assert_allclose(np.unique(r), [-3**0.5, 0.0, 3**0.5], rtol=1e-6)
+    assert abs((r == 0).mean() - 2 / 3) < 0.01 and abs(r.var() - 1) < 0.03
+    scores = jnp.array([[1., -4., 2., 3.], [-1., -2., -3., 0.5]])
+    keep, _ = RandomProjection(0.5).keep(scores, NONE, (1,))
+    assert keep.tolist() == [[False, False, True, True], [False, False, False, True]]
+    keep, _ = RandomProjection(0.5, relu=False).keep(scores, NONE, (1,))
+    assert keep.tolist() == [[False, True, False, True], [False, True, True, False]]
+    with pytest.raises(ValueError, match="epsilon"):
+        RandomProjection(0.5, epsilon=1.5)
 
 
 def test_rules_are_hashable_and_validate():
-  assert len({TopK(0.5), TopK(0.5), RowTopK(3), RowTopK(3)}) == 2
-  with pytest.raises(ValueError, match=r"\[0, 1\)"):
-    TopK(-0.1)
-  with pytest.raises(ValueError, match="sample_size"):
-    TopK(0.5, sample_size=0)
+    assert len({TopK(0.5), TopK(0.5), RowTopK(3), RowTopK(3)}) == 2
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        TopK(-0.1)
+    with pytest.raises(ValueError, match="sample_size"):
+        TopK(0.5, sample_size=0)
 
 
 def test_topk_threshold_is_smallest_kept_and_ties_all_keeps_ties():
-  x = jnp.array([1.0, -4.0, 2.0, 2.0, 0.5, -2.0])
-  m, t = TopK(0.5).keep(x, SlotInput(), ())
-  assert int(m.sum()) == 3 and float(t) == float(jnp.min(jnp.where(m, jnp.abs(x), jnp.inf)))
-  m_all, t_all = TopK(0.5, ties="all").keep(x, SlotInput(), ())
-  assert m_all.tolist() == [False, True, True, True, False, True] and float(t_all) == 2.0
-  assert TopK(0.5, ties="all").static_count(x.shape, SlotInput()) is None
-  with pytest.raises(ValueError, match="ties"):
-    TopK(0.5, ties="random")
+    x = jnp.array([1.0, -4.0, 2.0, 2.0, 0.5, -2.0])
+    m, t = TopK(0.5).keep(x, SlotInput(), ())
+    assert int(m.sum()) == 3 and float(t) == float(jnp.min(jnp.where(m, jnp.abs(x), jnp.inf)))
+    m_all, t_all = TopK(0.5, ties="all").keep(x, SlotInput(), ())
+    assert m_all.tolist() == [False, True, True, True, False, True] and float(t_all) == 2.0
+    assert TopK(0.5, ties="all").static_count(x.shape, SlotInput()) is None
+    with pytest.raises(ValueError, match="ties"):
+        TopK(0.5, ties="random")

@@ -17,42 +17,42 @@ from sparsejax.monitor import MonitorConfig
 
 def sparsify(model: Any, method: Method, *example_args: Any,
              monitor: MonitorConfig | bool | None = None, **example_kwargs: Any) -> Any:
-  """Makes an unmodified Flax model train with ``method``.
+    """Makes an unmodified Flax model train with ``method``.
 
-  Args:
-    model: a ``flax.linen.Module`` (unbound) or a ``flax.nnx.Module``.
-    method: a :mod:`sparsejax.methods` value (``swat``, ``ste``, ``meprop``,
-      ``dsg``, ``dense``).
-    *example_args: NNX only, optional: example inputs used to find the layers'
-      call order (first/last layer rules); without them the graph order is used.
-    monitor: activation-monitor settings. Linen: sampling settings (metrics
-      are sown whenever ``"sparsity_metrics"`` is mutable). NNX: ``True`` or a
-      :class:`~sparsejax.monitor.MonitorConfig` turns the metrics on.
-    **example_kwargs: NNX only: keyword arguments of the example call.
+    Args:
+      model: a ``flax.linen.Module`` (unbound) or a ``flax.nnx.Module``.
+      method: a :mod:`sparsejax.methods` value (``swat``, ``ste``, ``meprop``,
+        ``dsg``, ``dense``).
+      *example_args: NNX only, optional: example inputs used to find the layers'
+        call order (first/last layer rules); without them the graph order is used.
+      monitor: activation-monitor settings. Linen: sampling settings (metrics
+        are sown whenever ``"sparsity_metrics"`` is mutable). NNX: ``True`` or a
+        :class:`~sparsejax.monitor.MonitorConfig` turns the metrics on.
+      **example_kwargs: NNX only: keyword arguments of the example call.
 
-  Returns:
-    Linen: a :class:`sparsejax.adapters.linen.Sparsified` module with the same
-    parameter tree. NNX: the same module, modified in place.
+    Returns:
+      Linen: a :class:`sparsejax.adapters.linen.Sparsified` module with the same
+      parameter tree. NNX: the same module, modified in place.
 
-  Example:
-    >>> model = sparsify(zoo.get_model("resnet18"), swat(0.8))
-    >>> variables = model.init(key, x, train=True)
-  """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  if isinstance(model, nn.Module):
-    if example_args or example_kwargs:
-      raise TypeError("sparsify(linen_model, method) takes no example inputs: the linen "
-                      "adapter finds the layers at init.")
-    from sparsejax.adapters import linen  # pylint: disable=import-outside-toplevel
-    config = monitor if isinstance(monitor, MonitorConfig) else MonitorConfig()
-    return linen.sparsify(model, method, config)
-  if isinstance(model, nnx.Module):
-    from sparsejax.adapters import nnx as nnx_adapter  # pylint: disable=import-outside-toplevel
-    return nnx_adapter.sparsify(model, method, *example_args, monitor=monitor,
-                                **example_kwargs)
-  raise TypeError(f"sparsify(model) needs a flax.linen.Module or flax.nnx.Module, got "
-                  f"{type(model).__name__}.")
+    Example:
+      >>> model = sparsify(zoo.get_model("resnet18"), swat(0.8))
+      >>> variables = model.init(key, x, train=True)
+    """
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    if isinstance(model, nn.Module):
+        if example_args or example_kwargs:
+            raise TypeError("sparsify(linen_model, method) takes no example inputs: the linen "
+                            "adapter finds the layers at init.")
+        from sparsejax.adapters import linen  # pylint: disable=import-outside-toplevel
+        config = monitor if isinstance(monitor, MonitorConfig) else MonitorConfig()
+        return linen.sparsify(model, method, config)
+    if isinstance(model, nnx.Module):
+        from sparsejax.adapters import nnx as nnx_adapter  # pylint: disable=import-outside-toplevel
+        return nnx_adapter.sparsify(model, method, *example_args, monitor=monitor,
+                                    **example_kwargs)
+    raise TypeError(f"sparsify(model) needs a flax.linen.Module or flax.nnx.Module, got "
+                    f"{type(model).__name__}.")
 
 
 __all__ = ["sparsify"]

@@ -55,248 +55,248 @@ _NO_HOOK = (nn.ConvTranspose, nn.ConvLocal)
 
 
 def _path(module: nn.Module) -> str:
-  return "/".join(module.scope.path)
+    return "/".join(module.scope.path)
 
 
 def _kind(module: nn.Module) -> str:
-  if isinstance(module, nn.Conv):
-    return "conv"
-  return "einsum" if isinstance(module, nn.Einsum) else "dense"
+    if isinstance(module, nn.Conv):
+        return "conv"
+    return "einsum" if isinstance(module, nn.Einsum) else "dense"
 
 
 def _out_features(module: nn.Module, kernel_shape: tuple[int, ...], args, kwargs) -> int:
-  if isinstance(module, nn.Einsum):
-    return common.einsum_out_features(_einsum_str(module, args, kwargs), kernel_shape)
-  feats = module.features
-  return math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats)
+    if isinstance(module, nn.Einsum):
+        return common.einsum_out_features(_einsum_str(module, args, kwargs), kernel_shape)
+    feats = module.features
+    return math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats)
 
 
 def _einsum_str(module: nn.Einsum, args, kwargs) -> str:
-  given = args[1] if len(args) > 1 else kwargs.get("einsum_str")
-  return nn.module.merge_param("einsum_str", module.einsum_str, given).replace(" ", "")
+    given = args[1] if len(args) > 1 else kwargs.get("einsum_str")
+    return nn.module.merge_param("einsum_str", module.einsum_str, given).replace(" ", "")
 
 
 def _check_free_hook(module: nn.Module, path: str) -> None:
-  if isinstance(module, nn.Einsum):
-    return
-  field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
-  if getattr(module, field) is not None or getattr(module, field + "_cls") is not None:
-    raise ValueError(f"layer {path!r} already sets {field} / {field}_cls; the sparse adapter "
-                     f"would override it. Exclude the layer (exclude={path!r}) or drop the "
-                     "custom op.")
+    if isinstance(module, nn.Einsum):
+        return
+    field = "conv_general_dilated" if isinstance(module, nn.Conv) else "dot_general"
+    if getattr(module, field) is not None or getattr(module, field + "_cls") is not None:
+        raise ValueError(f"layer {path!r} already sets {field} / {field}_cls; the sparse adapter "
+                         f"would override it. Exclude the layer (exclude={path!r}) or drop the "
+                         "custom op.")
 
 
 def _run_einsum(module: nn.Einsum, args, kwargs, dot) -> jax.Array:
-  """nn.Einsum.__call__ with its contraction routed through ``dot``."""
-  inputs = args[0]
-  einsum_str = _einsum_str(module, args, kwargs)
-  kernel = module.param("kernel", module.kernel_init, module.shape, module.param_dtype)
-  bias = None
-  if module.use_bias:
-    bias_shape, broadcast_shape = module._get_bias_shape(einsum_str, inputs, kernel)  # pylint: disable=protected-access
-    bias = module.param("bias", module.bias_init, bias_shape, module.param_dtype)
-  inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
-  y = common.sparse_einsum(einsum_str, inputs, kernel, precision=module.precision,
-                           preferred_element_type=module.preferred_element_type, dot=dot,
-                           where=_path(module))
-  if bias is not None:
-    y = y + jnp.reshape(bias, broadcast_shape)
-  return y
+    """nn.Einsum.__call__ with its contraction routed through ``dot``."""
+    inputs = args[0]
+    einsum_str = _einsum_str(module, args, kwargs)
+    kernel = module.param("kernel", module.kernel_init, module.shape, module.param_dtype)
+    bias = None
+    if module.use_bias:
+        bias_shape, broadcast_shape = module._get_bias_shape(einsum_str, inputs, kernel)  # pylint: disable=protected-access
+        bias = module.param("bias", module.bias_init, bias_shape, module.param_dtype)
+    inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+    y = common.sparse_einsum(einsum_str, inputs, kernel, precision=module.precision,
+                             preferred_element_type=module.preferred_element_type, dot=dot,
+                             where=_path(module))
+    if bias is not None:
+        y = y + jnp.reshape(bias, broadcast_shape)
+    return y
 
 
 def _layer_nodes(tree: Any, prefix: str = "") -> dict[str, dict]:
-  """Module path -> state dict for every layer node of the ``sparsity`` collection."""
-  out = {}
-  for name, sub in tree.items():
-    if name == SHARED or not isinstance(sub, dict):
-      continue
-    path = f"{prefix}/{name}" if prefix else name
-    if "sparsity" in sub and not isinstance(sub["sparsity"], dict):
-      out[path] = sub
-    else:
-      out.update(_layer_nodes(sub, path))
-  return out
+    """Module path -> state dict for every layer node of the ``sparsity`` collection."""
+    out = {}
+    for name, sub in tree.items():
+        if name == SHARED or not isinstance(sub, dict):
+            continue
+        path = f"{prefix}/{name}" if prefix else name
+        if "sparsity" in sub and not isinstance(sub["sparsity"], dict):
+            out[path] = sub
+        else:
+            out.update(_layer_nodes(sub, path))
+    return out
 
 
 def _lookup(tree: Any, path: str) -> Any:
-  for part in path.split("/"):
-    tree = tree[part]
-  return tree
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
 
 
 class Sparsified(nn.Module):
-  """An unmodified linen model trained with a sparse method.
+    """An unmodified linen model trained with a sparse method.
 
-  Attributes:
-    model: the linen model (unbound).
-    method: a :mod:`sparsejax.methods` value.
-    monitor: sampling settings of the activation monitor (used only when the
-      ``"sparsity_metrics"`` collection is mutable).
+    Attributes:
+      model: the linen model (unbound).
+      method: a :mod:`sparsejax.methods` value.
+      monitor: sampling settings of the activation monitor (used only when the
+        ``"sparsity_metrics"`` collection is mutable).
 
-  Example:
-    >>> model = Sparsified(zoo.get_model("resnet18"), swat(0.8))
-    >>> variables = model.init(key, x, train=True)
-    >>> logits, updates = model.apply(variables, x, train=True,
-    ...                               mutable=["batch_stats", "sparsity"])
+    Example:
+      >>> model = Sparsified(zoo.get_model("resnet18"), swat(0.8))
+      >>> variables = model.init(key, x, train=True)
+      >>> logits, updates = model.apply(variables, x, train=True,
+      ...                               mutable=["batch_stats", "sparsity"])
 
-  References:
-    Raihan & Aamodt, NeurIPS 2020 (SWAT); see :mod:`sparsejax.methods`.
-  """
+    References:
+      Raihan & Aamodt, NeurIPS 2020 (SWAT); see :mod:`sparsejax.methods`.
+    """
 
-  model: nn.Module
-  method: Method
-  monitor: MonitorConfig = MonitorConfig()
+    model: nn.Module
+    method: Method
+    monitor: MonitorConfig = MonitorConfig()
 
-  def setup(self):
-    nn.share_scope(self, self.model)
+    def setup(self):
+        nn.share_scope(self, self.model)
 
-  @nn.compact
-  def __call__(self, *args, **kwargs):
-    if isinstance(self.method, Dense):
-      return self.model(*args, **kwargs)
-    initializing = self.is_initializing() and not self.has_variable(common.COLLECTION, SHARED)
-    if initializing:
-      layers, found = self._discover(args, kwargs)
-      if not layers:
-        raise common.no_layers_error(found, _SUPPORTED_NAMES)
-      plan = self.method.plan(layers)
-      if not plan:
-        logger.warning("%s makes no layer sparse (layers: %s)", self.method.name,
-                       [l.path for l in layers])
-      infos = {l.path: l for l in layers}
-      shapes = {p: infos[p].kernel_shape for p in plan}
-    else:
-      if not self.has_variable(common.COLLECTION, SHARED):
-        raise ValueError(
-            f"the {self.method.name} model was called without its {common.COLLECTION!r} "
-            "collection; pass all variables returned by init (model.apply(variables, ...)), "
-            f"and make {common.COLLECTION!r} mutable when training.")
-      nodes = _layer_nodes(self.variables[common.COLLECTION])
-      params = self.variables.get("params", {})
-      shapes = {p: tuple(_lookup(params, p)["kernel"].shape) for p in nodes}
-    sparsities = self.method.sparsities(shapes)
-    training = self.is_mutable_collection(common.COLLECTION)
-    shared_init = self.method.init_shared(sparsities) or {}
-    shared_var = self.variable(common.COLLECTION, SHARED,
-                               lambda: {"num_sparse_layers": jnp.int32(len(sparsities)),
-                                        **shared_init})
-    if training and shared_init and not initializing:
-      sizes = {p: math.prod(s) for p, s in shapes.items()}
-      value = dict(shared_var.value)
-      refreshed = self.method.refresh_shared(
-          {k: v for k, v in value.items() if k != "num_sparse_layers"}, sizes)
-      shared_var.value = {**value, **refreshed}
-    interceptor = self._interceptor(sparsities, initializing,
-                                    shared_var if shared_init else None, training)
-    with nn.intercept_methods(interceptor):
-      return self.model(*args, **kwargs)
-
-  def _discover(self, args, kwargs) -> tuple[list[LayerInfo], dict[str, str]]:
-    """Lists the supported layers in call order with an abstract init of the model."""
-    layers: dict[str, LayerInfo] = {}
-    found: dict[str, str] = {}
-
-    def record(next_fun, a, kw, ctx):
-      mod = ctx.module
-      y = next_fun(*a, **kw)
-      if ctx.method_name != "__call__":
-        return y
-      path = _path(mod)
-      found.setdefault(path, type(mod).__name__)
-      if isinstance(mod, _NO_HOOK):
-        logger.info("sparsify: %s (%s) has no dot_general/conv hook and stays dense", path,
-                    type(mod).__name__)
-      elif isinstance(mod, _SUPPORTED) and path not in layers:
-        shape = tuple(mod.get_variable("params", "kernel").shape)
-        layers[path] = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, a, kw))
-      return y
-
-    model = self.model.clone(parent=None, _deep_clone=True)
-    rng_names = list(self.scope.rngs) or ["params"]
-
-    def abstract_init():
-      rngs = {name: jax.random.key(0) for name in rng_names}
-      with nn.intercept_methods(record):
-        return model.init(rngs, *args, **kwargs)
-
-    jax.eval_shape(abstract_init)
-    return list(layers.values()), found
-
-  def _interceptor(self, sparsities, initializing, shared_var, training):
-    method = self.method
-    metrics_on = self.is_mutable_collection(common.METRICS)
-    config = self.monitor
-
-    def interceptor(next_fun, args, kwargs, ctx):
-      mod = ctx.module
-      if ctx.method_name != "__call__" or not isinstance(mod, _SUPPORTED):
-        return next_fun(*args, **kwargs)
-      path = _path(mod)
-      if path not in sparsities:
-        return next_fun(*args, **kwargs)
-      _check_free_hook(mod, path)
-      op = "conv" if isinstance(mod, nn.Conv) else "dot"
-
-      def sparse_op(lhs, rhs, *op_args, **op_kwargs):
-        shape = tuple(rhs.shape)
-        info = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, args, kwargs))
+    @nn.compact
+    def __call__(self, *args, **kwargs):
+        if isinstance(self.method, Dense):
+            return self.model(*args, **kwargs)
+        initializing = self.is_initializing() and not self.has_variable(common.COLLECTION, SHARED)
         if initializing:
-          values = method.init_state(info, sparsities[path], rhs)
-          vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)
-                   for k, v in values.items()}
+            layers, found = self._discover(args, kwargs)
+            if not layers:
+                raise common.no_layers_error(found, _SUPPORTED_NAMES)
+            plan = self.method.plan(layers)
+            if not plan:
+                logger.warning("%s makes no layer sparse (layers: %s)", self.method.name,
+                               [l.path for l in layers])
+            infos = {l.path: l for l in layers}
+            shapes = {p: infos[p].kernel_shape for p in plan}
         else:
-          vars_ = {k: mod.variable(common.COLLECTION, k)
-                   for k in mod.variables.get(common.COLLECTION, {})}
-        state = {k: v.value for k, v in vars_.items()}
-        shared = None
-        if shared_var is not None:
-          shared = {k: v for k, v in shared_var.value.items() if k != "num_sparse_layers"}
-        res = common.run_layer(method, info, sparsities[path], state, shared,
-                               training and not initializing, op, lhs, rhs, op_args,
-                               op_kwargs, config if metrics_on else None)
-        if training and not initializing:
-          for k, v in vars_.items():
-            v.value = res.state[k]
-          if shared_var is not None:
-            shared_var.value = {**shared_var.value, **res.shared}
-        if res.metrics is not None:
-          for k, v in res.metrics.items():
-            mod.sow(common.METRICS, k, v, init_fn=lambda: jnp.zeros((), jnp.float32),
-                    reduce_fn=lambda _, new: new)
-        return res.y
+            if not self.has_variable(common.COLLECTION, SHARED):
+                raise ValueError(
+                    f"the {self.method.name} model was called without its {common.COLLECTION!r} "
+                    "collection; pass all variables returned by init (model.apply(variables, ...)), "
+                    f"and make {common.COLLECTION!r} mutable when training.")
+            nodes = _layer_nodes(self.variables[common.COLLECTION])
+            params = self.variables.get("params", {})
+            shapes = {p: tuple(_lookup(params, p)["kernel"].shape) for p in nodes}
+        sparsities = self.method.sparsities(shapes)
+        training = self.is_mutable_collection(common.COLLECTION)
+        shared_init = self.method.init_shared(sparsities) or {}
+        shared_var = self.variable(common.COLLECTION, SHARED,
+                                   lambda: {"num_sparse_layers": jnp.int32(len(sparsities)),
+                                            **shared_init})
+        if training and shared_init and not initializing:
+            sizes = {p: math.prod(s) for p, s in shapes.items()}
+            value = dict(shared_var.value)
+            refreshed = self.method.refresh_shared(
+                {k: v for k, v in value.items() if k != "num_sparse_layers"}, sizes)
+            shared_var.value = {**value, **refreshed}
+        interceptor = self._interceptor(sparsities, initializing,
+                                        shared_var if shared_init else None, training)
+        with nn.intercept_methods(interceptor):
+            return self.model(*args, **kwargs)
 
-      if isinstance(mod, nn.Einsum):
-        return _run_einsum(mod, args, kwargs, sparse_op)
-      field = "conv_general_dilated" if op == "conv" else "dot_general"
-      object.__setattr__(mod, field, sparse_op)
-      try:
-        return next_fun(*args, **kwargs)
-      finally:
-        object.__setattr__(mod, field, None)
+    def _discover(self, args, kwargs) -> tuple[list[LayerInfo], dict[str, str]]:
+        """Lists the supported layers in call order with an abstract init of the model."""
+        layers: dict[str, LayerInfo] = {}
+        found: dict[str, str] = {}
 
-    return interceptor
+        def record(next_fun, a, kw, ctx):
+            mod = ctx.module
+            y = next_fun(*a, **kw)
+            if ctx.method_name != "__call__":
+                return y
+            path = _path(mod)
+            found.setdefault(path, type(mod).__name__)
+            if isinstance(mod, _NO_HOOK):
+                logger.info("sparsify: %s (%s) has no dot_general/conv hook and stays dense", path,
+                            type(mod).__name__)
+            elif isinstance(mod, _SUPPORTED) and path not in layers:
+                shape = tuple(mod.get_variable("params", "kernel").shape)
+                layers[path] = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, a, kw))
+            return y
+
+        model = self.model.clone(parent=None, _deep_clone=True)
+        rng_names = list(self.scope.rngs) or ["params"]
+
+        def abstract_init():
+            rngs = {name: jax.random.key(0) for name in rng_names}
+            with nn.intercept_methods(record):
+                return model.init(rngs, *args, **kwargs)
+
+        jax.eval_shape(abstract_init)
+        return list(layers.values()), found
+
+    def _interceptor(self, sparsities, initializing, shared_var, training):
+        method = self.method
+        metrics_on = self.is_mutable_collection(common.METRICS)
+        config = self.monitor
+
+        def interceptor(next_fun, args, kwargs, ctx):
+            mod = ctx.module
+            if ctx.method_name != "__call__" or not isinstance(mod, _SUPPORTED):
+                return next_fun(*args, **kwargs)
+            path = _path(mod)
+            if path not in sparsities:
+                return next_fun(*args, **kwargs)
+            _check_free_hook(mod, path)
+            op = "conv" if isinstance(mod, nn.Conv) else "dot"
+
+            def sparse_op(lhs, rhs, *op_args, **op_kwargs):
+                shape = tuple(rhs.shape)
+                info = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, args, kwargs))
+                if initializing:
+                    values = method.init_state(info, sparsities[path], rhs)
+                    vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)
+                             for k, v in values.items()}
+                else:
+                    vars_ = {k: mod.variable(common.COLLECTION, k)
+                             for k in mod.variables.get(common.COLLECTION, {})}
+                state = {k: v.value for k, v in vars_.items()}
+                shared = None
+                if shared_var is not None:
+                    shared = {k: v for k, v in shared_var.value.items() if k != "num_sparse_layers"}
+                res = common.run_layer(method, info, sparsities[path], state, shared,
+                                       training and not initializing, op, lhs, rhs, op_args,
+                                       op_kwargs, config if metrics_on else None)
+                if training and not initializing:
+                    for k, v in vars_.items():
+                        v.value = res.state[k]
+                    if shared_var is not None:
+                        shared_var.value = {**shared_var.value, **res.shared}
+                if res.metrics is not None:
+                    for k, v in res.metrics.items():
+                        mod.sow(common.METRICS, k, v, init_fn=lambda: jnp.zeros((), jnp.float32),
+                                reduce_fn=lambda _, new: new)
+                return res.y
+
+            if isinstance(mod, nn.Einsum):
+                return _run_einsum(mod, args, kwargs, sparse_op)
+            field = "conv_general_dilated" if op == "conv" else "dot_general"
+            object.__setattr__(mod, field, sparse_op)
+            try:
+                return next_fun(*args, **kwargs)
+            finally:
+                object.__setattr__(mod, field, None)
+
+        return interceptor
 
 
 def sparsify(model: nn.Module, method: Method,
              monitor: MonitorConfig = MonitorConfig()) -> Sparsified:
-  """Wraps an unmodified linen model so that it trains with ``method``.
+    """Wraps an unmodified linen model so that it trains with ``method``.
 
-  Args:
-    model: an unbound ``flax.linen.Module``.
-    method: a :mod:`sparsejax.methods` value (``swat(0.8)``, ``ste(NM(2, 4))``...).
-    monitor: activation-monitor sampling settings.
+    Args:
+      model: an unbound ``flax.linen.Module``.
+      method: a :mod:`sparsejax.methods` value (``swat(0.8)``, ``ste(NM(2, 4))``...).
+      monitor: activation-monitor sampling settings.
 
-  Returns:
-    A :class:`Sparsified` module with the same parameter tree as ``model``.
+    Returns:
+      A :class:`Sparsified` module with the same parameter tree as ``model``.
 
-  Example:
-    >>> model = sparsify(zoo.get_model("refcnn"), swat(0.8, period=20))
-  """
-  if not isinstance(model, nn.Module):
-    raise TypeError(f"sparsify(model) needs a flax.linen.Module or flax.nnx.Module, got "
-                    f"{type(model).__name__}.")
-  if not isinstance(method, Method):
-    raise TypeError(f"sparsify(method) needs a sparsejax.methods.Method (swat, ste, meprop, "
-                    f"dsg, dense), got {method!r}. grad_drop is an optax transform: put it "
-                    "in the optimizer chain instead.")
-  return Sparsified(model, method, monitor)
+    Example:
+      >>> model = sparsify(zoo.get_model("refcnn"), swat(0.8, period=20))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify(model) needs a flax.linen.Module or flax.nnx.Module, got "
+                        f"{type(model).__name__}.")
+    if not isinstance(method, Method):
+        raise TypeError(f"sparsify(method) needs a sparsejax.methods.Method (swat, ste, meprop, "
+                        f"dsg, dense), got {method!r}. grad_drop is an optax transform: put it "
+                        "in the optimizer chain instead.")
+    return Sparsified(model, method, monitor)

@@ -40,208 +40,208 @@ _SUPPORTED_NAMES = "nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.Einsum"
 
 
 class SparsityState(nnx.Variable):
-  """Method state of a sparse layer (thresholds, step counters, budgets)."""
+    """Method state of a sparse layer (thresholds, step counters, budgets)."""
 
 
 class SparsityMetric(nnx.Variable):
-  """Activation-monitor metrics of a sparse layer (see :mod:`sparsejax.monitor`)."""
+    """Activation-monitor metrics of a sparse layer (see :mod:`sparsejax.monitor`)."""
 
 
 def _field(layer: nnx.Module) -> Optional[str]:
-  if isinstance(layer, nnx.Conv):
-    return "conv_general_dilated"
-  if isinstance(layer, nnx.Einsum):
-    return "einsum_op"
-  if isinstance(layer, (nnx.Linear, nnx.LinearGeneral)):
-    return "dot_general"
-  return None
+    if isinstance(layer, nnx.Conv):
+        return "conv_general_dilated"
+    if isinstance(layer, nnx.Einsum):
+        return "einsum_op"
+    if isinstance(layer, (nnx.Linear, nnx.LinearGeneral)):
+        return "dot_general"
+    return None
 
 
 def _info(path: str, layer: nnx.Module) -> LayerInfo:
-  shape = tuple(layer.kernel.shape)
-  if isinstance(layer, nnx.Conv):
-    return LayerInfo(path, "conv", shape, int(layer.out_features))
-  if isinstance(layer, nnx.Einsum):
-    if layer.einsum_str is None:
-      raise ValueError(f"nnx.Einsum {path!r} gets its einsum_str at call time; the sparse "
-                       "adapter needs it at construction (Einsum(einsum_str=...)).")
-    return LayerInfo(path, "einsum", shape,
-                     common.einsum_out_features(layer.einsum_str, shape))
-  feats = layer.out_features
-  return LayerInfo(path, "dense", shape,
-                   math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats))
+    shape = tuple(layer.kernel.shape)
+    if isinstance(layer, nnx.Conv):
+        return LayerInfo(path, "conv", shape, int(layer.out_features))
+    if isinstance(layer, nnx.Einsum):
+        if layer.einsum_str is None:
+            raise ValueError(f"nnx.Einsum {path!r} gets its einsum_str at call time; the sparse "
+                             "adapter needs it at construction (Einsum(einsum_str=...)).")
+        return LayerInfo(path, "einsum", shape,
+                         common.einsum_out_features(layer.einsum_str, shape))
+    feats = layer.out_features
+    return LayerInfo(path, "dense", shape,
+                     math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats))
 
 
 class SharedState(nnx.Module):
-  """Cross-layer method state shared by every :class:`SparseOp` (SWAT-M budgets)."""
+    """Cross-layer method state shared by every :class:`SparseOp` (SWAT-M budgets)."""
 
-  def __init__(self, method: Method, sparsities: dict[str, float], value: dict):
-    self.method = method
-    self.sizes = {p: 0 for p in sparsities}
-    self.value = SparsityState(value)
+    def __init__(self, method: Method, sparsities: dict[str, float], value: dict):
+        self.method = method
+        self.sizes = {p: 0 for p in sparsities}
+        self.value = SparsityState(value)
 
 
 class SparseOp(nnx.Module):
-  """The sparse ``dot_general`` / ``conv_general_dilated`` / ``einsum_op`` of one layer.
+    """The sparse ``dot_general`` / ``conv_general_dilated`` / ``einsum_op`` of one layer.
 
-  Attributes:
-    method: the method (static).
-    info: the layer (static).
-    sparsity: the layer's static sparsity.
-    deterministic: evaluation mode (set by ``model.eval()``).
-  """
+    Attributes:
+      method: the method (static).
+      info: the layer (static).
+      sparsity: the layer's static sparsity.
+      deterministic: evaluation mode (set by ``model.eval()``).
+    """
 
-  def __init__(self, method: Method, info: LayerInfo, sparsity: float, kernel: jax.Array,
-               op: str, shared: Optional[SharedState], first: bool,
-               monitor: Optional[MonitorConfig]):
-    self.method = method
-    self.info = info
-    self.sparsity = sparsity
-    self.op = op
-    self.first = first
-    self.monitor = monitor
-    self.deterministic = False
-    self.shared = nnx.data(shared)
-    self.state = nnx.data({k: SparsityState(v) for k, v in
-                           method.init_state(info, sparsity, kernel).items()})
-    if monitor is not None:
-      self.metrics = nnx.data({k: SparsityMetric(jnp.zeros((), jnp.float32)) for k in
-                               ("act_zero_fraction", "act_tile_occupancy", "act_tile_density",
-                                "w_sparsity", "a_saved_sparsity", "out_sparsity")})
+    def __init__(self, method: Method, info: LayerInfo, sparsity: float, kernel: jax.Array,
+                 op: str, shared: Optional[SharedState], first: bool,
+                 monitor: Optional[MonitorConfig]):
+        self.method = method
+        self.info = info
+        self.sparsity = sparsity
+        self.op = op
+        self.first = first
+        self.monitor = monitor
+        self.deterministic = False
+        self.shared = nnx.data(shared)
+        self.state = nnx.data({k: SparsityState(v) for k, v in
+                               method.init_state(info, sparsity, kernel).items()})
+        if monitor is not None:
+            self.metrics = nnx.data({k: SparsityMetric(jnp.zeros((), jnp.float32)) for k in
+                                     ("act_zero_fraction", "act_tile_occupancy", "act_tile_density",
+                                      "w_sparsity", "a_saved_sparsity", "out_sparsity")})
 
-  def _run(self, op: str, lhs, rhs, args, kwargs):
-    training = not self.deterministic
-    shared = None
-    if self.shared is not None:
-      shared = self.shared.value.get_value()
-      if training and self.first:
-        shared = self.method.refresh_shared(shared, self.shared.sizes)
-    state = {k: v[...] for k, v in self.state.items()}
-    res = common.run_layer(self.method, self.info, self.sparsity, state, shared, training, op,
-                           lhs, rhs, args, kwargs, self.monitor)
-    if training:
-      for k, v in self.state.items():
-        v[...] = res.state[k]
-      if self.shared is not None:
-        self.shared.value.set_value(res.shared)
-    if res.metrics is not None:
-      for k, v in res.metrics.items():
-        self.metrics[k][...] = v
-    return res.y
+    def _run(self, op: str, lhs, rhs, args, kwargs):
+        training = not self.deterministic
+        shared = None
+        if self.shared is not None:
+            shared = self.shared.value.get_value()
+            if training and self.first:
+                shared = self.method.refresh_shared(shared, self.shared.sizes)
+        state = {k: v[...] for k, v in self.state.items()}
+        res = common.run_layer(self.method, self.info, self.sparsity, state, shared, training, op,
+                               lhs, rhs, args, kwargs, self.monitor)
+        if training:
+            for k, v in self.state.items():
+                v[...] = res.state[k]
+            if self.shared is not None:
+                self.shared.value.set_value(res.shared)
+        if res.metrics is not None:
+            for k, v in res.metrics.items():
+                self.metrics[k][...] = v
+        return res.y
 
-  def __call__(self, *args, **kwargs):
-    if self.op == "einsum":
-      einsum_str, inputs, kernel = args
-      dot = lambda a, w, *rest: self._run("dot", a, w, rest, {})
-      if kwargs.get("out_sharding") is not None:
-        raise NotImplementedError(f"{self.info.path}: sparse einsum does not take out_sharding.")
-      return common.sparse_einsum(einsum_str, inputs, kernel,
-                                  precision=kwargs.get("precision"),
-                                  preferred_element_type=kwargs.get("preferred_element_type"),
-                                  dot=dot, where=self.info.path)
-    lhs, rhs, *rest = args
-    return self._run(self.op, lhs, rhs, tuple(rest), kwargs)
+    def __call__(self, *args, **kwargs):
+        if self.op == "einsum":
+            einsum_str, inputs, kernel = args
+            dot = lambda a, w, *rest: self._run("dot", a, w, rest, {})
+            if kwargs.get("out_sharding") is not None:
+                raise NotImplementedError(f"{self.info.path}: sparse einsum does not take out_sharding.")
+            return common.sparse_einsum(einsum_str, inputs, kernel,
+                                        precision=kwargs.get("precision"),
+                                        preferred_element_type=kwargs.get("preferred_element_type"),
+                                        dot=dot, where=self.info.path)
+        lhs, rhs, *rest = args
+        return self._run(self.op, lhs, rhs, tuple(rest), kwargs)
 
 
 def _layers(model: nnx.Module) -> tuple[dict[str, nnx.Module], dict[str, str]]:
-  layers, found = {}, {}
-  for path, node in nnx.iter_graph(model):
-    if not isinstance(node, nnx.Module) or node is model or isinstance(node, SparseOp):
-      continue
-    name = "/".join(str(p) for p in path)
-    found[name] = type(node).__name__
-    if _field(node) is not None:
-      if isinstance(getattr(node, _field(node)), SparseOp):
-        raise ValueError(f"{name!r} is already sparsified; call sparsify once per model.")
-      layers[name] = node
-  return layers, found
+    layers, found = {}, {}
+    for path, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module) or node is model or isinstance(node, SparseOp):
+            continue
+        name = "/".join(str(p) for p in path)
+        found[name] = type(node).__name__
+        if _field(node) is not None:
+            if isinstance(getattr(node, _field(node)), SparseOp):
+                raise ValueError(f"{name!r} is already sparsified; call sparsify once per model.")
+            layers[name] = node
+    return layers, found
 
 
 def _call_order(model: nnx.Module, layers: dict[str, nnx.Module], args, kwargs) -> list[str]:
-  """Layer paths in the order an abstract call of ``model`` uses them."""
-  order: list[str] = []
-  saved = {}
-  for path, layer in layers.items():
-    field = _field(layer)
-    saved[path] = getattr(layer, field)
-    original = saved[path]
-
-    def record(*a, _path=path, _orig=original, **kw):
-      if _path not in order:
-        order.append(_path)
-      return _orig(*a, **kw)
-
-    setattr(layer, field, record)
-  try:
-    nnx.eval_shape(lambda m: m(*args, **kwargs), model)
-  finally:
+    """Layer paths in the order an abstract call of ``model`` uses them."""
+    order: list[str] = []
+    saved = {}
     for path, layer in layers.items():
-      setattr(layer, _field(layer), saved[path])
-  return order + [p for p in layers if p not in order]
+        field = _field(layer)
+        saved[path] = getattr(layer, field)
+        original = saved[path]
+
+        def record(*a, _path=path, _orig=original, **kw):
+            if _path not in order:
+                order.append(_path)
+            return _orig(*a, **kw)
+
+        setattr(layer, field, record)
+    try:
+        nnx.eval_shape(lambda m: m(*args, **kwargs), model)
+    finally:
+        for path, layer in layers.items():
+            setattr(layer, _field(layer), saved[path])
+    return order + [p for p in layers if p not in order]
 
 
 def sparsify(model: nnx.Module, method: Method, *example_args: Any,
              monitor: MonitorConfig | bool | None = None, **example_kwargs: Any) -> nnx.Module:
-  """Makes an NNX model train with ``method`` by swapping its layers' ops in place.
+    """Makes an NNX model train with ``method`` by swapping its layers' ops in place.
 
-  Args:
-    model: a ``flax.nnx.Module``.
-    method: a :mod:`sparsejax.methods` value.
-    *example_args: optional example inputs; an abstract call
-      (``nnx.eval_shape``) finds the layers' call order. Without them the graph
-      order (sorted attribute paths) stands in for the call order.
-    monitor: ``True`` or a :class:`~sparsejax.monitor.MonitorConfig`: every
-      sparse layer keeps the latest monitor metrics in :class:`SparsityMetric`
-      variables (``nnx.state(model, SparsityMetric)``).
-    **example_kwargs: keyword arguments of the example call.
+    Args:
+      model: a ``flax.nnx.Module``.
+      method: a :mod:`sparsejax.methods` value.
+      *example_args: optional example inputs; an abstract call
+        (``nnx.eval_shape``) finds the layers' call order. Without them the graph
+        order (sorted attribute paths) stands in for the call order.
+      monitor: ``True`` or a :class:`~sparsejax.monitor.MonitorConfig`: every
+        sparse layer keeps the latest monitor metrics in :class:`SparsityMetric`
+        variables (``nnx.state(model, SparsityMetric)``).
+      **example_kwargs: keyword arguments of the example call.
 
-  Returns:
-    ``model`` itself, modified in place.
+    Returns:
+      ``model`` itself, modified in place.
 
-  Raises:
-    ValueError: when the model has no supported layer (the message lists the
-      layer types found) or a layer already carries a custom op.
+    Raises:
+      ValueError: when the model has no supported layer (the message lists the
+        layer types found) or a layer already carries a custom op.
 
-  Example:
-    >>> model = sparsify(CNN(rngs=nnx.Rngs(0)), swat(0.8), jnp.zeros((1, 28, 28, 1)))
-    >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1, 0.9), wrt=nnx.Param)
-  """
-  if not isinstance(method, Method):
-    raise TypeError(f"sparsify(method) needs a sparsejax.methods.Method, got {method!r}.")
-  config = MonitorConfig() if monitor is True else (monitor or None)
-  layers, found = _layers(model)
-  if not layers:
-    raise common.no_layers_error(found, _SUPPORTED_NAMES)
-  if isinstance(method, Dense):
+    Example:
+      >>> model = sparsify(CNN(rngs=nnx.Rngs(0)), swat(0.8), jnp.zeros((1, 28, 28, 1)))
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1, 0.9), wrt=nnx.Param)
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"sparsify(method) needs a sparsejax.methods.Method, got {method!r}.")
+    config = MonitorConfig() if monitor is True else (monitor or None)
+    layers, found = _layers(model)
+    if not layers:
+        raise common.no_layers_error(found, _SUPPORTED_NAMES)
+    if isinstance(method, Dense):
+        return model
+    if example_args or example_kwargs:
+        order = _call_order(model, layers, example_args, example_kwargs)
+    else:
+        order = list(layers)
+        logger.info("sparsify: no example inputs, using graph order %s as call order", order)
+    infos = [_info(p, layers[p]) for p in order]
+    for p in order:
+        field = _field(layers[p])
+        current = getattr(layers[p], field)
+        default = {"dot_general": jax.lax.dot_general,
+                   "conv_general_dilated": jax.lax.conv_general_dilated,
+                   "einsum_op": jnp.einsum}[field]
+        if current is not default and current is not None:
+            raise ValueError(f"layer {p!r} already sets a custom {field}; exclude it "
+                             f"(exclude={p!r}) or drop the custom op.")
+    plan = method.plan(infos)
+    if not plan:
+        logger.warning("%s makes no layer sparse (layers: %s)", method.name, order)
+    shared_init = method.init_shared(plan)
+    shared = None
+    if shared_init is not None:
+        shared = SharedState(method, plan, shared_init)
+        shared.sizes = {p: math.prod(layers[p].kernel.shape) for p in plan}
+    by_path = {i.path: i for i in infos}
+    for n, (path, s) in enumerate(plan.items()):
+        layer = layers[path]
+        field = _field(layer)
+        op = {"dot_general": "dot", "conv_general_dilated": "conv", "einsum_op": "einsum"}[field]
+        setattr(layer, field, nnx.data(SparseOp(method, by_path[path], s, layer.kernel[...], op,
+                                                shared, n == 0, config)))
     return model
-  if example_args or example_kwargs:
-    order = _call_order(model, layers, example_args, example_kwargs)
-  else:
-    order = list(layers)
-    logger.info("sparsify: no example inputs, using graph order %s as call order", order)
-  infos = [_info(p, layers[p]) for p in order]
-  for p in order:
-    field = _field(layers[p])
-    current = getattr(layers[p], field)
-    default = {"dot_general": jax.lax.dot_general,
-               "conv_general_dilated": jax.lax.conv_general_dilated,
-               "einsum_op": jnp.einsum}[field]
-    if current is not default and current is not None:
-      raise ValueError(f"layer {p!r} already sets a custom {field}; exclude it "
-                       f"(exclude={p!r}) or drop the custom op.")
-  plan = method.plan(infos)
-  if not plan:
-    logger.warning("%s makes no layer sparse (layers: %s)", method.name, order)
-  shared_init = method.init_shared(plan)
-  shared = None
-  if shared_init is not None:
-    shared = SharedState(method, plan, shared_init)
-    shared.sizes = {p: math.prod(layers[p].kernel.shape) for p in plan}
-  by_path = {i.path: i for i in infos}
-  for n, (path, s) in enumerate(plan.items()):
-    layer = layers[path]
-    field = _field(layer)
-    op = {"dot_general": "dot", "conv_general_dilated": "conv", "einsum_op": "einsum"}[field]
-    setattr(layer, field, nnx.data(SparseOp(method, by_path[path], s, layer.kernel[...], op,
-                                            shared, n == 0, config)))
-  return model
