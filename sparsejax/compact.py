@@ -57,27 +57,7 @@ class Packed:
         return self.bits.size * self.bits.dtype.itemsize + self.values.size * self.values.dtype.itemsize
 
 
-_PREFIX_BLOCK = 1024
 _GROUP = 32  # entries per occupancy word
-
-
-def prefix_count(m: ArrayLike) -> Array:
-    """Inclusive running count of True entries of a flat bool array (int32).
-
-    Blocked: a log-depth scan inside blocks of 1024 and a short cumulative sum
-    over block totals. On XLA:CPU this is ~4x faster than ``jnp.cumsum`` over
-    millions of entries (measured: 10.6 ms vs 39 ms for 2.1M entries).
-
-    Example:
-      >>> prefix_count(jnp.array([True, False, True])).tolist()
-      [1, 1, 2]
-    """
-    m = jnp.asarray(m).reshape(-1)
-    n = m.size
-    b = jnp.pad(m.astype(jnp.int32), (0, (-n) % _PREFIX_BLOCK)).reshape(-1, _PREFIX_BLOCK)
-    inner = lax.associative_scan(jnp.add, b, axis=1)
-    before = jnp.cumsum(inner[:, -1]) - inner[:, -1]
-    return (inner + before[:, None]).reshape(-1)[:n]
 
 
 def _slots(bits: Array, size: int) -> tuple[Array, Array]:

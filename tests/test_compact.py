@@ -34,11 +34,6 @@ def test_pack_under_jit_and_bf16():
     np.testing.assert_array_equal(jax.jit(compact.unpack)(p), jnp.where(m, x, 0))
 
 
-def test_prefix_count_matches_cumsum():
-    m = jax.random.bernoulli(jax.random.key(2), 0.3, (5000,))
-    np.testing.assert_array_equal(compact.prefix_count(m), np.cumsum(np.asarray(m)))
-
-
 def test_take_put_inverse():
     x = jnp.arange(24.).reshape(2, 3, 4)
     idx = jnp.array([0, 3])
