@@ -10,10 +10,13 @@ rounds of the per-round ratio (benchmarks/common.py):
   * SWAT-U 80 %, period 20 (cached thresholds)          <= 1.05x
   * STE 2:4                                             <= 1.05x
   * meProp, keep 20 %                                   <= 1.15x
-  * structured SWAT 80 % ("filter": compacted convs)    <= 0.5x
-    (paper's straight-through dW stays dense over all filters, so only the
-    forward and dA shrink; ``swat80_filter_cdw`` is the documented
-    ``straight_through=False`` variant whose dW is compacted too)
+  * structured SWAT 80 % with compaction                <= 0.5x
+    (``swat80_channel_cdw``: whole input channels, ``straight_through=False``,
+    so the forward, dA and dW convolutions all run on the kept 20 % of the
+    channels; ``swat80_channel`` is the paper's straight-through variant,
+    reported without a bound: its dW stays dense over all channels, so at
+    best (0.2 + 0.2 + 1) / 3 = 0.47 of the conv cost before any elementwise
+    work)
   * SWAT 80 % temporary train-step memory
     (``compiled.memory_analysis().temp_size_in_bytes``) <= 0.75x dense
   * jit compile time (lower + compile) of a SWAT step    <= 1.5x dense
@@ -46,11 +49,11 @@ CONFIGS = {
     "swat80_p20": swat(0.8, period=20),
     "ste_2:4": ste(NM(2, 4)),
     "meprop_20%": meprop(0.2),
-    "swat80_filter": swat(0.8, structured="filter"),
-    "swat80_filter_cdw": swat(0.8, structured="filter", straight_through=False),
+    "swat80_channel": swat(0.8, structured="channel"),
+    "swat80_channel_cdw": swat(0.8, structured="channel", straight_through=False),
 }
 BOUNDS = {"swat80_p1": 1.15, "swat80_p20": 1.05, "ste_2:4": 1.05, "meprop_20%": 1.15,
-          "swat80_filter": 0.5, "swat80_filter_cdw": 0.5}
+          "swat80_channel_cdw": 0.5}
 
 
 def make_step(model, variables, x, y):

@@ -236,12 +236,14 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
 
 
 def kth_largest_key_along(keys: Array, k: ArrayLike, axis: int = -1) -> Array:
-    """Per-row k-th largest key along ``axis`` by vectorised bisection.
+    """Per-row k-th largest key along ``axis``, without a sort or ``lax.top_k``.
 
-    Every row (all indices of the other axes) runs the same 32-step bisection
-    over the int32 key range at once: one counting pass ``sum(keys >= mid)``
-    along ``axis`` per step, no sort and no ``lax.top_k``. Used for per-row
-    gradient selection (meProp) and per-position neuron selection (DSG).
+    Short rows with a static ``k`` (``width * k <= 256``, e.g. meProp on 32 conv
+    channels) go through an unrolled insertion network that reads the keys once.
+    Otherwise every row (all indices of the other axes) runs the same 32-step
+    bisection over the int32 key range at once: one counting pass
+    ``sum(keys >= mid)`` along ``axis`` per step. Used for per-row gradient
+    selection (meProp) and per-position neuron selection (DSG).
 
     Args:
       keys: int32 keys from :func:`magnitude_keys` (or non-negative int32 scores).
@@ -267,32 +269,103 @@ def kth_largest_key_along(keys: Array, k: ArrayLike, axis: int = -1) -> Array:
     keys = jnp.asarray(keys)
     axis = axis % keys.ndim
     rows = keys.shape[:axis] + keys.shape[axis + 1:]
-    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), rows)
     width = keys.shape[axis]
-    if math.prod(rows) >= _COLUMN_ROWS and width < 2**24:
+    if isinstance(k, int) and 1 <= k <= width and width * k <= _NETWORK_BUDGET:
+        return _kth_by_network(jnp.moveaxis(keys, axis, 0).reshape(width, -1), k).reshape(rows)
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), rows)
+    if math.prod(rows) >= _COLUMN_ROWS:
         # Many short rows: XLA:CPU reduces a short minor axis slowly, so lay the
         # rows out as columns (width, R) and sum by halving: contiguous, fused
         # elementwise adds (2x faster on conv-sized gradients); the loop state is
         # kept rank-1 like the columns.
         cols = jnp.moveaxis(keys, axis, 0).reshape(width, -1)
-        n = cols.shape[1]
-        count_cols = lambda t: _halving_sum((cols >= t).astype(jnp.float32)).astype(jnp.int32)
-        flat = lambda v: jnp.full((n,), v, jnp.int32)
-        v = _bisect(count_cols, flat(-1), flat(_INF_KEY + 1), k.reshape(-1), _BISECTION_STEPS,
-                    flat(width), flat(0))[0]
+        v = _radix_rows(lambda t: _halving_sum(t(cols)), width, k.reshape(-1))
         return v.reshape(rows)
-    if width < 2**24:  # float32 sums of 0/1 are exact below 2**24 (and faster on CPU)
-        count_ge = lambda t: jnp.sum((keys >= jnp.expand_dims(t, axis)).astype(jnp.float32),
-                                     axis=axis).astype(jnp.int32)
-    else:
-        count_ge = lambda t: jnp.sum(keys >= jnp.expand_dims(t, axis), axis=axis, dtype=jnp.int32)
-    full = lambda v: jnp.full(rows, v, jnp.int32)
-    return _bisect(count_ge, full(-1), full(_INF_KEY + 1), k, _BISECTION_STEPS,
-                   full(width), full(0))[0]
+    return _radix_rows(lambda t: jnp.sum(t(keys, axis), axis=axis), width, k)
+
+
+def _radix_rows(reduce_rows, width: int, k: Array) -> Array:
+    """Per-row k-th largest key: bisection generalised to ``p + 1`` parts per pass.
+
+    Each pass compares every key with ``p`` pivots splitting each row's bracket
+    ``[lo, hi)`` into ``p + 1`` parts and counts all ``p`` of them in *one*
+    reduction: a row has at most ``width`` hits per pivot, so the counts are
+    packed into disjoint bit fields of one float32 sum (exact below ``2**24``),
+    e.g. 3 pivots (16 passes instead of 32) for rows of up to 255 entries.
+
+    Args:
+      reduce_rows: ``reduce_rows(hits)`` applies ``hits(keys[, axis])`` (a
+        float32 array of ``keys``'s shape) and sums it over each row.
+      width: the row length.
+      k: kept count per row (int32, the row shape).
+
+    Returns:
+      The largest key ``v`` of each row with ``count(row >= v) >= k``.
+    """
+    bits = width.bit_length()
+    p = max(1, min(_MAX_PIVOTS, 24 // bits))
+    exact_f32 = p * bits <= 24
+    lo = jnp.full(k.shape, -1, jnp.int32)
+    hi = jnp.full(k.shape, _INF_KEY + 1, jnp.int32)
+    expand = lambda t, keys, axis: t if axis is None else jnp.expand_dims(t, axis)
+
+    def body(_, state):
+        lo, hi = state
+        q = jnp.maximum((hi - lo) // (p + 1), 1)
+        pivots = [jnp.minimum(lo + i * q, hi) for i in range(1, p + 1)]
+
+        def hits(keys, axis=None):
+            if not exact_f32:  # rows of 2**24 or more: one int32 count
+                return (keys >= expand(pivots[0], keys, axis)).astype(jnp.int32)
+            return sum((keys >= expand(t, keys, axis)).astype(jnp.float32) * float(1 << (bits * i))
+                       for i, t in enumerate(pivots))
+
+        packed = reduce_rows(hits).astype(jnp.int32)
+        for i, t in enumerate(pivots):  # ascending: lo = last pivot reaching k, hi = next
+            ok = ((packed >> (bits * i)) & ((1 << bits) - 1) if exact_f32 else packed) >= k
+            lo, hi = jnp.where(ok, t, lo), jnp.where(ok, hi, jnp.minimum(hi, t))
+        return lo, hi
+
+    return lax.fori_loop(0, _radix_steps(p), body, (lo, hi))[0]
+
+
+def _radix_steps(p: int) -> int:
+    """Passes that close the widest bracket with ``p`` pivots (worst case)."""
+    r, steps = _INF_KEY + 2, 0
+    while r > 1:
+        q = max(r // (p + 1), 1)
+        r = max(q, r - p * q) if p * q < r else 1
+        steps += 1
+    return steps
 
 
 # Row selections over at least this many rows count in the column layout.
 _COLUMN_ROWS = 1024
+# Short rows with a static k (width * k at most this) use the insertion network.
+_NETWORK_BUDGET = 256
+# Pivots per pass of the per-row selection (counts packed into one float32 sum).
+_MAX_PIVOTS = 3
+
+
+def _kth_by_network(cols: Array, k: int) -> Array:
+    """k-th largest of every column of ``cols`` (width, R) by an unrolled insertion network.
+
+    ``top[0] >= ... >= top[k-1]`` hold each column's k largest keys so far; every
+    row of ``cols`` is inserted with ``k`` max/min pairs. All ``width * k`` pairs
+    are elementwise ops on ``(R,)`` vectors that XLA fuses into one loop, so the
+    keys are read once instead of once per bisection step (meProp's rows of 32
+    conv channels: 0.4 ms instead of 9 ms for 1M keys on a 2-core CPU). Equal to
+    the bisection's result: the k-th largest counting multiplicity (``-1`` when
+    fewer than ``k`` keys are not NaN).
+    """
+    top: list[Array] = []
+    for j in range(cols.shape[0]):
+        v = cols[j]
+        for i in range(len(top)):
+            top[i], v = jnp.maximum(top[i], v), jnp.minimum(top[i], v)
+        if len(top) < k:
+            top.append(v)
+    return top[k - 1]
 
 
 def _halving_sum(h: Array) -> Array:

@@ -33,6 +33,22 @@ def test_kth_largest_key_along_traced_k_and_ties():
     assert f(1).sum(1).tolist() == [1, 4]
 
 
+@pytest.mark.parametrize("shape,axis,k", [((2000, 32), 1, 6), ((6, 16, 9), 1, 4), ((8, 30), 0, 8),
+                                           ((50, 32), 1, 1)])
+def test_kth_largest_key_along_network_equals_bisection(shape, axis, k):
+    # A static k on short rows takes the insertion network; a traced k the bisection.
+    x = np.array(jax.random.normal(jax.random.key(k), shape))
+    x.flat[:40:3] = 0.0  # zeros (ReLU gradients), ties and a NaN
+    x.flat[41] = x.flat[42]
+    x.flat[45] = np.nan
+    keys = select.magnitude_keys(x)
+    net = select.kth_largest_key_along(keys, k, axis)
+    bisect = jax.jit(lambda kk: select.kth_largest_key_along(keys, kk, axis))(k)
+    ref = -np.sort(-np.asarray(keys), axis=axis).take(k - 1, axis=axis)
+    np.testing.assert_array_equal(net, ref)
+    np.testing.assert_array_equal(bisect, ref)
+
+
 def test_topk_exact_and_sampled_and_override():
     x = jax.random.normal(jax.random.key(1), (40, 50))
     m, t = TopK(0.9).keep(x, NONE, ())
