@@ -17,217 +17,217 @@ MUT = ["batch_stats", "sparsity"]
 
 
 class MLP(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    h = nn.relu(nn.Dense(8)(x))
-    return nn.Dense(4)(h)
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(8)(x))
+        return nn.Dense(4)(h)
 
 
 def _setup(in_features=6, batch=5, seed=0):
-  kx, kc = jax.random.split(jax.random.key(seed + 1))
-  x = jax.random.normal(kx, (batch, in_features))
-  c = jax.random.normal(kc, (batch, 4))
-  return x, c
+    kx, kc = jax.random.split(jax.random.key(seed + 1))
+    x = jax.random.normal(kx, (batch, in_features))
+    c = jax.random.normal(kc, (batch, 4))
+    return x, c
 
 
 def _grads(method, x, c):
-  model = sparsify(MLP(), method)
-  v = model.init(jax.random.key(0), x)
+    model = sparsify(MLP(), method)
+    v = model.init(jax.random.key(0), x)
 
-  def loss(p):
-    y, _ = model.apply({**v, "params": p}, x, mutable=MUT)
-    return jnp.sum(y * c), y
+    def loss(p):
+        y, _ = model.apply({**v, "params": p}, x, mutable=MUT)
+        return jnp.sum(y * c), y
 
-  (_, y), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-  return v["params"], y, g
+    (_, y), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+    return v["params"], y, g
 
 
 def _unpack(p):
-  return (p["Dense_0"]["kernel"], p["Dense_0"]["bias"], p["Dense_1"]["kernel"],
-          p["Dense_1"]["bias"])
+    return (p["Dense_0"]["kernel"], p["Dense_0"]["bias"], p["Dense_1"]["kernel"],
+            p["Dense_1"]["bias"])
 
 
 def _check(g, y, ref_y, dw1, db1, dw2, db2):
-  np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
-  for got, want in ((g["Dense_0"]["kernel"], dw1), (g["Dense_0"]["bias"], db1),
-                    (g["Dense_1"]["kernel"], dw2), (g["Dense_1"]["bias"], db2)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    for got, want in ((g["Dense_0"]["kernel"], dw1), (g["Dense_0"]["bias"], db1),
+                      (g["Dense_1"]["kernel"], dw2), (g["Dense_1"]["bias"], db2)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_params_tree_is_the_unwrapped_models():
-  x, _ = _setup()
-  v = sparsify(MLP(), methods.swat(0.5)).init(jax.random.key(0), x)
-  ref = MLP().init(jax.random.key(0), x)
-  jax.tree.map(np.testing.assert_array_equal, v["params"], ref["params"])
-  assert set(v["sparsity"]) == {"Dense_1", "_method_shared"}  # first layer dense
+    x, _ = _setup()
+    v = sparsify(MLP(), methods.swat(0.5)).init(jax.random.key(0), x)
+    ref = MLP().init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, v["params"], ref["params"])
+    assert set(v["sparsity"]) == {"Dense_1", "_method_shared"}  # first layer dense
 
 
 def test_swat_matches_masked_reference():
-  s = 0.5
-  x, c = _setup()
-  p, y, g = _grads(methods.swat(s, dense_first=False), x, c)
-  w1, b1, w2, b2 = _unpack(p)
-  w1s, w2s = w1 * topk_mask(w1, s), w2 * topk_mask(w2, s)
-  z1 = x @ w1s + b1
-  h = jax.nn.relu(z1)
-  dy = c
-  dw2 = (h * topk_mask(h, s)).T @ dy          # dW from top-K activations
-  dz1 = (dy @ w2s.T) * (z1 > 0)               # dA from top-K weights
-  dw1 = (x * topk_mask(x, s)).T @ dz1
-  _check(g, y, h @ w2s + b2, dw1, dz1.sum(0), dw2, dy.sum(0))
+    s = 0.5
+    x, c = _setup()
+    p, y, g = _grads(methods.swat(s, dense_first=False), x, c)
+    w1, b1, w2, b2 = _unpack(p)
+    w1s, w2s = w1 * topk_mask(w1, s), w2 * topk_mask(w2, s)
+    z1 = x @ w1s + b1
+    h = jax.nn.relu(z1)
+    dy = c
+    dw2 = (h * topk_mask(h, s)).T @ dy          # dW from top-K activations
+    dz1 = (dy @ w2s.T) * (z1 > 0)               # dA from top-K weights
+    dw1 = (x * topk_mask(x, s)).T @ dz1
+    _check(g, y, h @ w2s + b2, dw1, dz1.sum(0), dw2, dy.sum(0))
 
 
 def test_ste_sr_ste_matches_masked_reference():
-  decay = 0.1
-  x, c = _setup(in_features=8)
-  p, y, g = _grads(methods.ste(NM(2, 4), decay=decay), x, c)
-  w1, b1, w2, b2 = _unpack(p)
-  m1, m2 = nm_mask(w1, 2, 4), nm_mask(w2, 2, 4)
-  z1 = x @ (w1 * m1) + b1
-  h = jax.nn.relu(z1)
-  dz1 = (c @ (w2 * m2).T) * (z1 > 0)
-  dw1 = x.T @ dz1 + decay * (~m1) * w1        # dense gradient + SR-STE decay
-  dw2 = h.T @ c + decay * (~m2) * w2
-  _check(g, y, h @ (w2 * m2) + b2, dw1, dz1.sum(0), dw2, c.sum(0))
+    decay = 0.1
+    x, c = _setup(in_features=8)
+    p, y, g = _grads(methods.ste(NM(2, 4), decay=decay), x, c)
+    w1, b1, w2, b2 = _unpack(p)
+    m1, m2 = nm_mask(w1, 2, 4), nm_mask(w2, 2, 4)
+    z1 = x @ (w1 * m1) + b1
+    h = jax.nn.relu(z1)
+    dz1 = (c @ (w2 * m2).T) * (z1 > 0)
+    dw1 = x.T @ dz1 + decay * (~m1) * w1        # dense gradient + SR-STE decay
+    dw2 = h.T @ c + decay * (~m2) * w2
+    _check(g, y, h @ (w2 * m2) + b2, dw1, dz1.sum(0), dw2, c.sum(0))
 
 
 def _row_topk(x, k):
-  kth = jnp.sort(jnp.abs(x), axis=-1)[:, -k][:, None]
-  return jnp.abs(x) >= kth
+    kth = jnp.sort(jnp.abs(x), axis=-1)[:, -k][:, None]
+    return jnp.abs(x) >= kth
 
 
 def test_meprop_matches_reference_and_keeps_output_layer_dense():
-  k = 3
-  x, c = _setup()
-  p, y, g = _grads(methods.meprop(k), x, c)
-  w1, b1, w2, b2 = _unpack(p)
-  z1 = x @ w1 + b1
-  h = jax.nn.relu(z1)
-  dz1 = (c @ w2.T) * (z1 > 0)
-  dw1 = x.T @ (dz1 * _row_topk(dz1, k))       # per-row top-k of dY; bias grad dense
-  _check(g, y, h @ w2 + b2, dw1, dz1.sum(0), h.T @ c, c.sum(0))
+    k = 3
+    x, c = _setup()
+    p, y, g = _grads(methods.meprop(k), x, c)
+    w1, b1, w2, b2 = _unpack(p)
+    z1 = x @ w1 + b1
+    h = jax.nn.relu(z1)
+    dz1 = (c @ w2.T) * (z1 > 0)
+    dw1 = x.T @ (dz1 * _row_topk(dz1, k))       # per-row top-k of dY; bias grad dense
+    _check(g, y, h @ w2 + b2, dw1, dz1.sum(0), h.T @ c, c.sum(0))
 
 
 def test_dsg_matches_reference_with_exact_scores():
-  s = 0.5
-  x, c = _setup()
-  p, y, g = _grads(methods.dsg(s), x, c)
-  w1, b1, w2, b2 = _unpack(p)
-  # 6 input features: the JL dimension exceeds them, so the exact product scores.
-  u = x @ w1
-  r = jnp.maximum(u, 0)
-  mask = (r >= jnp.sort(r, axis=-1)[:, -4][:, None]) & (r > 0)
-  z1 = jnp.where(mask, u, 0) + b1
-  h = jax.nn.relu(z1)
-  dz1 = (c @ w2.T) * (z1 > 0)
-  dw1 = x.T @ (dz1 * mask)                    # the forward mask reused on dY
-  _check(g, y, h @ w2 + b2, dw1, dz1.sum(0), h.T @ c, c.sum(0))
+    s = 0.5
+    x, c = _setup()
+    p, y, g = _grads(methods.dsg(s), x, c)
+    w1, b1, w2, b2 = _unpack(p)
+    # 6 input features: the JL dimension exceeds them, so the exact product scores.
+    u = x @ w1
+    r = jnp.maximum(u, 0)
+    mask = (r >= jnp.sort(r, axis=-1)[:, -4][:, None]) & (r > 0)
+    z1 = jnp.where(mask, u, 0) + b1
+    h = jax.nn.relu(z1)
+    dz1 = (c @ w2.T) * (z1 > 0)
+    dw1 = x.T @ (dz1 * mask)                    # the forward mask reused on dY
+    _check(g, y, h @ w2 + b2, dw1, dz1.sum(0), h.T @ c, c.sum(0))
 
 
 def test_eval_uses_topk_weights_or_dense():
-  x, _ = _setup()
-  for sparse_eval in (True, False):
-    model = sparsify(MLP(), methods.swat(0.5, dense_first=False, sparse_eval=sparse_eval))
-    v = model.init(jax.random.key(0), x)
-    w1, b1, w2, b2 = _unpack(v["params"])
-    if sparse_eval:
-      w1, w2 = w1 * topk_mask(w1, 0.5), w2 * topk_mask(w2, 0.5)
-    np.testing.assert_allclose(model.apply(v, x), jax.nn.relu(x @ w1 + b1) @ w2 + b2,
-                               rtol=1e-5, atol=1e-5)
+    x, _ = _setup()
+    for sparse_eval in (True, False):
+        model = sparsify(MLP(), methods.swat(0.5, dense_first=False, sparse_eval=sparse_eval))
+        v = model.init(jax.random.key(0), x)
+        w1, b1, w2, b2 = _unpack(v["params"])
+        if sparse_eval:
+            w1, w2 = w1 * topk_mask(w1, 0.5), w2 * topk_mask(w2, 0.5)
+        np.testing.assert_allclose(model.apply(v, x), jax.nn.relu(x @ w1 + b1) @ w2 + b2,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def _sgd_loop(model, v, x, c, steps, lr=0.05):
-  traces = []
+    traces = []
 
-  @jax.jit
-  def step(v):
-    traces.append(1)
+    @jax.jit
+    def step(v):
+        traces.append(1)
 
-    def loss(p):
-      y, upd = model.apply({**v, "params": p}, x, mutable=MUT)
-      return jnp.sum(y * c), upd
+        def loss(p):
+            y, upd = model.apply({**v, "params": p}, x, mutable=MUT)
+            return jnp.sum(y * c), upd
 
-    (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-    params = jax.tree.map(lambda a, b: a - lr * b, v["params"], g)
-    return {**v, **upd, "params": params}, l
+        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+        params = jax.tree.map(lambda a, b: a - lr * b, v["params"], g)
+        return {**v, **upd, "params": params}, l
 
-  history = []
-  for _ in range(steps):
-    v, _ = step(v)
-    history.append(v)
-  return history, traces
+    history = []
+    for _ in range(steps):
+        v, _ = step(v)
+        history.append(v)
+    return history, traces
 
 
 def test_period_reuses_cached_thresholds_between_refreshes():
-  x, c = _setup()
-  model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False))
-  v = model.init(jax.random.key(0), x)
-  history, traces = _sgd_loop(model, v, x, c, 7)
-  assert len(traces) == 1  # no recompilation across steps
-  thr = [float(h["sparsity"]["Dense_1"]["w_threshold"]) for h in history]
-  athr = [float(h["sparsity"]["Dense_1"]["a_threshold"]) for h in history]
-  steps = [int(h["sparsity"]["Dense_1"]["step"]) for h in history]
-  assert steps == list(range(1, 8))
-  # refreshes at steps 0, 3, 6 (the state after step t holds the threshold used at t)
-  assert thr[0] == thr[1] == thr[2] and thr[3] == thr[4] == thr[5]
-  assert thr[3] != thr[2] and thr[6] != thr[5]
-  assert athr[0] == athr[1] == athr[2] and athr[3] != athr[2]
-  # the refreshed value is the exact top-K threshold of the weights at that step
-  w_at_3 = history[2]["params"]["Dense_1"]["kernel"]
-  np.testing.assert_allclose(thr[3], jnp.sort(jnp.abs(w_at_3).ravel())[-16], rtol=1e-6)
+    x, c = _setup()
+    model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False))
+    v = model.init(jax.random.key(0), x)
+    history, traces = _sgd_loop(model, v, x, c, 7)
+    assert len(traces) == 1  # no recompilation across steps
+    thr = [float(h["sparsity"]["Dense_1"]["w_threshold"]) for h in history]
+    athr = [float(h["sparsity"]["Dense_1"]["a_threshold"]) for h in history]
+    steps = [int(h["sparsity"]["Dense_1"]["step"]) for h in history]
+    assert steps == list(range(1, 8))
+    # refreshes at steps 0, 3, 6 (the state after step t holds the threshold used at t)
+    assert thr[0] == thr[1] == thr[2] and thr[3] == thr[4] == thr[5]
+    assert thr[3] != thr[2] and thr[6] != thr[5]
+    assert athr[0] == athr[1] == athr[2] and athr[3] != athr[2]
+    # the refreshed value is the exact top-K threshold of the weights at that step
+    w_at_3 = history[2]["params"]["Dense_1"]["kernel"]
+    np.testing.assert_allclose(thr[3], jnp.sort(jnp.abs(w_at_3).ravel())[-16], rtol=1e-6)
 
 
 def test_momentum_budgets_update_and_keep_global_budget():
-  x, c = _setup()
-  model = sparsify(MLP(), methods.swat(0.6, distribution="momentum", dense_first=False))
-  v = model.init(jax.random.key(0), x)
-  history, traces = _sgd_loop(model, v, x, c, 4)
-  assert len(traces) == 1
-  shared = history[-1]["sparsity"]["_method_shared"]
-  s = {p: float(v) for p, v in shared["sparsity"].items()}
-  sizes = {"Dense_0": 6 * 8, "Dense_1": 8 * 4}
-  assert s["Dense_0"] != pytest.approx(0.6)  # budgets moved with the momentum scores
-  kept = sum((1 - s[p]) * sizes[p] for p in sizes)
-  assert kept == pytest.approx(0.4 * sum(sizes.values()), rel=1e-4)
-  assert all(1 - v <= methods.MOMENTUM_DENSITY_CAP + 1e-6 for v in s.values())
-  np.testing.assert_array_equal(history[-1]["sparsity"]["Dense_0"]["prev_kernel"],
-                                history[-2]["params"]["Dense_0"]["kernel"])
+    x, c = _setup()
+    model = sparsify(MLP(), methods.swat(0.6, distribution="momentum", dense_first=False))
+    v = model.init(jax.random.key(0), x)
+    history, traces = _sgd_loop(model, v, x, c, 4)
+    assert len(traces) == 1
+    shared = history[-1]["sparsity"]["_method_shared"]
+    s = {p: float(v) for p, v in shared["sparsity"].items()}
+    sizes = {"Dense_0": 6 * 8, "Dense_1": 8 * 4}
+    assert s["Dense_0"] != pytest.approx(0.6)  # budgets moved with the momentum scores
+    kept = sum((1 - s[p]) * sizes[p] for p in sizes)
+    assert kept == pytest.approx(0.4 * sum(sizes.values()), rel=1e-4)
+    assert all(1 - v <= methods.MOMENTUM_DENSITY_CAP + 1e-6 for v in s.values())
+    np.testing.assert_array_equal(history[-1]["sparsity"]["Dense_0"]["prev_kernel"],
+                                  history[-2]["params"]["Dense_0"]["kernel"])
 
 
 def test_monitor_metrics_from_inside_jit():
-  x, _ = _setup()
-  # 5 x 8 activations in tiles of 8: every tile is sampled, so the estimate is exact.
-  model = sparsify(MLP(), methods.swat(0.5, dense_first=False),
-                   monitor=monitor.MonitorConfig(tile=8))
-  v = model.init(jax.random.key(0), x)
-  _, upd = jax.jit(lambda v: model.apply(v, x, mutable=MUT + ["sparsity_metrics"]))(v)
-  flat = monitor.flatten_metrics(upd["sparsity_metrics"])
-  w1 = v["params"]["Dense_0"]["kernel"]
-  h = jax.nn.relu(x @ (w1 * topk_mask(w1, 0.5)) + v["params"]["Dense_0"]["bias"])
-  assert flat["Dense_1/act_zero_fraction"] == pytest.approx(float(jnp.mean(h == 0)))
-  assert flat["Dense_1/w_sparsity"] == pytest.approx(0.5)
-  assert flat["Dense_0/act_zero_fraction"] == 0.0
+    x, _ = _setup()
+    # 5 x 8 activations in tiles of 8: every tile is sampled, so the estimate is exact.
+    model = sparsify(MLP(), methods.swat(0.5, dense_first=False),
+                     monitor=monitor.MonitorConfig(tile=8))
+    v = model.init(jax.random.key(0), x)
+    _, upd = jax.jit(lambda v: model.apply(v, x, mutable=MUT + ["sparsity_metrics"]))(v)
+    flat = monitor.flatten_metrics(upd["sparsity_metrics"])
+    w1 = v["params"]["Dense_0"]["kernel"]
+    h = jax.nn.relu(x @ (w1 * topk_mask(w1, 0.5)) + v["params"]["Dense_0"]["bias"])
+    assert flat["Dense_1/act_zero_fraction"] == pytest.approx(float(jnp.mean(h == 0)))
+    assert flat["Dense_1/w_sparsity"] == pytest.approx(0.5)
+    assert flat["Dense_0/act_zero_fraction"] == 0.0
 
 
 def test_tile_stats_counts_tiles():
-  x = jnp.concatenate([jnp.zeros(96), jnp.ones(16), jnp.zeros(16)])
-  s = monitor.tile_stats(x, tile=32)
-  assert float(s["act_zero_fraction"]) == 0.875
-  assert float(s["act_tile_occupancy"]) == 0.25
-  assert float(s["act_tile_density"]) == 0.5
+    x = jnp.concatenate([jnp.zeros(96), jnp.ones(16), jnp.zeros(16)])
+    s = monitor.tile_stats(x, tile=32)
+    assert float(s["act_zero_fraction"]) == 0.875
+    assert float(s["act_tile_occupancy"]) == 0.25
+    assert float(s["act_tile_density"]) == 0.5
 
 
 class Block(nn.Module):
-  """A ResNet basic block built from stock layers (conv-BN-ReLU, residual)."""
+    """A ResNet basic block built from stock layers (conv-BN-ReLU, residual)."""
 
-  @nn.compact
-  def __call__(self, x, train=True):
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    x = nn.relu(bn()(nn.Conv(8, (3, 3), use_bias=False)(x)))
-    y = nn.relu(bn()(nn.Conv(8, (3, 3), use_bias=False)(x)))
-    y = bn()(nn.Conv(8, (3, 3), use_bias=False)(y))
-    x = nn.relu(x + y).mean((1, 2))
-    return nn.Dense(4)(x)
+    @nn.compact
+    def __call__(self, x, train=True):
+        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+        x = nn.relu(bn()(nn.Conv(8, (3, 3), use_bias=False)(x)))
+        y = nn.relu(bn()(nn.Conv(8, (3, 3), use_bias=False)(x)))
+        y = bn()(nn.Conv(8, (3, 3), use_bias=False)(y))
+        x = nn.relu(x + y).mean((1, 2))
+        return nn.Dense(4)(x)
 
 
 METHODS = [methods.swat(0.8), methods.swat(0.8, period=5), methods.swat(0.8, distribution="erk"),
@@ -237,191 +237,191 @@ IDS = ["swat", "swat_p5", "swat_erk", "swat_m", "swat_struct", "ste", "meprop", 
 
 
 def _data():
-  x = jax.random.normal(jax.random.key(3), (16, 6, 6, 3))
-  y = jnp.arange(16) % 4
-  return x, y
+    x = jax.random.normal(jax.random.key(3), (16, 6, 6, 3))
+    y = jnp.arange(16) % 4
+    return x, y
 
 
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_linen_block_trains(method):
-  x, labels = _data()
-  model = sparsify(Block(), method)
-  v = model.init(jax.random.key(0), x)
-  tx = optax.sgd(0.05, momentum=0.9)
-  opt = tx.init(v["params"])
-  traces = []
+    x, labels = _data()
+    model = sparsify(Block(), method)
+    v = model.init(jax.random.key(0), x)
+    tx = optax.sgd(0.05, momentum=0.9)
+    opt = tx.init(v["params"])
+    traces = []
 
-  @jax.jit
-  def step(v, opt):
-    traces.append(1)
+    @jax.jit
+    def step(v, opt):
+        traces.append(1)
 
-    def loss(p):
-      logits, upd = model.apply({**v, "params": p}, x, mutable=MUT)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
+        def loss(p):
+            logits, upd = model.apply({**v, "params": p}, x, mutable=MUT)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
 
-    (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-    u, opt = tx.update(g, opt, v["params"])
-    return {**v, **upd, "params": optax.apply_updates(v["params"], u)}, opt, l
+        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+        u, opt = tx.update(g, opt, v["params"])
+        return {**v, **upd, "params": optax.apply_updates(v["params"], u)}, opt, l
 
-  losses = []
-  for _ in range(50):
-    v, opt, l = step(v, opt)
-    losses.append(float(l))
-  assert len(traces) == 1
-  assert np.isfinite(losses).all()
-  assert np.mean(losses[-5:]) < 0.7 * losses[0]
-  logits = model.apply(v, x, train=False)  # evaluation call: state read-only
-  assert logits.shape == (16, 4)
+    losses = []
+    for _ in range(50):
+        v, opt, l = step(v, opt)
+        losses.append(float(l))
+    assert len(traces) == 1
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    logits = model.apply(v, x, train=False)  # evaluation call: state read-only
+    assert logits.shape == (16, 4)
 
 
 class CNN(nnx.Module):
-  def __init__(self, rngs):
-    self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
-    self.bn = nnx.BatchNorm(8, rngs=rngs)
-    self.conv2 = nnx.Conv(8, 8, (3, 3), rngs=rngs)
-    self.fc = nnx.Linear(8, 4, rngs=rngs)
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.conv2 = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(8, 4, rngs=rngs)
 
-  def __call__(self, x):
-    x = nnx.relu(self.bn(self.conv1(x)))
-    x = nnx.relu(self.conv2(x))
-    return self.fc(x.mean((1, 2)))
+    def __call__(self, x):
+        x = nnx.relu(self.bn(self.conv1(x)))
+        x = nnx.relu(self.conv2(x))
+        return self.fc(x.mean((1, 2)))
 
 
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_nnx_cnn_trains(method):
-  x, labels = _data()
-  model = sparsify(CNN(nnx.Rngs(0)), method, x)
-  opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
-  traces = []
+    x, labels = _data()
+    model = sparsify(CNN(nnx.Rngs(0)), method, x)
+    opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
+    traces = []
 
-  @nnx.jit
-  def step(model, opt):
-    traces.append(1)
+    @nnx.jit
+    def step(model, opt):
+        traces.append(1)
 
-    def loss(m):
-      return optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
+        def loss(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), labels).mean()
 
-    l, g = nnx.value_and_grad(loss)(model)
-    opt.update(model, g)
-    return l
+        l, g = nnx.value_and_grad(loss)(model)
+        opt.update(model, g)
+        return l
 
-  losses = [float(step(model, opt)) for _ in range(50)]
-  assert len(traces) == 1
-  assert np.mean(losses[-5:]) < 0.7 * losses[0]
-  model.eval()
-  assert model(x).shape == (16, 4)
+    losses = [float(step(model, opt)) for _ in range(50)]
+    assert len(traces) == 1
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    model.eval()
+    assert model(x).shape == (16, 4)
 
 
 def test_nnx_matches_linen_swat_reference():
-  s = 0.5
-  x, c = _setup()
-  model = nnx.Sequential(nnx.Linear(6, 8, rngs=nnx.Rngs(0)), nnx.relu,
-                         nnx.Linear(8, 4, rngs=nnx.Rngs(1)))
-  sparsify(model, methods.swat(s, dense_first=False), x)
-  g = nnx.grad(lambda m: jnp.sum(m(x) * c))(model)
-  l0, l1 = model.layers[0], model.layers[2]
-  w1, b1, w2 = l0.kernel[...], l0.bias[...], l1.kernel[...]
-  w2s = w2 * topk_mask(w2, s)
-  z1 = x @ (w1 * topk_mask(w1, s)) + b1
-  h = jax.nn.relu(z1)
-  dz1 = (c @ w2s.T) * (z1 > 0)
-  np.testing.assert_allclose(g["layers"][0]["kernel"][...], (x * topk_mask(x, s)).T @ dz1,
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(g["layers"][2]["kernel"][...], (h * topk_mask(h, s)).T @ c,
-                             rtol=1e-5, atol=1e-5)
-  assert "conv_general_dilated" not in str(jax.tree.map(jnp.shape, nnx.state(model,
-                                                                            SparsityState)))
+    s = 0.5
+    x, c = _setup()
+    model = nnx.Sequential(nnx.Linear(6, 8, rngs=nnx.Rngs(0)), nnx.relu,
+                           nnx.Linear(8, 4, rngs=nnx.Rngs(1)))
+    sparsify(model, methods.swat(s, dense_first=False), x)
+    g = nnx.grad(lambda m: jnp.sum(m(x) * c))(model)
+    l0, l1 = model.layers[0], model.layers[2]
+    w1, b1, w2 = l0.kernel[...], l0.bias[...], l1.kernel[...]
+    w2s = w2 * topk_mask(w2, s)
+    z1 = x @ (w1 * topk_mask(w1, s)) + b1
+    h = jax.nn.relu(z1)
+    dz1 = (c @ w2s.T) * (z1 > 0)
+    np.testing.assert_allclose(g["layers"][0]["kernel"][...], (x * topk_mask(x, s)).T @ dz1,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g["layers"][2]["kernel"][...], (h * topk_mask(h, s)).T @ c,
+                               rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" not in str(jax.tree.map(jnp.shape, nnx.state(model,
+                                                                               SparsityState)))
 
 
 def test_nnx_call_order_sets_first_layer_dense():
-  class Net(nnx.Module):
-    def __init__(self, rngs):
-      self.z_first = nnx.Linear(6, 8, rngs=rngs)  # called first, sorted last
-      self.a_second = nnx.Linear(8, 4, rngs=rngs)
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.z_first = nnx.Linear(6, 8, rngs=rngs)  # called first, sorted last
+            self.a_second = nnx.Linear(8, 4, rngs=rngs)
 
-    def __call__(self, x):
-      return self.a_second(nnx.relu(self.z_first(x)))
+        def __call__(self, x):
+            return self.a_second(nnx.relu(self.z_first(x)))
 
-  x, _ = _setup()
-  net = sparsify(Net(nnx.Rngs(0)), methods.swat(0.5), x)
-  assert net.z_first.dot_general is jax.lax.dot_general
-  assert net.a_second.dot_general.info.path == "a_second"
+    x, _ = _setup()
+    net = sparsify(Net(nnx.Rngs(0)), methods.swat(0.5), x)
+    assert net.z_first.dot_general is jax.lax.dot_general
+    assert net.a_second.dot_general.info.path == "a_second"
 
 
 def test_einsum_layers_are_sparsified():
-  class E(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return nn.Einsum((6, 4), "bi,io->bo")(x)
+    class E(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Einsum((6, 4), "bi,io->bo")(x)
 
-  x, c = _setup()
-  model = sparsify(E(), methods.swat(0.5, dense_first=False))
-  v = model.init(jax.random.key(0), x)
-  k = v["params"]["Einsum_0"]["kernel"]
-  g = jax.grad(lambda p: jnp.sum(model.apply({**v, "params": p}, x, mutable=MUT)[0] * c))(
-      v["params"])
-  np.testing.assert_allclose(g["Einsum_0"]["kernel"], (x * topk_mask(x, 0.5)).T @ c,
-                             rtol=1e-5, atol=1e-5)
-  y = model.apply(v, x)
-  np.testing.assert_allclose(y, x @ (k * topk_mask(k, 0.5)) + v["params"]["Einsum_0"]["bias"],
-                             rtol=1e-5, atol=1e-5)
+    x, c = _setup()
+    model = sparsify(E(), methods.swat(0.5, dense_first=False))
+    v = model.init(jax.random.key(0), x)
+    k = v["params"]["Einsum_0"]["kernel"]
+    g = jax.grad(lambda p: jnp.sum(model.apply({**v, "params": p}, x, mutable=MUT)[0] * c))(
+        v["params"])
+    np.testing.assert_allclose(g["Einsum_0"]["kernel"], (x * topk_mask(x, 0.5)).T @ c,
+                               rtol=1e-5, atol=1e-5)
+    y = model.apply(v, x)
+    np.testing.assert_allclose(y, x @ (k * topk_mask(k, 0.5)) + v["params"]["Einsum_0"]["bias"],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_no_supported_layers_lists_types():
-  class NoLinear(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return nn.LayerNorm()(x)
+    class NoLinear(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.LayerNorm()(x)
 
-  with pytest.raises(ValueError, match="LayerNorm"):
-    sparsify(NoLinear(), methods.swat(0.5)).init(jax.random.key(0), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        sparsify(NoLinear(), methods.swat(0.5)).init(jax.random.key(0), jnp.ones((2, 3)))
 
-  class NoLinearNNX(nnx.Module):
-    def __init__(self):
-      self.norm = nnx.LayerNorm(3, rngs=nnx.Rngs(0))
+    class NoLinearNNX(nnx.Module):
+        def __init__(self):
+            self.norm = nnx.LayerNorm(3, rngs=nnx.Rngs(0))
 
-  with pytest.raises(ValueError, match="LayerNorm"):
-    sparsify(NoLinearNNX(), methods.swat(0.5))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        sparsify(NoLinearNNX(), methods.swat(0.5))
 
 
 def test_errors_name_the_layer():
-  x, _ = _setup()
-  with pytest.raises(ValueError, match="'Dense_0'"):
-    sparsify(MLP(), methods.meprop(9)).init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match="sparsity"):
-    methods.swat(1.5)
-  model = sparsify(MLP(), methods.swat(0.5))
-  v = model.init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match="'sparsity' collection"):
-    model.apply({"params": v["params"]}, x)
-  with pytest.raises(TypeError, match="optax transform"):
-    sparsify(MLP(), methods.grad_drop(0.5))
+    x, _ = _setup()
+    with pytest.raises(ValueError, match="'Dense_0'"):
+        sparsify(MLP(), methods.meprop(9)).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="sparsity"):
+        methods.swat(1.5)
+    model = sparsify(MLP(), methods.swat(0.5))
+    v = model.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="'sparsity' collection"):
+        model.apply({"params": v["params"]}, x)
+    with pytest.raises(TypeError, match="optax transform"):
+        sparsify(MLP(), methods.grad_drop(0.5))
 
 
 def test_dense_method_is_a_no_op():
-  x, _ = _setup()
-  model = sparsify(MLP(), methods.dense())
-  v = model.init(jax.random.key(0), x)
-  assert set(v) == {"params"}
-  np.testing.assert_array_equal(model.apply(v, x), MLP().apply(v, x))
+    x, _ = _setup()
+    model = sparsify(MLP(), methods.dense())
+    v = model.init(jax.random.key(0), x)
+    assert set(v) == {"params"}
+    np.testing.assert_array_equal(model.apply(v, x), MLP().apply(v, x))
 
 
 def test_swat_sampled_activation_threshold_reports_realised_sparsity():
-  x = jax.random.normal(jax.random.key(3), (64, 64))
+    x = jax.random.normal(jax.random.key(3), (64, 64))
 
-  class Wide(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      return nn.Dense(16)(nn.Dense(64)(x))
+    class Wide(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(16)(nn.Dense(64)(x))
 
-  model = sparsify(Wide(), methods.swat(0.8, dense_first=False, sample_size=512))
-  v = model.init(jax.random.key(0), x)
-  _, upd = jax.jit(lambda v: model.apply(v, x, mutable=MUT + ["sparsity_metrics"]))(v)
-  flat = monitor.flatten_metrics(upd["sparsity_metrics"])
-  # The sampled threshold is approximate: the realised saved-activation sparsity is
-  # reported and lies near the target, the weights stay exact.
-  assert flat["Dense_0/a_saved_sparsity"] == pytest.approx(0.8, abs=0.05)
-  assert flat["Dense_0/a_saved_sparsity"] != pytest.approx(0.8, abs=1e-6)
-  assert flat["Dense_0/w_sparsity"] == pytest.approx(0.8, abs=1e-3)
-  with pytest.raises(ValueError, match="sample_size"):
-    methods.swat(0.8, sample_size=0)
+    model = sparsify(Wide(), methods.swat(0.8, dense_first=False, sample_size=512))
+    v = model.init(jax.random.key(0), x)
+    _, upd = jax.jit(lambda v: model.apply(v, x, mutable=MUT + ["sparsity_metrics"]))(v)
+    flat = monitor.flatten_metrics(upd["sparsity_metrics"])
+    # The sampled threshold is approximate: the realised saved-activation sparsity is
+    # reported and lies near the target, the weights stay exact.
+    assert flat["Dense_0/a_saved_sparsity"] == pytest.approx(0.8, abs=0.05)
+    assert flat["Dense_0/a_saved_sparsity"] != pytest.approx(0.8, abs=1e-6)
+    assert flat["Dense_0/w_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(ValueError, match="sample_size"):
+        methods.swat(0.8, sample_size=0)
