@@ -27,7 +27,11 @@ Training vs evaluation: the adapters run a layer in *training* mode when its
 state is mutable (linen ``apply(..., mutable=["sparsity", ...])``; NNX unless
 ``model.eval()`` was called), updating the state; otherwise the state is read-only and, with ``sparse_eval=True``,
 the forward uses the same sparse weights (SWAT evaluates with its top-K
-weights, as the official code does), else the layer runs dense.
+weights, as the official code does), else the layer runs dense. Rules that only
+shape the backward pass (SWAT's saved activation, meProp's ``dY``) apply in
+read-only calls too, so a gradient taken without the state mutable still follows
+the method (only the cached thresholds / counters do not advance); they cost
+nothing when no gradient is taken.
 
 :func:`grad_drop` is a plain optax transform (the model is left unmodified).
 
@@ -383,19 +387,23 @@ class SWAT(Method):
             kw["w_threshold"] = state["w_threshold"]
         else:
             w_rule = TopK(sparsity, ties="all")
-        a_rule = ((Cached(sparsity, sample_size=self.sample_size) if cached
-                   else TopK(sparsity, sample_size=self.sample_size, ties="all"))
-                  if training else None)
+        # The saved-activation rule only shapes the backward pass, so it is set in
+        # read-only calls too: a gradient taken through an evaluation call still
+        # follows SWAT (nothing is computed for it when no gradient is taken).
+        a_rule = (Cached(sparsity, sample_size=self.sample_size) if cached
+                  else TopK(sparsity, sample_size=self.sample_size, ties="all"))
+        if cached:
+            kw["a_threshold"] = state["a_threshold"]
         if training and cached:
             refresh = state["step"] % self.period == 0
-            kw.update(a_threshold=state["a_threshold"], a_refresh=refresh)
+            kw["a_refresh"] = refresh
             if isinstance(w_rule, Cached):
                 kw["w_refresh"] = refresh
         if self._momentum:
             s = shared["sparsity"][info.path]
             if not isinstance(w_rule, Cached) or training:
                 kw["w_sparsity"] = s
-            if a_rule is not None:
+            if not isinstance(a_rule, Cached) or training:
                 kw["a_sparsity"] = s
         return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through),
                 Aux(**kw))
@@ -629,8 +637,8 @@ class MeProp(Method):
                 else 1.0 - float(self.k) for p, s in shapes.items()}
 
     def policy_aux(self, info, sparsity, state, shared, training):
-        if not training:
-            return None, None
+        # Backward-only: read-only (evaluation) calls get the rule too, so a
+        # gradient through them still follows meProp; the forward is unchanged.
         k = self.kept(info.out_features)
         rule = SharedColumns(k) if self.unified else RowTopK(k)
         return Policy(grad_out=rule), None
@@ -655,8 +663,8 @@ def meprop(k: int | float, *, unified: bool = False, include: Any = None,
       exclude: module-path rule of layers to keep dense.
 
     Returns:
-      A hashable :class:`MeProp` method (evaluation is always dense: the method
-      only changes the backward pass).
+      A hashable :class:`MeProp` method (the forward, hence evaluation, is
+      dense: the method only changes the backward pass).
 
     Example:
       >>> meprop(80)                 # MNIST MLP 784-500-500-10, k = 80

@@ -136,6 +136,22 @@ def test_eval_uses_topk_weights_or_dense():
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", [methods.swat(0.5, dense_first=False), methods.meprop(2)])
+def test_gradient_through_read_only_call_follows_the_method(method):
+    # A gradient taken without "sparsity" mutable (an evaluation-mode call) still
+    # uses the method's backward rules; only the state does not advance.
+    x, c = _setup()
+    model = sparsify(MLP(), method)
+    v = model.init(jax.random.key(0), x)
+    grad = lambda f: jax.grad(lambda p: jnp.sum(f(p) * c))(v["params"])
+    g_train = grad(lambda p: model.apply({**v, "params": p}, x, mutable=MUT)[0])
+    g_eval = grad(lambda p: model.apply({**v, "params": p}, x))
+    g_dense = jax.grad(lambda p: jnp.sum(MLP().apply({"params": p}, x) * c))(v["params"])
+    for path in ("Dense_0", "Dense_1"):
+        np.testing.assert_allclose(g_eval[path]["kernel"], g_train[path]["kernel"], rtol=1e-6)
+    assert not np.allclose(g_eval["Dense_0"]["kernel"], g_dense["Dense_0"]["kernel"])
+
+
 def _sgd_loop(model, v, x, c, steps, lr=0.05):
     traces = []
 

@@ -17,7 +17,8 @@ collection at its module path (``{"sparsity": {"Block_0": {"Conv_1":
 ``apply(variables, x, mutable=["batch_stats", "sparsity"])``: a call whose
 ``"sparsity"`` collection is not mutable is an *evaluation* call (the state is
 read, nothing is refreshed; SWAT evaluates with its top-K weights unless
-``sparse_eval=False``).
+``sparse_eval=False``; a gradient taken through such a call still follows the
+method's backward rules, see :mod:`sparsejax.methods`).
 
 Init: the per-layer plan needs all layers at once (ERK budgets, first/last
 layer dense). ``init`` therefore first traces the model abstractly
