@@ -71,6 +71,7 @@ TRACE_CASES = [
     ("vgg16", {"width": 8}, (2, 8, 8, 3)),
     ("vgg16", {}, (2, 32, 32, 3)),
     ("wrn16_8", {}, (2, 8, 8, 3)),
+    ("wideresnet", {"depth": 10, "widen_factor": 1}, (2, 8, 8, 3)),
     ("densenet121", {"growth_rate": 4}, (2, 8, 8, 3)),
     ("vit", {"patch": 4, "dim": 16, "depth": 2, "heads": 2, "mlp_dim": 32}, (2, 32, 32, 3)),
 ]
@@ -174,7 +175,7 @@ def test_bfloat16_computation_returns_float32_logits():
 
 def test_registry_lists_every_model_and_rejects_unknown_names():
     expected = {"mlp", "lenet300100", "lenet5", "resnet18", "resnet34", "resnet50", "vgg16",
-                "wrn16_8", "vit_tiny", "vit", "refcnn", "densenet121"}
+                "wrn16_8", "wideresnet", "vit_tiny", "vit", "refcnn", "densenet121"}
     assert set(zoo.MODELS) == expected
     assert isinstance(zoo.get_model("ResNet18"), zoo.ResNet)
     with pytest.raises(ValueError, match="valid names: .*lenet5.*resnet18"):

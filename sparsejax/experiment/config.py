@@ -302,8 +302,7 @@ SMOKE_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet34": ("resnet34", {"width": 4}),
     "resnet50": ("resnet50", {"width": 4, "stem": "cifar"}),
     "vgg16": ("vgg16", {"width": 4}),
-    # The zoo's WRN-16-8 has no width argument; a narrow ResNet-18 stands in.
-    "wrn16_8": ("resnet18", {"width": 4}),
+    "wrn16_8": ("wideresnet", {"depth": 10, "widen_factor": 1}),
     "densenet121": ("densenet121", {"growth_rate": 4}),
     "vit": ("vit", {"patch": 4, "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32}),
     "vit_tiny": ("vit", {"patch": 4, "dim": 16, "depth": 1, "heads": 2, "mlp_dim": 32}),

@@ -35,6 +35,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": ResNet50,
     "vgg16": VGG16,
     "wrn16_8": WRN16_8,
+    "wideresnet": WideResNet,
     "densenet121": DenseNet121,
     "vit": ViT,
     "vit_tiny": vit_tiny,
