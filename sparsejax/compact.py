@@ -2,14 +2,18 @@
 
 Two ways to turn sparsity into savings on XLA without custom kernels:
 
-* **Memory** – a tensor saved for the backward pass with a *static* kept count
-  ``k`` (SWAT's top-K activations) is stored as :class:`Packed`: the occupancy
-  bits (``jnp.packbits``, 1 bit per entry) plus the ``k`` kept values in
-  row-major order, and rebuilt in the backward pass (a running count of the
-  bits gives each kept entry's slot: one scatter to pack, one gather to unpack). At 80% sparsity a float32 tensor takes
-  ``1/32 + 0.2 = 23%`` of its dense bytes (values + int32 indices would take
-  40%). This is zero-value compression (cDMA's ZVC) with one mask for the whole
-  tensor.
+* **Memory** – a tensor saved for the backward pass with a *static* number
+  ``k`` of kept values (SWAT's top-K activations) is stored as :class:`Packed`:
+  occupancy bits (1 bit per entry, 32-bit words) plus the kept values in
+  row-major order, and rebuilt in the backward pass. Packing gathers the ``k``
+  values (their positions come from word popcounts, a running maximum over the
+  ``k`` slots and a 5-step in-word bisection) and unpacking gathers them back,
+  so neither has an intermediate of the tensor's size: only ``k``- and
+  word-sized ones. At 80% sparsity a float32 tensor takes ``1/32 + 0.2 = 23%``
+  of its dense bytes (values + int32 indices would take 40%); SWAT's rule,
+  which keeps every tie at its threshold, adds a tie plane (26%). This is
+  zero-value compression (cDMA's ZVC) with one mask for the whole tensor.
+  :func:`pack_bits` alone stores a mask (1/32 of a float32 tensor).
 * **Compute** – structured rules with a static kept count select whole slices;
   :func:`take` gathers them so the op runs as a smaller dense op and
   :func:`put` scatters results back (zero elsewhere).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,47 +45,31 @@ class Packed:
     """A tensor stored as occupancy bits plus its kept values.
 
     Attributes:
-      bits: ``uint8[ceil(size / 8)]``, the keep-mask packed 8 entries per byte
-        (``jnp.packbits``, big-endian bit order).
-      values: the ``k`` kept values in row-major order (padding after the last
-        kept entry when fewer than ``k`` were kept, never read back).
+      bits: ``uint32[ceil(size / 32)]``, the occupancy words (entry ``32 g + j``
+        is bit ``31 - j`` of word ``g``): entries whose value is stored, and,
+        with ``ties``, the negative ties.
+      values: the stored values in row-major order, room for ``k`` (the slots
+        after the last stored entry hold arbitrary values, never read back).
       shape: the dense shape (static).
+      ties: ``None``, or words marking the entries equal to ``±tie`` (the
+        sign is the ``bits`` bit); such entries take no value slot.
+      tie: ``None``, or the float32 magnitude of the ties.
     """
 
     bits: Array
     values: Array
     shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    ties: Optional[Array] = None
+    tie: Optional[Array] = None
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: bits plus values."""
-        return self.bits.size * self.bits.dtype.itemsize + self.values.size * self.values.dtype.itemsize
+        """Bytes held: bit planes plus values."""
+        planes = 1 if self.ties is None else 2
+        return planes * self.bits.nbytes + self.values.nbytes
 
 
 _GROUP = 32  # entries per occupancy word
-
-
-def _slots(bits: Array, size: int) -> tuple[Array, Array]:
-    """Occupancy and value slot of every entry, as ``(groups, 32)`` arrays.
-
-    The bytes are read as big-endian 32-bit words (32 entries each); a word's
-    first slot is the exclusive running count of the word popcounts (one small
-    cumulative sum over ``size / 32`` words) and an entry's slot adds the
-    popcount of the bits before it in its word. Everything else is elementwise,
-    so XLA fuses it into the pack scatter / unpack gather instead of
-    materialising a full-size int32 prefix array.
-    """
-    groups = -(-size // _GROUP)
-    b = jnp.pad(bits, (0, groups * 4 - bits.size)).reshape(groups, 4).astype(jnp.uint32)
-    words = (b[:, 0] << 24) | (b[:, 1] << 16) | (b[:, 2] << 8) | b[:, 3]
-    cnt = lax.population_count(words).astype(jnp.int32)
-    first = jnp.cumsum(cnt) - cnt
-    j = lax.broadcasted_iota(jnp.uint32, (groups, _GROUP), 1)
-    w = words[:, None]
-    occupied = ((w >> (31 - j)) & 1).astype(bool)
-    # Bits before entry j are the top j bits; an XLA shift by 32 gives 0 (j = 0).
-    before = lax.population_count(lax.shift_right_logical(w, 32 - j)).astype(jnp.int32)
-    return occupied, first[:, None] + before
 
 
 def _grouped(x: Array, size: int) -> Array:
@@ -88,21 +77,100 @@ def _grouped(x: Array, size: int) -> Array:
     return jnp.pad(x.reshape(-1), (0, groups * _GROUP - size)).reshape(groups, _GROUP)
 
 
-def pack(x: ArrayLike, mask: ArrayLike, k: int) -> Packed:
-    """Stores ``where(mask, x, 0)`` as bits plus ``k`` values.
+def pack_bits(mask: ArrayLike) -> Array:
+    """Packs a bool mask into ``uint32`` words, 32 entries each (row-major, MSB first).
 
-    One pass: the mask is packed into bits, each kept entry's slot comes from
-    word popcounts (no full-size prefix array) and one scatter writes the kept
-    values in row-major order.
+    One OR-reduction over groups of 32 (XLA fuses the mask's producer into it:
+    no full-size intermediate, unlike a sum, which XLA:CPU hands to a library
+    kernel that needs its input materialised).
+
+    Example:
+      >>> pack_bits(jnp.arange(33) % 16 == 0).tolist()
+      [2147516416, 2147483648]
+    """
+    m = jnp.asarray(mask, bool)
+    j = lax.broadcasted_iota(jnp.uint32, (1, _GROUP), 1)
+    bits = _grouped(m, m.size).astype(jnp.uint32) << (31 - j)
+    return lax.reduce(bits, np.uint32(0), lax.bitwise_or, (1,))
+
+
+def _unpack_words(words: Array) -> Array:
+    j = lax.broadcasted_iota(jnp.uint32, (words.size, _GROUP), 1)
+    return ((words[:, None] >> (31 - j)) & 1).astype(bool)
+
+
+def unpack_bits(words: Array, shape: tuple[int, ...]) -> Array:
+    """The bool mask of ``shape`` packed by :func:`pack_bits`.
+
+    Example:
+      >>> unpack_bits(pack_bits(jnp.eye(2, dtype=bool)), (2, 2)).tolist()
+      [[True, False], [False, True]]
+    """
+    size = math.prod(shape)
+    return _unpack_words(words).reshape(-1)[:size].reshape(shape)
+
+
+def _slots(words: Array) -> tuple[Array, Array]:
+    """Occupancy and value slot of every entry, as ``(groups, 32)`` arrays.
+
+    A word's first slot is the exclusive running count of the word popcounts
+    (one small cumulative sum over ``size / 32`` words) and an entry's slot adds
+    the popcount of the bits before it in its word; the rest is elementwise, so
+    XLA fuses it into the unpack gather.
+    """
+    cnt = lax.population_count(words).astype(jnp.int32)
+    first = jnp.cumsum(cnt) - cnt
+    j = lax.broadcasted_iota(jnp.uint32, (words.size, _GROUP), 1)
+    w = words[:, None]
+    # Bits before entry j are the top j bits; an XLA shift by 32 gives 0 (j = 0).
+    before = lax.population_count(lax.shift_right_logical(w, 32 - j)).astype(jnp.int32)
+    return _unpack_words(words), first[:, None] + before
+
+
+def _sources(words: Array, k: int) -> Array:
+    """Flat index of the ``j``-th set bit for ``j < k`` (arbitrary past the last one).
+
+    Only word- and ``k``-sized arrays: each non-empty word writes its index at
+    its first slot, a running maximum gives every slot its word, and a
+    five-step bisection on popcounts finds the bit inside the word.
+    """
+    groups = words.size
+    cnt = lax.population_count(words).astype(jnp.int32)
+    first = jnp.cumsum(cnt) - cnt
+    owner = jnp.zeros((k,), jnp.int32).at[jnp.where(cnt > 0, first, k)].max(
+        jnp.arange(groups, dtype=jnp.int32), mode="drop")
+    owner = lax.cummax(owner)
+    rank = jnp.arange(k, dtype=jnp.int32) - first[owner]
+    w = words[owner]
+    pos = jnp.zeros((k,), jnp.int32)
+    for half in (16, 8, 4, 2, 1):  # largest pos with popcount(top pos bits) <= rank
+        top = lax.population_count(lax.shift_right_logical(w, (32 - pos - half).astype(jnp.uint32)))
+        pos = jnp.where(top.astype(jnp.int32) <= rank, pos + half, pos)
+    return owner * _GROUP + pos
+
+
+def pack(x: ArrayLike, mask: ArrayLike, k: int, tie: Optional[ArrayLike] = None) -> Packed:
+    """Stores ``where(mask, x, 0)`` as bits plus at most ``k`` values.
+
+    The kept non-zero entries are stored in row-major order; their positions
+    are found from word popcounts and read by one gather of ``k`` entries, so
+    no intermediate has the size of ``x``.
+
+    With ``tie`` (a threshold rule that keeps ``|x| >= tie``: SWAT's top-K with
+    every tie kept), kept entries with ``|x| == tie > 0`` are recorded in a
+    second bit plane with their sign instead of a value slot, so ``k`` only has
+    to cover the entries strictly above ``tie`` (fewer than the top-K count).
 
     Args:
       x: array to store.
-      mask: bool keep-mask of ``x``'s shape with at most ``k`` True entries (an
-        exact top-K mask has exactly ``k``).
-      k: static number of values to keep room for.
+      mask: bool keep-mask of ``x``'s shape.
+      k: static number of value slots: at least the number of kept non-zero
+        entries (not counting ties when ``tie`` is given).
+      tie: optional float32 scalar threshold (see above).
 
     Returns:
-      A :class:`Packed` value; :func:`unpack` rebuilds the masked array.
+      A :class:`Packed` value; :func:`unpack` rebuilds the masked array (a
+      kept ``-0.0`` comes back as ``0.0``).
 
     Example:
       >>> p = pack(jnp.array([1., 2., 3., 4.]), jnp.array([True, False, False, True]), 2)
@@ -113,15 +181,23 @@ def pack(x: ArrayLike, mask: ArrayLike, k: int) -> Packed:
       Rhu et al., HPCA 2018 (ZVC).
     """
     x = jnp.asarray(x)
-    m = jnp.asarray(mask, bool).reshape(-1)
+    m = jnp.asarray(mask, bool)
     if m.size != x.size:
         raise ValueError(f"pack: mask has {m.size} entries, x has shape {x.shape}.")
-    bits = jnp.packbits(m)
-    occupied, slot = _slots(bits, m.size)
-    slot = jnp.where(occupied, slot, k)  # dropped entries go out of range
-    values = jnp.zeros((k,), x.dtype).at[slot].set(_grouped(x, m.size), mode="drop",
-                                                   unique_indices=True)
-    return Packed(bits, values, tuple(x.shape))
+    kept = m.reshape(x.shape) & (x != 0)
+    ties = None
+    if tie is None:
+        store = kept
+        bits = pack_bits(store)
+    else:
+        tie = jnp.asarray(tie, jnp.float32)
+        at_tie = kept & (jnp.abs(x.astype(jnp.float32)) == tie)
+        store = kept & ~at_tie
+        bits = pack_bits(store | (at_tie & (x < 0)))
+        ties = pack_bits(at_tie)
+    src = jnp.clip(_sources(bits if ties is None else bits & ~ties, k), 0, x.size - 1)
+    values = x.reshape(-1)[src]
+    return Packed(bits, values, tuple(x.shape), ties, tie)
 
 
 def unpack(p: Packed) -> Array:
@@ -140,21 +216,27 @@ def unpack(p: Packed) -> Array:
       [[1.0, 0.0], [0.0, 1.0]]
     """
     size = math.prod(p.shape)
-    occupied, slot = _slots(p.bits, size)
+    store = p.bits if p.ties is None else p.bits & ~p.ties
+    occupied, slot = _slots(store)
     vals = p.values[jnp.clip(slot, 0, max(p.values.size - 1, 0))]
-    dense = jnp.where(occupied, vals, jnp.zeros((), p.values.dtype))
+    zero = jnp.zeros((), p.values.dtype)
+    dense = jnp.where(occupied, vals, zero)
+    if p.ties is not None:
+        t = p.tie.astype(p.values.dtype)
+        dense = jnp.where(_unpack_words(p.ties), jnp.where(_unpack_words(p.bits), -t, t), dense)
     return dense.reshape(-1)[:size].reshape(p.shape)
 
 
-def packed_nbytes(shape: tuple[int, ...], k: int, dtype) -> int:
-    """Bytes :func:`pack` uses for a tensor of ``shape`` with ``k`` kept values.
+def packed_nbytes(shape: tuple[int, ...], k: int, dtype, ties: bool = False) -> int:
+    """Bytes :func:`pack` uses for a tensor of ``shape`` with ``k`` value slots.
 
     Example:
       >>> packed_nbytes((1000,), 200, jnp.float32) / 4000
-      0.23125
+      0.232
     """
     size = math.prod(shape)
-    return -(-size // 8) + k * np.dtype(dtype).itemsize
+    words = -(-size // _GROUP) * 4
+    return (2 if ties else 1) * words + k * np.dtype(dtype).itemsize
 
 
 def take(x: ArrayLike, idx: ArrayLike, axis: int) -> Array:

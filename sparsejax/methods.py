@@ -311,6 +311,7 @@ class SWAT(Method):
     dense_last: bool = False
     sample_size: Optional[int] = None
     straight_through: bool = True
+    pack_saved: bool = False
 
     name: ClassVar[str] = "swat"
 
@@ -340,6 +341,7 @@ class SWAT(Method):
         _check_bool(self.dense_first, "dense_first")
         _check_bool(self.dense_last, "dense_last")
         _check_bool(self.straight_through, "straight_through")
+        _check_bool(self.pack_saved, "pack_saved")
 
     @property
     def _momentum(self) -> bool:
@@ -405,7 +407,8 @@ class SWAT(Method):
                 kw["w_sparsity"] = s
             if not isinstance(a_rule, Cached) or training:
                 kw["a_sparsity"] = s
-        return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through),
+        return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through,
+                       pack_saved=self.pack_saved),
                 Aux(**kw))
 
     def update(self, info, state, shared, stats, kernel):
@@ -427,7 +430,8 @@ class SWAT(Method):
 def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | str = False,
          period: int = 1, dense_first: bool = True, dense_last: bool = False,
          include: Any = None, exclude: Any = None, sparse_eval: bool = True,
-         sample_size: int | None = None, straight_through: bool = True) -> SWAT:
+         sample_size: int | None = None, straight_through: bool = True,
+         pack_saved: bool = False) -> SWAT:
     """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
     Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
@@ -439,7 +443,8 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
     budget. Top-K keeps ``|x| >=`` the magnitude of the k-th largest entry, as
     the paper states it (``TopK(ties="all")``: ties at the threshold are all
     kept, which needs no tie-resolution pass). Evaluation (read-only state) uses the top-K weights unless
-    ``sparse_eval=False``.
+    ``sparse_eval=False``. Each kernel is saved for the backward pass as itself
+    plus its mask bits (no dense copy of ``W_s``).
 
     Args:
       sparsity: weight and activation sparsity ``s`` in ``[0, 1)`` (the global
@@ -485,6 +490,13 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         GEMMs (forward, dA, dW) run at the kept size instead of two. Pruned
         weights can still return when the selection changes, since the kernel
         is re-scored every step, but they no longer accumulate gradient.
+      pack_saved: store each saved activation as bits + kept values
+        (``Policy.pack_saved``: about a quarter of its dense bytes at 80%)
+        where its budget is static (``period=1``, uniform or ERK, no
+        ``sample_size``). Measured on a 2-core CPU, batch 32: ResNet-18 step
+        temporary memory 0.95x -> 0.75x dense, step time +10% of dense; on the
+        small reference CNN it costs +30% step time and saves nothing (the
+        peak is the forward top-K selection, not the saved activations).
 
     Returns:
       A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
@@ -499,7 +511,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
     return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
                 distribution=distribution, structured=structured, period=period,
                 dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
-                straight_through=straight_through)
+                straight_through=straight_through, pack_saved=pack_saved)
 
 
 # ---------------------------------------------------------------------- STE

@@ -29,10 +29,12 @@ zero gradient and then dW runs compacted too (all three GEMMs shrink). Both
 equal the masked dense computation exactly. ``SharedColumns`` (unified meProp)
 likewise gathers its ``k`` gradient columns so dA and dW are smaller GEMMs.
 
-Memory: with ``pack_saved=True`` an ``act_saved`` rule with a static kept
-count (``TopK`` with a Python sparsity, N:M, channel) saves A as
+Memory: a sparsified W is saved as W itself (the op's input, alive anyway)
+plus its mask bits, not as a dense copy W_s. With ``pack_saved=True`` an
+``act_saved`` rule with a static kept count (``TopK`` with a Python sparsity,
+including SWAT's ``ties="all"``, N:M, channel) saves A as
 :class:`sparsejax.compact.Packed` (bits + kept values) instead of a dense
-masked copy.
+masked copy. Both are rebuilt in the backward pass, after dY exists.
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020;
@@ -54,7 +56,7 @@ from jax import lax
 from sparsejax import compact, select
 from sparsejax.patterns import Channel
 from sparsejax.sparsifiers import (PatternRule, RandomProjection, SharedColumns, SlotInput,
-                                   Sparsifier, projection_dim, ternary_projection)
+                                   Sparsifier, TopK, projection_dim, ternary_projection)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -84,9 +86,9 @@ class Policy:
       compact: gather kept channels / shared gradient columns into smaller dense
         ops where the kept count is static (same result as masking).
       pack_saved: store A_s as bits + values when its kept count is static
-        (residual 23% of dense at 80%); off by default: on XLA:CPU the pack and
-        unpack passes cost more step time and transient memory than they save
-        (see :mod:`sparsejax.compact`).
+        (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
+        :mod:`sparsejax.compact`); :func:`sparsejax.methods.swat` turns it on.
+        Off by default: pack and unpack are two extra passes over A.
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
@@ -407,8 +409,31 @@ def _depends_on(p: compact.Packed, dtype) -> Array:
     selection keys alive across the whole network. ``0 * finite`` is not folded
     for floats, and NaN values cannot leak: only ``isnan`` of a value is read.
     """
-    probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(p.values[-1]).astype(jnp.float32)
+    probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(jnp.max(p.values)).astype(jnp.float32)
+    if p.ties is not None:
+        probe = probe + jnp.max(p.ties).astype(jnp.float32)
     return (probe * 0.0).astype(dtype)
+
+
+def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput):
+    """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``.
+
+    A static kept count (``TopK`` with ``ties="index"``, N:M, ...) gives the
+    slots directly. ``TopK(ties="all")`` keeps ``|A| >= t`` with fewer than
+    ``k`` entries strictly above ``t``: those take the ``k`` slots and the ties
+    ``±t`` go to a second bit plane (:func:`sparsejax.compact.pack` with ``tie``).
+    """
+    rule = pol.act_saved
+    if not pol.pack_saved:
+        return None
+    count = rule.static_count(shape, given)
+    if count is not None:
+        return (count, False) if count < math.prod(shape) else None
+    if (isinstance(rule, TopK) and rule.ties == "all" and rule.sample_size is None
+            and given.sparsity is None):
+        count = select.keep_count(rule.sparsity, math.prod(shape))
+        return (count, True) if count < math.prod(shape) else None
+    return None
 
 
 def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
@@ -453,12 +478,13 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         given = _slot(aux, "a")
         amask, a_thr = pol.act_saved.keep(a, given, (), where)
         a_s = jnp.where(amask, a, jnp.zeros((), a.dtype))
-        count = pol.act_saved.static_count(a.shape, given)
+        room = _pack_room(pol, a.shape, given)
         a_saved = a_s
         if plan is not None and plan.role == "in" and not pol.straight_through:
             a_saved = compact.take(a_s, plan.idx, plan.axis)
-        elif pol.pack_saved and count is not None and count < a.size and save:
-            a_saved = compact.pack(a, amask, count)
+        elif room is not None and save:
+            count, by_threshold = room
+            a_saved = compact.pack(a, amask, count, a_thr if by_threshold else None)
             y = y + _depends_on(a_saved, y.dtype)
     elif plan is not None and plan.role == "in" and not pol.straight_through:
         a_saved = compact.take(a, plan.idx, plan.axis)
@@ -469,9 +495,14 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         a_threshold=nan if a_thr is None else jnp.asarray(a_thr, jnp.float32),
         w_density=_density(w_s), a_density=_density(a_s), a_input_density=_density(a),
         out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)))
-    res = dict(meta=meta, a=a_saved, w=w_keep, omask=omask, g=_slot(aux, "g"),
+    # W_s is not saved: W is alive anyway (a parameter) and its mask takes 1/32 of its
+    # bytes; the backward rebuilds W_s (a saved W_s, and the transposed copies XLA
+    # makes of it for dA ahead of time, would hold a dense copy of every kernel).
+    wbits = None
+    if wmask is not None and plan is None:
+        w_keep, wbits = w, compact.pack_bits(wmask)
+    res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, omask=omask, g=_slot(aux, "g"),
                idx=None if plan is None else plan.idx,
-               wmask=None if pol.straight_through or plan is not None else wmask,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
 
@@ -484,13 +515,20 @@ def _backward(cfg: _Cfg, res, cts):
     feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
     if res["omask"] is not None:
         g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
+    # Rebuilding reads dY so that XLA cannot hoist it into the forward pass (which
+    # would keep every layer's dense copy alive and defeat the compact residuals);
+    # ``live`` is always True (0 * finite is not folded for floats).
+    # Everything rebuilt reads it, so that XLA neither hoists it nor reuses the forward's
+    # word counts (it would keep them alive in between).
+    live = jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0 == 0.0
+    after = lambda x: jnp.where(live, x, jnp.zeros((), x.dtype))
     a_saved = res["a"]
     if isinstance(a_saved, compact.Packed):
-        # Make the unpack read dY so XLA cannot hoist it into the forward pass (which
-        # would keep every layer's dense copy alive and defeat the packing).
-        probe = (jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0).astype(a_saved.values.dtype)
-        a_saved = compact.unpack(dataclasses.replace(a_saved, values=a_saved.values + probe))
-    w_keep, idx = res["w"], res["idx"]
+        a_saved = compact.unpack(jax.tree.map(after, a_saved))
+    w_keep, idx, wmask = res["w"], res["idx"], None
+    if res["wbits"] is not None:
+        wmask = compact.unpack_bits(after(res["wbits"]), w_struct.shape)
+        w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
     plan = None
     if idx is not None:
         w_axis = pol.weight.pattern.axes[0] % len(w_struct.shape)
@@ -534,8 +572,8 @@ def _backward(cfg: _Cfg, res, cts):
                 dw = _t_w(op, a_saved, w_struct, g)
             else:
                 dw = compact.put(_t_w(op, a_saved, w_k_struct, g_k), idx, plan.w_axis, w_struct.shape)
-    if res["wmask"] is not None:
-        dw = jnp.where(res["wmask"], dw, jnp.zeros((), dw.dtype))
+    if wmask is not None and not pol.straight_through:
+        dw = jnp.where(wmask, dw, jnp.zeros((), dw.dtype))
     if res["w_pruned"] is not None:
         dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
     return da.astype(a_struct.dtype), dw.astype(w_struct.dtype), None

@@ -19,7 +19,7 @@ def test_pack_unpack_roundtrip(shape):
     m = topk_mask(x, 0.8)
     k = int(m.sum())
     p = compact.pack(x, m, k)
-    assert p.values.shape == (k,) and p.bits.shape == (math.ceil(x.size / 8),)
+    assert p.values.shape == (k,) and p.bits.shape == (math.ceil(x.size / 32),)
     np.testing.assert_array_equal(compact.unpack(p), jnp.where(m, x, 0))
     assert p.nbytes == compact.packed_nbytes(shape, k, jnp.float32)
     # Room for more values than kept: padding is never read back.
@@ -44,17 +44,51 @@ def test_take_put_inverse():
     assert float(back[..., [1, 2]].sum()) == 0
 
 
+def test_pack_ties_roundtrip():
+    """Entries at ``±tie`` go to the tie plane: only the ones strictly above take slots."""
+    x = jnp.round(jax.random.normal(jax.random.key(5), (37, 11)) * 2) / 2
+    x = x.at[0, 0].set(jnp.nan).at[0, 1].set(-0.0)
+    tie = jnp.float32(1.0)
+    m = jnp.abs(x) >= tie
+    above = int(jnp.sum(jnp.abs(x) > tie))
+    assert int(m.sum()) > above + 10
+    p = compact.pack(x, m, above, tie=tie)
+    assert p.values.shape == (above,) and p.ties.shape == p.bits.shape == (math.ceil(x.size / 32),)
+    np.testing.assert_array_equal(compact.unpack(p), jnp.where(m, x, 0))
+    assert p.nbytes == compact.packed_nbytes(x.shape, above, x.dtype, ties=True)
+    # A zero threshold (more than the sparsity already zero): zeros take no slot.
+    relu = jnp.maximum(x, 0)
+    p0 = compact.pack(relu, relu >= 0, int(jnp.sum(relu > 0)), tie=jnp.float32(0))
+    np.testing.assert_array_equal(compact.unpack(p0), jnp.where(relu >= 0, relu, 0))
+
+
+@pytest.mark.parametrize("size", [1, 31, 32, 33, 1000])
+def test_pack_bits_roundtrip(size):
+    m = jax.random.bernoulli(jax.random.key(size), 0.3, (size,))
+    words = compact.pack_bits(m)
+    assert words.dtype == jnp.uint32 and words.shape == (math.ceil(size / 32),)
+    np.testing.assert_array_equal(compact.unpack_bits(words, (size,)), m)
+
+
 def test_packed_residual_reduces_saved_memory():
-    """SWAT 80% with packing: the activation residual is 23% of the dense one."""
+    """SWAT 80% with packing: the activation residual is 23% of the dense one.
+
+    The kernel is saved as itself (the op's input: no copy) plus its mask bits
+    instead of a dense masked copy.
+    """
     a = jax.random.normal(jax.random.key(3), (8, 16, 16, 32))
     w = jax.random.normal(jax.random.key(4), (3, 3, 32, 32))
     dn = ("NHWC", "HWIO", "NHWC")
     f = lambda pol: lambda a_, w_: sparse_conv_general_dilated(a_, w_, (1, 1), "SAME",
                                                                dimension_numbers=dn, policy=pol)
     leaves = lambda pol: jax.tree_util.tree_leaves(jax.vjp(f(pol), a, w)[1])
-    packed = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8), pack_saved=True))
-    dense = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8)))
-    act = lambda ls: sum(l.nbytes for l in ls if l.size != w.size)
-    assert act(packed) / act(dense) == pytest.approx(
-        compact.packed_nbytes(a.shape, math.ceil(0.2 * a.size), a.dtype) / a.nbytes)
-    assert act(packed) < 0.24 * act(dense)
+    k = math.ceil(0.2 * a.size)
+    wbits = math.ceil(w.size / 32)
+    act = lambda ls: sum(l.nbytes for l in ls if l.size not in (w.size, wbits))
+    for ties in ("index", "all"):
+        packed = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties), pack_saved=True))
+        dense = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties)))
+        assert [l.size for l in packed if l.size in (w.size, wbits)] == [w.size, wbits]
+        tie_bytes = 4 if ties == "all" else 0  # the threshold scalar
+        assert act(packed) == compact.packed_nbytes(a.shape, k, a.dtype, ties == "all") + tie_bytes
+        assert act(packed) < (0.27 if ties == "all" else 0.24) * act(dense)

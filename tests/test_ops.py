@@ -328,12 +328,22 @@ def test_flax_linen_and_nnx_layers():
         np.testing.assert_allclose(m(x), ref, **TOL)
 
 
-def test_packed_saved_activation_gives_same_gradients():
+@pytest.mark.parametrize("ties", ["index", "all"])
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_packed_saved_activation_gives_same_gradients(ties, straight_through):
     a, w = rand(17, (4, 8, 8, 16), (3, 3, 16, 16))
+    # Coarse values: many ties at the threshold (SWAT's ties="all" keeps them all,
+    # beyond the k value slots) and exact zeros.
+    a = jnp.round(jnp.maximum(a, -0.5) * 2) / 2
     ct = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
-    packed = Policy(weight=TopK(0.8), act_saved=TopK(0.8), pack_saved=True)
-    unpacked = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
-    assert_all_close(fwd_bwd(sconv(packed), a, w, ct), fwd_bwd(sconv(unpacked), a, w, ct))
+    pol = lambda pack: Policy(weight=TopK(0.8, ties=ties), act_saved=TopK(0.8, ties=ties),
+                              straight_through=straight_through, pack_saved=pack)
+    got = fwd_bwd(sconv(pol(True)), a, w, ct)
+    for g, r in zip(got, fwd_bwd(sconv(pol(False)), a, w, ct)):
+        np.testing.assert_array_equal(g, r)
+    if ties == "all":  # more entries kept than the top-K count: the tie plane was needed
+        assert int(jnp.sum(jnp.abs(a) >= np.sort(np.abs(a).ravel())[-math.ceil(0.2 * a.size)])) \
+            > math.ceil(0.2 * a.size)
 
 
 @pytest.mark.parametrize("call, match", [
