@@ -2,13 +2,15 @@
 
 Every mask in the library (unstructured top-K, global thresholds across layers,
 structured channel/block scores, SWAT activation top-K) is answered by
-:func:`select_topk`, which finds the k-th largest magnitude by bisection over the
-IEEE-754 bit patterns of ``|x|`` and then breaks ties deterministically (lowest
-flat index first, leaves in the order given).
+:func:`select_topk`, which finds the k-th largest magnitude by a counting search
+(safeguarded interpolation, see :func:`kth_largest_key`) over the IEEE-754 bit
+patterns of ``|x|`` and then breaks ties deterministically (lowest flat index
+first, leaves in the order given).
 
 Why bit patterns: for non-negative floats the ordering of the ``int32`` bit
-pattern equals the ordering of the value, so 32 counting passes of
-``sum(keys >= mid)`` locate the exact k-th largest value without any sort.
+pattern equals the ordering of the value, so at most 34 counting passes of
+``sum(keys >= t)`` (~10 on smooth data) locate the exact k-th largest value
+without any sort.
 ``lax.top_k`` over 2.36M floats takes ~470 ms on a 2-core CPU; this takes a few
 milliseconds and works under ``jit`` with a traced ``k`` (sparsity schedules) and
 on sharded arrays (each pass is a plain reduction).
@@ -18,9 +20,15 @@ NaN handling: NaN magnitudes get the key ``-1`` and are never kept, so inside
 by the number of NaNs that would otherwise have been needed). Outside ``jit``
 the tree-level functions raise a clear error on NaN weights instead.
 
+Compile time: every distinct XLA kernel costs ~10-20 ms of compilation, so
+the search keeps its whole state in one int32 vector (one update kernel per
+iteration next to the counting pass) and is traced once per shape.
+
 References:
   Dong et al., "Spartan: A Sparsity-Adaptive Framework to Accelerate Deep
-  Neural Network Training on GPUs", IEEE TPDS 2021 (sampled thresholds).
+  Neural Network Training on GPUs", IEEE TPDS 2021 (sampled thresholds);
+  Oliveira & Takahashi, "An Enhancement of the Bisection Method Average
+  Performance Preserving Minmax Optimality", ACM TOMS 2020 (ITP).
 """
 
 from __future__ import annotations
@@ -298,11 +306,12 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None) -> Array:
     """Largest key ``v`` with ``count(keys >= v) >= k`` (weighted if given).
 
-    Bisection over the int32 key range, one counting pass per step (32 steps).
-    A single large population is first bracketed from a strided sample of
-    16K keys (sorted, then verified by two counting passes), which leaves about
-    18 full passes; a single population of at most 4096 keys is sorted instead
-    (no loop to compile).
+    Safeguarded interpolation search over the int32 key range, one counting
+    pass per step: ~10 passes on smooth data (activations, weights), never
+    more than 34 (plain bisection takes 32). A single population of more than
+    128K keys takes its first two probes from the quantiles of a sorted strided
+    sample of 16K keys; a single population of at most 4096 keys is sorted
+    instead (no loop to compile).
 
     Args:
       keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
