@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sparsejax import compact, select
@@ -324,7 +325,9 @@ def _slot(aux: Aux, prefix: str) -> SlotInput:
                      key=aux.key if prefix == "o" else None)
 
 
-def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape):
+def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape_of: Callable[[], tuple[int, ...]]):
+    """Raises a clear error for bad inputs; ``y_shape_of()`` (the output shape, an
+    abstract evaluation of the op) is only called for rules on the output."""
     where = f" in {cfg.where}" if cfg.where else ""
     for x, name in ((a, "lhs (activation)"), (w, "rhs (kernel)")):
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
@@ -332,7 +335,8 @@ def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape):
                             "training needs floating inputs (integers have no gradient). Cast with "
                             ".astype(jnp.float32) or use the lax op directly.")
     feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
-    shapes = {"w": (w.shape, ()), "a": (a.shape, ()), "g": (y_shape, feat), "o": (y_shape, feat)}
+    shapes = {"w": lambda: (w.shape, ()), "a": lambda: (a.shape, ()),
+              "g": lambda: (y_shape_of(), feat), "o": lambda: (y_shape_of(), feat)}
     for slot, prefix in _SLOTS:
         rule = getattr(cfg.policy, slot)
         given = {f for f, v in _slot(aux, prefix)._asdict().items() if v is not None}
@@ -348,9 +352,10 @@ def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape):
         if missing:
             raise ValueError(f"{rule!r} (Policy.{slot}){where} needs aux field(s) {sorted(missing)} "
                              f"(prefix {prefix}_).")
-        rule.check(*shapes[prefix], cfg.where)
+        rule.check(*shapes[prefix](), cfg.where)
     out = cfg.policy.out
-    if isinstance(out, RandomProjection) and aux.key is None and _proj_dim(cfg, a, w, y_shape):
+    if (isinstance(out, RandomProjection) and aux.key is None
+            and _proj_dim(cfg, a, w, y_shape_of())):
         raise ValueError(f"RandomProjection{where} needs a PRNG key in aux.key.")
 
 
@@ -395,7 +400,8 @@ def _with_axis(struct: jax.ShapeDtypeStruct, axis: int, n: int) -> jax.ShapeDtyp
 
 
 def _density(x: Array) -> Array:
-    return jnp.mean((x != 0).astype(jnp.float32))
+    nonzero = lax.convert_element_type(lax.ne(x, lax.full_like(x, 0)), jnp.float32)
+    return lax.div(lax.reduce_sum(nonzero, tuple(range(x.ndim))), np.float32(x.size))
 
 
 _NAN = float("nan")
@@ -595,8 +601,7 @@ def _run(cfg: _Cfg, a: ArrayLike, w: ArrayLike, aux: Optional[Aux]) -> tuple[Arr
     elif not isinstance(aux, Aux):
         raise TypeError(f"aux must be a sparsejax.ops.Aux or None, got {type(aux).__name__}.")
     a, w = jnp.asarray(a), jnp.asarray(w)
-    y_shape = jax.eval_shape(cfg.op.apply, a, w).shape
-    _validate(cfg, a, w, aux, y_shape)
+    _validate(cfg, a, w, aux, lambda: jax.eval_shape(cfg.op.apply, a, w).shape)
     return _sparse_op(cfg, a, w, aux)
 
 

@@ -2,13 +2,15 @@
 
 Every mask in the library (unstructured top-K, global thresholds across layers,
 structured channel/block scores, SWAT activation top-K) is answered by
-:func:`select_topk`, which finds the k-th largest magnitude by bisection over the
-IEEE-754 bit patterns of ``|x|`` and then breaks ties deterministically (lowest
-flat index first, leaves in the order given).
+:func:`select_topk`, which finds the k-th largest magnitude by a counting search
+(safeguarded interpolation, see :func:`kth_largest_key`) over the IEEE-754 bit
+patterns of ``|x|`` and then breaks ties deterministically (lowest flat index
+first, leaves in the order given).
 
 Why bit patterns: for non-negative floats the ordering of the ``int32`` bit
-pattern equals the ordering of the value, so 32 counting passes of
-``sum(keys >= mid)`` locate the exact k-th largest value without any sort.
+pattern equals the ordering of the value, so at most 34 counting passes of
+``sum(keys >= t)`` (~10 on smooth data) locate the exact k-th largest value
+without any sort.
 ``lax.top_k`` over 2.36M floats takes ~470 ms on a 2-core CPU; this takes a few
 milliseconds and works under ``jit`` with a traced ``k`` (sparsity schedules) and
 on sharded arrays (each pass is a plain reduction).
@@ -18,18 +20,26 @@ NaN handling: NaN magnitudes get the key ``-1`` and are never kept, so inside
 by the number of NaNs that would otherwise have been needed). Outside ``jit``
 the tree-level functions raise a clear error on NaN weights instead.
 
+Compile time: every distinct XLA kernel costs ~10-20 ms of compilation, so
+the search keeps its whole state in one int32 vector (one update kernel per
+iteration next to the counting pass) and is traced once per shape.
+
 References:
   Dong et al., "Spartan: A Sparsity-Adaptive Framework to Accelerate Deep
-  Neural Network Training on GPUs", IEEE TPDS 2021 (sampled thresholds).
+  Neural Network Training on GPUs", IEEE TPDS 2021 (sampled thresholds);
+  Oliveira & Takahashi, "An Enhancement of the Bisection Method Average
+  Performance Preserving Minmax Optimality", ACM TOMS 2020 (ITP).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -60,9 +70,9 @@ def magnitude_keys(x: ArrayLike) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"magnitude selection needs a floating array, got {x.dtype}; "
                         "cast it with .astype(jnp.float32) first.")
-    a = jnp.abs(x.astype(jnp.float32))
+    a = lax.abs(x.astype(jnp.float32))
     bits = lax.bitcast_convert_type(a, jnp.int32)
-    return jnp.where(jnp.isnan(a), jnp.int32(-1), bits)
+    return lax.select(lax.ne(a, a), lax.full_like(bits, -1), bits)  # a != a: NaN
 
 
 def keep_count(sparsity: ArrayLike, size: int) -> Array | int:
@@ -101,17 +111,18 @@ def _count(hit: Array, weight: Array | int = 1) -> Array:
     integers are exact below 2**24, so small enough populations count in float32.
     """
     w_max = weight if isinstance(weight, int) else None
+    axes = tuple(range(hit.ndim))
     if w_max is not None and hit.size * w_max < 2**24:
-        return jnp.sum(hit.astype(jnp.float32) * w_max if w_max != 1 else
-                       hit.astype(jnp.float32)).astype(jnp.int32)
+        ones = hit.astype(jnp.float32)
+        return lax.reduce_sum(ones * np.float32(w_max) if w_max != 1 else ones,
+                              axes).astype(jnp.int32)
     return jnp.sum(jnp.where(hit, weight, 0), dtype=jnp.int32)
 
 
 def _total(keys: Sequence[Array], weights: Sequence[Array | int] | None, pred) -> Array:
-    total = jnp.zeros((), jnp.int32)
-    for i, k in enumerate(keys):
-        total = total + _count(pred(i, k), 1 if weights is None else weights[i])
-    return total
+    counts = [_count(pred(i, k), 1 if weights is None else weights[i])
+              for i, k in enumerate(keys)]
+    return functools.reduce(lax.add, counts)
 
 
 def _flat(keys: Sequence[Array], weights: Sequence[Array | int] | None):
@@ -152,36 +163,117 @@ def _bisect(count_ge, lo: ArrayLike, hi: ArrayLike, k: Array, steps: int | None,
     return out[0], out[2], out[3]
 
 
-# Populations above this size first bracket the threshold from a strided sample.
+# Populations above this size first take two probes from a strided sample.
 _SAMPLE_ABOVE = 1 << 17
 _SAMPLE_SIZE = 1 << 14
+# Largest float32 below 2**31 (int32 conversions of probe offsets stay in range).
+_F32_BELOW_2_31 = 2147483520.0
 
 
-def _sample_bracket(keys: Array, k: Array, count_ge) -> tuple[Array, ...]:
-    """A verified bracket ``[lo, hi)`` around the k-th largest key, with its counts.
+def _sample_probes(keys: Array, k: Array) -> Callable[[Array], Array]:
+    """Probe keys around the k-th largest, from an evenly strided sample.
 
-    Quantiles of an evenly strided sample (sorted: one small op, no loop) give a
-    candidate bracket four standard deviations wide; two counting passes verify
-    it, and a failed side falls back to the full key range, so the result is
-    exact whatever the data order.
+    Quantiles of the sorted sample of 16K keys (one small op, no loop), four
+    standard deviations below (probe 0) and above (probe 1) the target rank:
+    counted first, they bracket the threshold within ~1% of the keys for most
+    data; they are only probes, so any data order keeps the result exact.
 
     Returns:
-      ``(lo, hi, count_ge(lo), count_ge(hi))``.
+      ``probe(i)``: the i-th probe key (``i`` in {0, 1}, traced).
     """
-    flat = keys.reshape(-1)
-    n = flat.size
+    n = keys.size
     stride = n // _SAMPLE_SIZE
-    sample = jnp.sort(flat[: stride * _SAMPLE_SIZE: stride])
+    sample = lax.sort(lax.slice(keys, (0,), (stride * _SAMPLE_SIZE,), (stride,)))
     s = sample.size
-    k_s = k.astype(jnp.float32) * s / n
-    margin = 4.0 * jnp.sqrt(k_s * (1.0 - k_s / s) + 1.0) + 8.0
-    # The r-th largest sample key is the largest t with count(sample >= t) >= r.
-    key_at = lambda r: sample[s - jnp.clip(jnp.round(r), 1, s).astype(jnp.int32)]
-    lo, hi = key_at(k_s + margin), key_at(k_s - margin) + 1
-    c_lo, c_hi = count_ge(lo), count_ge(hi)
-    lo_ok, hi_ok = c_lo >= k, c_hi < k
-    return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, _INF_KEY + 1),
-            jnp.where(lo_ok, c_lo, n), jnp.where(hi_ok, c_hi, 0))
+
+    def probe(i: Array) -> Array:
+        # The r-th largest sample key is the largest t with count(sample >= t) >= r.
+        f32 = np.float32
+        k_s = lax.mul(lax.convert_element_type(k, jnp.float32), f32(s / n))
+        var = lax.mul(k_s, lax.sub(f32(1), lax.div(k_s, f32(s))))
+        margin = lax.add(lax.mul(lax.sqrt(lax.add(var, f32(1))), f32(4)), f32(8))
+        up = lax.eq(i, np.int32(0))
+        r = lax.round(lax.add(k_s, lax.select(up, margin, lax.neg(margin))))
+        r = lax.clamp(np.int32(1), lax.convert_element_type(r, jnp.int32), np.int32(s))
+        at = lax.dynamic_index_in_dim(sample, lax.sub(np.int32(s), r), keepdims=False)
+        return lax.add(at, lax.convert_element_type(lax.bitwise_not(up), jnp.int32))
+
+    return probe
+
+
+def _vector(*scalars: ArrayLike) -> Array:
+    """int32 scalars as one rank-1 vector (``lax`` only: cheap to trace)."""
+    return lax.concatenate([lax.broadcast(lax.convert_element_type(s, jnp.int32), (1,))
+                            for s in scalars], 0)
+
+
+def _search(count_ge, k: Array, n_all: ArrayLike,
+            probe: Callable[[Array], Array] | None = None) -> tuple[Array, Array, Array]:
+    """Largest key ``t`` with ``count_ge(t) >= k``: safeguarded interpolation search.
+
+    One counting pass per iteration over the bracket ``[lo, hi)``
+    (``count_ge(lo) >= k > count_ge(hi)``, counts carried), starting from the
+    whole key range. The first two iterations count ``probe(0)``, ``probe(1)``
+    (when inside the bracket); then each probe interpolates where the count
+    crosses ``k`` between the bracket's ends, or bisects after a probe that
+    crossed no key (gaps, ties). The ITP projection (Oliveira & Takahashi 2020)
+    keeps probe ``i`` within ``2**(budget - i - 1) - width/2`` of the midpoint,
+    so at most 34 passes are ever needed (bisection: 32); smooth data
+    (activations, weights) takes ~10. Exact for any data: only counts decide.
+
+    The state is one int32 vector (lo, hi, count(lo), count(hi), i, blind, next
+    probe) updated by one small kernel per iteration next to the counting pass:
+    every distinct kernel costs XLA compile time.
+
+    Returns:
+      ``(t, count_ge(t), count_ge(t + 1))``.
+    """
+    n_probes = 0 if probe is None else 2
+    budget = _BISECTION_STEPS + n_probes
+    i32, f32 = np.int32, np.float32
+
+    def next_probe(lo, hi, c_lo, c_hi, i, blind):
+        # lax only (jnp operators trace a nested jit each: slow lowering).
+        f = lambda v: lax.convert_element_type(v, jnp.float32)
+        w = lax.sub(hi, lo)
+        frac = lax.div(lax.add(f(lax.sub(c_lo, k)), f32(0.5)),
+                       f(lax.max(lax.sub(c_lo, c_hi), i32(1))))
+        frac = lax.select(lax.gt(blind, i32(0)), f32(0.5), frac)
+        off = lax.clamp(f32(0), lax.mul(frac, f(w)), f32(_F32_BELOW_2_31))
+        off = lax.convert_element_type(lax.round(off), jnp.int32)
+        # ITP projection onto [w/2 - r, w/2 + r] (r < 2**30: no int32 overflow).
+        r = lax.sub(lax.exp2(f(lax.sub(i32(budget - 1), i))), lax.mul(f(w), f32(0.5)))
+        r = lax.convert_element_type(lax.clamp(f32(0), r, f32(2**30 - 64)), jnp.int32)
+        half = lax.div(w, i32(2))
+        off = lax.clamp(lax.sub(half, r), off, lax.add(half, r))
+        t = lax.add(lo, lax.clamp(i32(1), off, lax.sub(w, i32(1))))
+        if probe is not None:
+            p = probe(lax.min(i, i32(1)))
+            use = lax.bitwise_and(lax.lt(i, i32(n_probes)),
+                                  lax.bitwise_and(lax.gt(p, lo), lax.lt(p, hi)))
+            t = lax.select(use, p, t)
+        return t
+
+    def body(state):
+        lo, hi, c_lo, c_hi, i, _, t = (lax.index_in_dim(state, j, keepdims=False)
+                                       for j in range(7))
+        c = count_ge(t)
+        ok = lax.ge(c, k)
+        lo, hi = lax.select(ok, t, lo), lax.select(ok, hi, t)
+        blind = lax.convert_element_type(lax.select(ok, lax.eq(c, c_lo), lax.eq(c, c_hi)),
+                                         jnp.int32)
+        c_lo, c_hi = lax.select(ok, c, c_lo), lax.select(ok, c_hi, c)
+        i = lax.add(i, i32(1))
+        return _vector(lo, hi, c_lo, c_hi, i, blind, next_probe(lo, hi, c_lo, c_hi, i, blind))
+
+    start = (i32(-1), i32(_INF_KEY + 1), lax.convert_element_type(n_all, jnp.int32), i32(0),
+             i32(0), i32(0))
+    init = _vector(*start, next_probe(*start))
+    width = lambda s: lax.sub(lax.index_in_dim(s, 1, keepdims=False),
+                              lax.index_in_dim(s, 0, keepdims=False))
+    out = lax.while_loop(lambda s: lax.gt(width(s), i32(1)), body, init)
+    lo, c_lo, c_hi = (lax.index_in_dim(out, j, keepdims=False) for j in (0, 2, 3))
+    return lo, c_lo, c_hi
 
 
 # A single population this small is selected by one sort (no loop to compile).
@@ -200,25 +292,26 @@ def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
         v = jnp.sort(keys[0])[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
         return v, count_ge(v), count_ge(v + 1)
+    probe = None
     if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
-        lo, hi, c_lo, c_hi = _sample_bracket(keys[0], jnp.maximum(k, 1), count_ge)
-        return _bisect(count_ge, lo, hi, k, None, c_lo, c_hi)
+        probe = _sample_probes(keys[0], lax.max(k, jnp.int32(1)))
     if weights is None:
         n_all = sum(kk.size for kk in keys)
     else:
         n_all = _total(keys, weights, lambda i, kk: kk >= -1)
-    return _bisect(count_ge, -1, _INF_KEY + 1, k, _BISECTION_STEPS, n_all, 0)
+    return _search(count_ge, k, n_all, probe)
 
 
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None) -> Array:
     """Largest key ``v`` with ``count(keys >= v) >= k`` (weighted if given).
 
-    Bisection over the int32 key range, one counting pass per step (32 steps).
-    A single large population is first bracketed from a strided sample of
-    16K keys (sorted, then verified by two counting passes), which leaves about
-    18 full passes; a single population of at most 4096 keys is sorted instead
-    (no loop to compile).
+    Safeguarded interpolation search over the int32 key range, one counting
+    pass per step: ~10 passes on smooth data (activations, weights), never
+    more than 34 (plain bisection takes 32). A single population of more than
+    128K keys takes its first two probes from the quantiles of a sorted strided
+    sample of 16K keys; a single population of at most 4096 keys is sorted
+    instead (no loop to compile).
 
     Args:
       keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
@@ -437,6 +530,15 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     if ties not in ("index", "all"):
         raise ValueError(f"select_topk_key(ties=...) must be 'index' or 'all', got {ties!r}.")
     k = jnp.asarray(k, jnp.int32)
+    keys = [jnp.asarray(kk) for kk in keys]
+    if weights is None or all(isinstance(w, int) for w in weights):
+        # Traced once per shape and reused (the layers of a network repeat shapes).
+        static = None if weights is None else tuple(weights)
+        return _select_cached(keys, k, static, ties)
+    return _select(keys, k, weights, ties)
+
+
+def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
     v, n_ge, n_gt = _kth(keys, k, weights)
@@ -468,6 +570,9 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     masks = [(kk > v) | ((kk == v) & (v >= 0) & (flat_index(i, kk) < cut))
              for i, kk in enumerate(keys)]
     return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)], v
+
+
+_select_cached = jax.jit(_select, static_argnums=(2, 3))
 
 
 def threshold(x: ArrayLike, sparsity: ArrayLike, *,
