@@ -29,12 +29,13 @@ zero gradient and then dW runs compacted too (all three GEMMs shrink). Both
 equal the masked dense computation exactly. ``SharedColumns`` (unified meProp)
 likewise gathers its ``k`` gradient columns so dA and dW are smaller GEMMs.
 
-Memory: a sparsified W is saved as W itself (the op's input, alive anyway)
-plus its mask bits, not as a dense copy W_s. With ``pack_saved=True`` an
+Memory: with ``pack_saved=True`` a sparsified W is saved as W itself (the
+op's input, alive anyway) plus its mask bits, not as a dense copy W_s, and an
 ``act_saved`` rule with a static kept count (``TopK`` with a Python sparsity,
 including SWAT's ``ties="all"``, N:M, channel) saves A as
 :class:`sparsejax.compact.Packed` (bits + kept values) instead of a dense
-masked copy. Both are rebuilt in the backward pass, after dY exists.
+masked copy. Both are rebuilt in the backward pass, after dY exists. Without
+it W_s and A_s are saved as they are (no pack/unpack work in the step).
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020;
@@ -501,13 +502,18 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         a_threshold=nan if a_thr is None else jnp.asarray(a_thr, jnp.float32),
         w_density=_density(w_s), a_density=_density(a_s), a_input_density=_density(a),
         out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)))
-    # W_s is not saved: W is alive anyway (a parameter) and its mask takes 1/32 of its
-    # bytes; the backward rebuilds W_s (a saved W_s, and the transposed copies XLA
-    # makes of it for dA ahead of time, would hold a dense copy of every kernel).
-    wbits = None
+    # With pack_saved, W_s is not saved either: W is alive anyway (a parameter) and its
+    # mask takes 1/32 of its bytes; the backward rebuilds W_s (a saved W_s, and the
+    # transposed copies XLA makes of it for dA ahead of time, hold a dense copy of every
+    # kernel). Without it, W_s is saved as is (no pack/unpack work in the step).
+    wbits = wmask_saved = None
     if wmask is not None and plan is None:
-        w_keep, wbits = w, compact.pack_bits(wmask)
-    res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, omask=omask, g=_slot(aux, "g"),
+        if pol.pack_saved:
+            w_keep, wbits = w, compact.pack_bits(wmask)
+        elif not pol.straight_through:
+            wmask_saved = wmask
+    res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
+               g=_slot(aux, "g"),
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
@@ -531,7 +537,7 @@ def _backward(cfg: _Cfg, res, cts):
     a_saved = res["a"]
     if isinstance(a_saved, compact.Packed):
         a_saved = compact.unpack(jax.tree.map(after, a_saved))
-    w_keep, idx, wmask = res["w"], res["idx"], None
+    w_keep, idx, wmask = res["w"], res["idx"], res["wmask"]
     if res["wbits"] is not None:
         wmask = compact.unpack_bits(after(res["wbits"]), w_struct.shape)
         w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
