@@ -494,7 +494,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         (``Policy.pack_saved``: about a quarter of its dense bytes at 80%)
         where its budget is static (``period=1``, uniform or ERK, no
         ``sample_size``). Measured on a 2-core CPU, batch 32: ResNet-18 step
-        temporary memory 0.95x -> 0.75x dense, step time +10% of dense; on the
+        temporary memory 1.0x -> 0.74x dense, step time +3-10% of dense; on the
         small reference CNN it costs +30% step time and saves nothing (the
         peak is the forward top-K selection, not the saved activations).
 
