@@ -89,8 +89,9 @@ class Policy:
         ops where the kept count is static (same result as masking).
       pack_saved: store A_s as bits + values when its kept count is static
         (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
-        :mod:`sparsejax.compact`); :func:`sparsejax.methods.swat` turns it on.
-        Off by default: pack and unpack are two extra passes over A.
+        :mod:`sparsejax.compact`) and a sparsified W as W + mask bits;
+        ``swat(..., pack_saved=True)`` sets it. Off by default: pack and unpack
+        are extra passes over A and W.
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
