@@ -20,9 +20,12 @@ NaN handling: NaN magnitudes get the key ``-1`` and are never kept, so inside
 by the number of NaNs that would otherwise have been needed). Outside ``jit``
 the tree-level functions raise a clear error on NaN weights instead.
 
-Compile time: every distinct XLA kernel costs ~10-20 ms of compilation, so
-the search keeps its whole state in one int32 vector (one update kernel per
-iteration next to the counting pass) and is traced once per shape.
+Compile time: every distinct XLA kernel costs ~5-15 ms of compilation, so
+the search keeps its whole state, the kept count included, in one int32 vector:
+its update and loop-condition kernels are then the same for every layer and
+XLA compiles them once per network. Floating inputs are selected by magnitude
+with the keys computed inside each counting pass (no stored int32 copy, one
+kernel fewer per shape). The selection is traced once per shape.
 
 References:
   Dong et al., "Spartan: A Sparsity-Adaptive Framework to Accelerate Deep
@@ -119,8 +122,26 @@ def _count(hit: Array, weight: Array | int = 1) -> Array:
     return jnp.sum(jnp.where(hit, weight, 0), dtype=jnp.int32)
 
 
-def _total(keys: Sequence[Array], weights: Sequence[Array | int] | None, pred) -> Array:
-    counts = [_count(pred(i, k), 1 if weights is None else weights[i])
+def _key_of(a: Array, never: Array | None = None) -> Array:
+    """int32 keys as given; a floating array's magnitude keys, computed where used.
+
+    Passing values instead of keys lets XLA fuse the key computation into every
+    counting pass and the final mask, so no int32 key array is stored. Inside a
+    search loop, ``never`` is a loop-state bool that is always false but that
+    XLA cannot prove so: selecting on it first makes the keys depend on the loop
+    state, which keeps XLA from hoisting them (or the bit cast) out of the loop
+    as a stored copy.
+    """
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return a
+    if never is not None:
+        a = lax.select(lax.broadcast(never, a.shape), lax.full_like(a, 0), a)
+    return magnitude_keys(a)
+
+
+def _total(keys: Sequence[Array], weights: Sequence[Array | int] | None, pred,
+           never: Array | None = None) -> Array:
+    counts = [_count(pred(i, _key_of(k, never)), 1 if weights is None else weights[i])
               for i, k in enumerate(keys)]
     return functools.reduce(lax.add, counts)
 
@@ -170,26 +191,29 @@ _SAMPLE_SIZE = 1 << 14
 _F32_BELOW_2_31 = 2147483520.0
 
 
-def _sample_probes(keys: Array, k: Array) -> Callable[[Array], Array]:
-    """Probe keys around the k-th largest, from an evenly strided sample.
+def _sample_probes(sample: Array) -> Callable[[Array, Array, Array], Array]:
+    """Probe keys around the k-th largest, from a sorted strided sample of the keys.
 
-    Quantiles of the sorted sample of 16K keys (one small op, no loop), four
-    standard deviations below (probe 0) and above (probe 1) the target rank:
-    counted first, they bracket the threshold within ~1% of the keys for most
-    data; they are only probes, so any data order keeps the result exact.
+    Quantiles of the sample four standard deviations below (probe 0) and above
+    (probe 1) the target rank: counted first, they bracket the threshold within
+    ~1% of the keys for most data; they are only probes, so any data order keeps
+    the result exact.
+
+    Args:
+      sample: the sorted int32 sample keys.
 
     Returns:
-      ``probe(i)``: the i-th probe key (``i`` in {0, 1}, traced).
+      ``probe(i, k, n)``: the i-th probe key (``i`` in {0, 1}) for the kept
+      count ``k`` of a population of ``n`` keys (all traced int32 scalars: they
+      stay runtime values, see :func:`_search`).
     """
-    n = keys.size
-    stride = n // _SAMPLE_SIZE
-    sample = lax.sort(lax.slice(keys, (0,), (stride * _SAMPLE_SIZE,), (stride,)))
     s = sample.size
 
-    def probe(i: Array) -> Array:
+    def probe(i: Array, k: Array, n: Array) -> Array:
         # The r-th largest sample key is the largest t with count(sample >= t) >= r.
         f32 = np.float32
-        k_s = lax.mul(lax.convert_element_type(k, jnp.float32), f32(s / n))
+        f = lambda v: lax.convert_element_type(v, jnp.float32)
+        k_s = lax.div(lax.mul(f(lax.max(k, np.int32(1))), f32(s)), f(n))
         var = lax.mul(k_s, lax.sub(f32(1), lax.div(k_s, f32(s))))
         margin = lax.add(lax.mul(lax.sqrt(lax.add(var, f32(1))), f32(4)), f32(8))
         up = lax.eq(i, np.int32(0))
@@ -208,7 +232,7 @@ def _vector(*scalars: ArrayLike) -> Array:
 
 
 def _search(count_ge, k: Array, n_all: ArrayLike,
-            probe: Callable[[Array], Array] | None = None) -> tuple[Array, Array, Array]:
+            probe: Callable[[Array, Array, Array], Array] | None = None) -> tuple[Array, Array, Array]:
     """Largest key ``t`` with ``count_ge(t) >= k``: safeguarded interpolation search.
 
     One counting pass per iteration over the bracket ``[lo, hi)``
@@ -221,9 +245,12 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
     so at most 34 passes are ever needed (bisection: 32); smooth data
     (activations, weights) takes ~10. Exact for any data: only counts decide.
 
-    The state is one int32 vector (lo, hi, count(lo), count(hi), i, blind, next
-    probe) updated by one small kernel per iteration next to the counting pass:
-    every distinct kernel costs XLA compile time.
+    Compile time: the state is one int32 vector (lo, hi, count(lo), count(hi),
+    i, blind, k, n) that starts as a literal and is updated by small kernels
+    next to the counting pass. ``k`` and ``n`` travel in the state rather than
+    as constants, so those kernels (and the loop condition) are the same for
+    every layer and XLA compiles them once per network instead of once per
+    layer (every distinct kernel costs XLA:CPU ~10 ms).
 
     Returns:
       ``(t, count_ge(t), count_ge(t + 1))``.
@@ -232,7 +259,7 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
     budget = _BISECTION_STEPS + n_probes
     i32, f32 = np.int32, np.float32
 
-    def next_probe(lo, hi, c_lo, c_hi, i, blind):
+    def next_probe(lo, hi, c_lo, c_hi, i, blind, k, n):
         # lax only (jnp operators trace a nested jit each: slow lowering).
         f = lambda v: lax.convert_element_type(v, jnp.float32)
         w = lax.sub(hi, lo)
@@ -248,27 +275,25 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
         off = lax.clamp(lax.sub(half, r), off, lax.add(half, r))
         t = lax.add(lo, lax.clamp(i32(1), off, lax.sub(w, i32(1))))
         if probe is not None:
-            p = probe(lax.min(i, i32(1)))
+            p = probe(lax.min(i, i32(1)), k, n)
             use = lax.bitwise_and(lax.lt(i, i32(n_probes)),
                                   lax.bitwise_and(lax.gt(p, lo), lax.lt(p, hi)))
             t = lax.select(use, p, t)
         return t
 
     def body(state):
-        lo, hi, c_lo, c_hi, i, _, t = (lax.index_in_dim(state, j, keepdims=False)
-                                       for j in range(7))
-        c = count_ge(t)
+        lo, hi, c_lo, c_hi, i, blind, k, n = (lax.index_in_dim(state, j, keepdims=False)
+                                              for j in range(8))
+        t = next_probe(lo, hi, c_lo, c_hi, i, blind, k, n)
+        c = count_ge(t, lax.lt(i, i32(0)))  # false, but XLA cannot fold it (see _key_of)
         ok = lax.ge(c, k)
         lo, hi = lax.select(ok, t, lo), lax.select(ok, hi, t)
         blind = lax.convert_element_type(lax.select(ok, lax.eq(c, c_lo), lax.eq(c, c_hi)),
                                          jnp.int32)
         c_lo, c_hi = lax.select(ok, c, c_lo), lax.select(ok, c_hi, c)
-        i = lax.add(i, i32(1))
-        return _vector(lo, hi, c_lo, c_hi, i, blind, next_probe(lo, hi, c_lo, c_hi, i, blind))
+        return _vector(lo, hi, c_lo, c_hi, lax.add(i, i32(1)), blind, k, n)
 
-    start = (i32(-1), i32(_INF_KEY + 1), lax.convert_element_type(n_all, jnp.int32), i32(0),
-             i32(0), i32(0))
-    init = _vector(*start, next_probe(*start))
+    init = _vector(i32(-1), i32(_INF_KEY + 1), n_all, i32(0), i32(0), i32(0), k, n_all)
     width = lambda s: lax.sub(lax.index_in_dim(s, 1, keepdims=False),
                               lax.index_in_dim(s, 0, keepdims=False))
     out = lax.while_loop(lambda s: lax.gt(width(s), i32(1)), body, init)
@@ -278,23 +303,36 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
 
 # A single population this small is selected by one sort (no loop to compile).
 _SORT_BELOW = 1 << 12
+# Half-width of the probe band around a hinted key: 2**17 of 2**23 key units per
+# octave, i.e. +-1.1 % in magnitude.
+_HINT_BAND = 1 << 17
 
 
 def _small(keys: list[Array], weights) -> bool:
     return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
 
 
-def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
+def _hint_probes(hint: Array) -> Callable[[Array, Array, Array], Array]:
+    """Probes ``hint -/+ _HINT_BAND`` around a guessed k-th largest key (see _search)."""
+    h = lax.clamp(np.int32(0), lax.convert_element_type(hint, jnp.int32), np.int32(_INF_KEY))
+    band = np.int32(_HINT_BAND)
+    return lambda i, k, n: lax.add(h, lax.select(lax.eq(i, np.int32(0)), lax.neg(band), band))
+
+
+def _kth(keys: list[Array], k: Array, weights,
+         hint: Array | None = None) -> tuple[Array, Array, Array]:
     """``(v, count(keys >= v), count(keys > v))`` on flat keys (see kth_largest_key)."""
-    count_ge = lambda t: _total(keys, weights, lambda i, kk: kk >= t)
+    count_ge = lambda t, never=None: _total(keys, weights, lambda i, kk: kk >= t, never)
     if _small(keys, weights):
         n = keys[0].size
-        v = jnp.sort(keys[0])[jnp.clip(n - k, 0, n - 1)]
+        v = jnp.sort(_key_of(keys[0]))[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
         return v, count_ge(v), count_ge(v + 1)
-    probe = None
-    if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
-        probe = _sample_probes(keys[0], lax.max(k, jnp.int32(1)))
+    probe = None if hint is None else _hint_probes(hint)
+    if probe is None and len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
+        stride = keys[0].size // _SAMPLE_SIZE
+        sample = lax.slice(keys[0], (0,), (stride * _SAMPLE_SIZE,), (stride,))
+        probe = _sample_probes(lax.sort(_key_of(sample)))
     if weights is None:
         n_all = sum(kk.size for kk in keys)
     else:
@@ -490,7 +528,8 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
     never kept.
 
     Args:
-      keys: int32 key arrays (see :func:`magnitude_keys`).
+      keys: int32 key arrays (see :func:`magnitude_keys`), or floating arrays
+        (selected by magnitude, see :func:`select_topk_key`).
       k: kept count; Python int or traced int.
       weights: optional per-entry integer weights (see :func:`kth_largest_key`).
 
@@ -507,7 +546,8 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
 
 def select_topk_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None, *,
-                    ties: str = "index") -> tuple[list[Array], Array]:
+                    ties: str = "index",
+                    hint: ArrayLike | None = None) -> tuple[list[Array], Array]:
     """:func:`select_topk` that also returns the k-th largest key ``v``.
 
     ``v`` is the selection's threshold (``bitcast(v)`` is the smallest kept
@@ -515,13 +555,21 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     tensor to find it.
 
     Args:
-      keys: int32 key arrays (see :func:`magnitude_keys`).
+      keys: int32 key arrays (see :func:`magnitude_keys`), or floating arrays,
+        which are selected by magnitude: their keys are computed inside every
+        counting pass and the mask instead of being stored (no int32 copy of a
+        large activation lives through the search).
       k: kept count; Python int or traced int.
       weights: optional per-entry integer weights (see :func:`kth_largest_key`).
       ties: ``"index"``: exactly ``k`` kept, ties at ``v`` broken by index (as
         :func:`select_topk`). ``"all"``: keep every entry with ``key >= v`` (the
         rule "|x| >= threshold of the k-th largest", SWAT's): at least ``k``
         kept, more only on ties at ``v``; no tie-resolution pass or loop.
+      hint: optional int32 guess of ``v`` (e.g. ``magnitude_keys`` of the last
+        step's threshold, which SWAT carries in its state): the search counts
+        ``hint -/+ 2**17`` (about +-1.1 % in magnitude) first instead of the
+        quantiles of a sorted sample, which saves passes and the sample's
+        kernels. It changes no result: a wrong hint only costs passes.
 
     Returns:
       ``(masks, v)``: one bool mask per key array and the int32 k-th largest
@@ -534,25 +582,32 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     """
     if ties not in ("index", "all"):
         raise ValueError(f"select_topk_key(ties=...) must be 'index' or 'all', got {ties!r}.")
+    if hint is not None:
+        hint = jnp.asarray(hint)
+        if hint.shape != () or hint.dtype != jnp.int32:
+            raise ValueError(f"select_topk_key(hint=...) must be an int32 scalar key, got "
+                             f"{hint.dtype}{list(hint.shape)}; use magnitude_keys(threshold).")
     k = jnp.asarray(k, jnp.int32)
     keys = [jnp.asarray(kk) for kk in keys]
     if weights is None or all(isinstance(w, int) for w in weights):
         # Traced once per shape and reused (the layers of a network repeat shapes).
         static = None if weights is None else tuple(weights)
-        return _select_cached(keys, k, static, ties)
-    return _select(keys, k, weights, ties)
+        return _select_cached(keys, k, static, ties, hint)
+    return _select(keys, k, weights, ties, hint)
 
 
-def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
+def _select(keys: list[Array], k: Array, weights, ties: str,
+            hint: Array | None = None) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
-    v, n_ge, n_gt = _kth(keys, k, weights)
+    v, n_ge, n_gt = _kth(keys, k, weights, hint)
     if ties == "all":
         t = jnp.maximum(v, 0)
-        return [((kk >= t) & (k > 0)).reshape(shape) for kk, shape in zip(keys, shapes)], v
+        return [((_key_of(kk) >= t) & (k > 0)).reshape(shape)
+                for kk, shape in zip(keys, shapes)], v
     room, n_tied = k - n_gt, n_ge - n_gt
     if _small(keys, weights):  # rank the ties by a running count (cheap at this size)
-        [kk], [shape] = keys, shapes
+        [kk], [shape] = [_key_of(kk) for kk in keys], shapes
         tie = (kk == v) & (v >= 0)
         m = (kk > v) | (tie & (jnp.cumsum(tie.astype(jnp.int32)) <= room))
         return [(m & (k > 0)).reshape(shape)], v
@@ -564,7 +619,8 @@ def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array
 
     def partial_ties():
         # Smallest cut c with count(tie & index < c) >= room: bisect on the index.
-        count_lt = lambda c: _total(keys, weights, lambda i, kk: (kk == v) & (flat_index(i, kk) < c))
+        count_lt = lambda c: _total(keys, weights,
+                                    lambda i, kk: (kk == v) & (flat_index(i, kk) < c))
         below = lambda c: room - count_lt(c)  # positive while fewer than room ties precede c
         c = _bisect(below, 0, total + 1, jnp.int32(1), max(1, (total + 1).bit_length()),
                     room, room - n_tied)[0]
@@ -573,7 +629,7 @@ def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array
     cut = lax.cond((room > 0) & (room < n_tied), partial_ties,
                    lambda: jnp.where(room > 0, jnp.int32(total), jnp.int32(0)))
     masks = [(kk > v) | ((kk == v) & (v >= 0) & (flat_index(i, kk) < cut))
-             for i, kk in enumerate(keys)]
+             for i, kk in enumerate(map(_key_of, keys))]
     return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)], v
 
 
