@@ -12,8 +12,7 @@ dict key) that answers, for every linear layer an adapter finds
   ops' one ``custom_vjp`` algebra, no method owns its own gradient code;
 * **which state** the layer keeps between steps (:meth:`Method.init_state`,
   :meth:`Method.update`): cached thresholds and a step counter (SWAT's
-  ``period``; with period 1 the last weight threshold, which starts the next
-  step's exact search), the previous kernel (SWAT-M), a step counter for DSG's PRNG
+  ``period``), the previous kernel (SWAT-M), a step counter for DSG's PRNG
   keys. The adapters store it in an explicit variable collection named
   ``"sparsity"`` (linen) or in :class:`sparsejax.adapters.nnx.SparsityState`
   variables (NNX); nothing lives in hidden globals.
@@ -356,21 +355,11 @@ class SWAT(Method):
             return erk_sparsities(shapes, float(self.sparsity))
         return {p: float(self.sparsity) for p in shapes}
 
-    def _pattern(self, info):
-        """The structured pattern of this layer's weight rule (``None``: magnitude top-K)."""
-        return _STRUCTURES[self.structured] if info.kind == "conv" else None
-
     def init_state(self, info, sparsity, kernel):
-        # The exact thresholds of the last training step: the cache between
-        # refreshes (period > 1). With period 1 the weight threshold is still
-        # kept, as the exact search's starting guess (weights move little per
-        # step; activation thresholds move more, so their search starts from
-        # a sample of the batch instead).
         state = super().init_state(info, sparsity, kernel)
         if self.period > 1:
-            state.update(step=jnp.zeros((), jnp.int32), a_threshold=jnp.zeros((), jnp.float32))
-        if self._pattern(info) is None:
-            state["w_threshold"] = jnp.zeros((), jnp.float32)
+            state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
+                         a_threshold=jnp.zeros((), jnp.float32))
         if self._momentum:
             state["prev_kernel"] = jnp.asarray(kernel)
         return state
@@ -390,13 +379,14 @@ class SWAT(Method):
     def policy_aux(self, info, sparsity, state, shared, training):
         if not (training or self.sparse_eval):
             return None, None
-        pattern = self._pattern(info)
+        pattern = _STRUCTURES[self.structured]
         cached = self.period > 1
-        kw = {key: state[key] for key in ("w_threshold", "a_threshold") if key in state}
-        if pattern is not None:
+        kw = {}
+        if pattern is not None and info.kind == "conv":
             w_rule = PatternRule(pattern, sparsity)
         elif cached:
             w_rule = Cached(sparsity)
+            kw["w_threshold"] = state["w_threshold"]
         else:
             w_rule = TopK(sparsity, ties="all")
         # The saved-activation rule only shapes the backward pass, so it is set in
@@ -404,6 +394,8 @@ class SWAT(Method):
         # follows SWAT (nothing is computed for it when no gradient is taken).
         a_rule = (Cached(sparsity, sample_size=self.sample_size) if cached
                   else TopK(sparsity, sample_size=self.sample_size, ties="all"))
+        if cached:
+            kw["a_threshold"] = state["a_threshold"]
         if training and cached:
             refresh = state["step"] % self.period == 0
             kw["a_refresh"] = refresh
@@ -422,10 +414,8 @@ class SWAT(Method):
     def update(self, info, state, shared, stats, kernel):
         state = dict(state)
         if self.period > 1:
-            state["step"] = state["step"] + 1
-        for key in ("w_threshold", "a_threshold"):
-            if key in state:
-                state[key] = getattr(stats, key)
+            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
+                         a_threshold=stats.a_threshold)
         if self._momentum:
             k32 = jnp.asarray(kernel, jnp.float32)
             delta = jnp.abs(k32 - state["prev_kernel"].astype(jnp.float32))
@@ -478,9 +468,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       period: recompute the exact thresholds every ``period`` steps and reuse the
         cached ones in between (the official ``topk_period``: 10–20 on CIFAR);
         ``1`` = exact top-K every step. The realised sparsity between refreshes
-        is reported by the monitor. With ``1`` the state still keeps the last
-        weight threshold, as the exact search's starting guess (it saves
-        counting passes; the masks do not depend on it).
+        is reported by the monitor.
       dense_first: keep the first layer (in call order) dense (official CIFAR
         configs keep the first conv dense).
       dense_last: keep the last layer dense (the CIFAR configs keep the last FC

@@ -303,24 +303,13 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
 
 # A single population this small is selected by one sort (no loop to compile).
 _SORT_BELOW = 1 << 12
-# Half-width of the probe band around a hinted key: 2**17 of 2**23 key units per
-# octave, i.e. +-1.1 % in magnitude.
-_HINT_BAND = 1 << 17
 
 
 def _small(keys: list[Array], weights) -> bool:
     return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
 
 
-def _hint_probes(hint: Array) -> Callable[[Array, Array, Array], Array]:
-    """Probes ``hint -/+ _HINT_BAND`` around a guessed k-th largest key (see _search)."""
-    h = lax.clamp(np.int32(0), lax.convert_element_type(hint, jnp.int32), np.int32(_INF_KEY))
-    band = np.int32(_HINT_BAND)
-    return lambda i, k, n: lax.add(h, lax.select(lax.eq(i, np.int32(0)), lax.neg(band), band))
-
-
-def _kth(keys: list[Array], k: Array, weights,
-         hint: Array | None = None) -> tuple[Array, Array, Array]:
+def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
     """``(v, count(keys >= v), count(keys > v))`` on flat keys (see kth_largest_key)."""
     count_ge = lambda t, never=None: _total(keys, weights, lambda i, kk: kk >= t, never)
     if _small(keys, weights):
@@ -328,8 +317,8 @@ def _kth(keys: list[Array], k: Array, weights,
         v = jnp.sort(_key_of(keys[0]))[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
         return v, count_ge(v), count_ge(v + 1)
-    probe = None if hint is None else _hint_probes(hint)
-    if probe is None and len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
+    probe = None
+    if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
         stride = keys[0].size // _SAMPLE_SIZE
         sample = lax.slice(keys[0], (0,), (stride * _SAMPLE_SIZE,), (stride,))
         probe = _sample_probes(lax.sort(_key_of(sample)))
@@ -546,8 +535,7 @@ def select_topk(keys: Sequence[Array], k: ArrayLike,
 
 def select_topk_key(keys: Sequence[Array], k: ArrayLike,
                     weights: Sequence[Array | int] | None = None, *,
-                    ties: str = "index",
-                    hint: ArrayLike | None = None) -> tuple[list[Array], Array]:
+                    ties: str = "index") -> tuple[list[Array], Array]:
     """:func:`select_topk` that also returns the k-th largest key ``v``.
 
     ``v`` is the selection's threshold (``bitcast(v)`` is the smallest kept
@@ -565,11 +553,6 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
         :func:`select_topk`). ``"all"``: keep every entry with ``key >= v`` (the
         rule "|x| >= threshold of the k-th largest", SWAT's): at least ``k``
         kept, more only on ties at ``v``; no tie-resolution pass or loop.
-      hint: optional int32 guess of ``v`` (e.g. ``magnitude_keys`` of the last
-        step's threshold, which SWAT carries in its state): the search counts
-        ``hint -/+ 2**17`` (about +-1.1 % in magnitude) first instead of the
-        quantiles of a sorted sample, which saves passes and the sample's
-        kernels. It changes no result: a wrong hint only costs passes.
 
     Returns:
       ``(masks, v)``: one bool mask per key array and the int32 k-th largest
@@ -582,25 +565,19 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     """
     if ties not in ("index", "all"):
         raise ValueError(f"select_topk_key(ties=...) must be 'index' or 'all', got {ties!r}.")
-    if hint is not None:
-        hint = jnp.asarray(hint)
-        if hint.shape != () or hint.dtype != jnp.int32:
-            raise ValueError(f"select_topk_key(hint=...) must be an int32 scalar key, got "
-                             f"{hint.dtype}{list(hint.shape)}; use magnitude_keys(threshold).")
     k = jnp.asarray(k, jnp.int32)
     keys = [jnp.asarray(kk) for kk in keys]
     if weights is None or all(isinstance(w, int) for w in weights):
         # Traced once per shape and reused (the layers of a network repeat shapes).
         static = None if weights is None else tuple(weights)
-        return _select_cached(keys, k, static, ties, hint)
-    return _select(keys, k, weights, ties, hint)
+        return _select_cached(keys, k, static, ties)
+    return _select(keys, k, weights, ties)
 
 
-def _select(keys: list[Array], k: Array, weights, ties: str,
-            hint: Array | None = None) -> tuple[list[Array], Array]:
+def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
-    v, n_ge, n_gt = _kth(keys, k, weights, hint)
+    v, n_ge, n_gt = _kth(keys, k, weights)
     if ties == "all":
         t = jnp.maximum(v, 0)
         return [((_key_of(kk) >= t) & (k > 0)).reshape(shape)

@@ -150,10 +150,7 @@ class TopK(Sparsifier):
     paper states it: at least ``k`` entries, more only on ties at the threshold,
     e.g. zeros after a ReLU when more than ``sparsity`` of ``x`` is zero, which
     changes no value), which needs no tie-resolution pass and compiles to one
-    loop fewer. A ``threshold`` in the slot input is only a starting guess for
-    the exact search (SWAT passes the last step's threshold): it saves passes
-    and the sampled first probes, never changes the mask. With ``sample_size``
-    the threshold is
+    loop fewer. With ``sample_size`` the threshold is
     estimated from a strided sample (Spartan-style, approximate count) and
     ``|x| >= threshold`` is kept. If more than ``sparsity`` of ``x`` is already
     zero (after a ReLU) nothing non-zero is dropped.
@@ -175,7 +172,7 @@ class TopK(Sparsifier):
     sparsity: float = 0.5
     sample_size: Optional[int] = None
     ties: str = "index"
-    uses: ClassVar[frozenset[str]] = frozenset({"sparsity", "threshold"})
+    uses: ClassVar[frozenset[str]] = frozenset({"sparsity"})
 
     def __post_init__(self):
         check_sparsity(self.sparsity, "TopK(sparsity=...)")
@@ -189,22 +186,12 @@ class TopK(Sparsifier):
 
     def keep(self, x, given, feature_axes, where=None):
         s = _sparsity(self.sparsity, given.sparsity, self, where)
-        hint = None
-        if given.threshold is not None:
-            if self.sample_size is not None:
-                raise ValueError(f"TopK(sample_size=...){_where(where)} estimates its threshold "
-                                 "from a sample and takes no threshold hint; drop the threshold "
-                                 "from aux or the sample_size from the rule.")
-            hint = select.magnitude_keys(jnp.asarray(given.threshold, jnp.float32))
-            if hint.ndim:
-                raise ValueError(f"TopK threshold hint{_where(where)} must be a scalar, got shape "
-                                 f"{hint.shape}.")
         if self.sample_size is not None:
             t = select.threshold(x, s, sample_size=self.sample_size)
             return jnp.abs(x.astype(jnp.float32)) >= t, t
         check_sparsity(s, where)
         k = select.keep_count(s, x.size)
-        [m], v = select.select_topk_key([x], k, ties=self.ties, hint=hint)
+        [m], v = select.select_topk_key([x], k, ties=self.ties)
         return m, _key_threshold(v, k)
 
     def static_count(self, shape, given):

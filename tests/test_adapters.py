@@ -193,26 +193,6 @@ def test_period_reuses_cached_thresholds_between_refreshes():
     np.testing.assert_allclose(thr[3], jnp.sort(jnp.abs(w_at_3).ravel())[-16], rtol=1e-6)
 
 
-def test_period_one_carries_exact_thresholds_as_search_hints():
-    # period=1: every step selects exactly; the state holds the step's weight
-    # threshold (the next step's starting guess), and a wrong guess changes no mask.
-    x, c = _setup()
-    model = sparsify(MLP(), methods.swat(0.5, dense_first=False))
-    v = model.init(jax.random.key(0), x)
-    history, traces = _sgd_loop(model, v, x, c, 3)
-    assert len(traces) == 1
-    for t in range(1, 3):
-        w = history[t - 1]["params"]["Dense_1"]["kernel"]  # the weights step t used
-        thr = float(history[t]["sparsity"]["Dense_1"]["w_threshold"])
-        np.testing.assert_allclose(thr, jnp.sort(jnp.abs(w).ravel())[-16], rtol=1e-6)
-    state = history[-1]
-    bad = jax.tree.map(lambda a: a, state)
-    bad["sparsity"]["Dense_1"]["w_threshold"] = jnp.float32(1e30)
-    assert "a_threshold" not in state["sparsity"]["Dense_1"]  # activations start from a sample
-    loss = lambda s: model.apply(s, x, mutable=["sparsity"])[0]
-    np.testing.assert_array_equal(loss(state), loss(bad))
-
-
 def test_momentum_budgets_update_and_keep_global_budget():
     x, c = _setup()
     model = sparsify(MLP(), methods.swat(0.6, distribution="momentum", dense_first=False))

@@ -357,7 +357,7 @@ def test_packed_saved_activation_gives_same_gradients(ties, straight_through):
     (lambda: Policy(weight_decay_pruned=0.1), "set Policy.weight"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
                                 policy=Policy(weight=TopK(0.5)),
-                                aux=Aux(w_refresh=True)), "does not read"),
+                                aux=Aux(w_threshold=1.0)), "does not read"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
                                 policy=Policy(weight=Cached())), "needs aux"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
