@@ -233,7 +233,8 @@ def _vector(*scalars: ArrayLike) -> Array:
 
 
 def _search(count_ge, k: Array, n_all: ArrayLike,
-            probe: Callable[[Array, Array, Array], Array] | None = None) -> tuple[Array, Array, Array]:
+            probe: Callable[[Array, Array, Array], Array] | None = None
+            ) -> tuple[Array, Array, Array]:
     """Largest key ``t`` with ``count_ge(t) >= k``: safeguarded interpolation search.
 
     One counting pass per iteration over the bracket ``[lo, hi)``
