@@ -7,8 +7,8 @@ image input, kept dense as in SWAT-U on CIFAR) runs through
 ``Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"))``
 (what :func:`sparsejax.methods.swat` builds), saving A either as a masked
 dense array (``pack_saved=False``) or packed as bits + kept values + a tie
-plane (``pack_saved=True``, ``swat(pack_saved=True)``). Either way W is saved
-as itself plus its mask bits. The step is ``jax.jit``-ed loss + grad + SGD
+plane (``pack_saved=True``, ``swat(pack_saved=True)``, which also saves W as
+itself plus its mask bits instead of a masked copy). The step is ``jax.jit``-ed loss + grad + SGD
 update (params donated); its temporary memory is
 ``memory_analysis().temp_size_in_bytes`` of the compiled step. Step time is
 the median per-round ratio to dense.
@@ -22,15 +22,16 @@ ranges, ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text``):
   * ResNet-18: the peak is in the backward pass, made of the BatchNorm
     residuals (two dense tensors per BN: its input and the centred input),
     which SWAT does not touch; packing removes the saved layer inputs.
-  * Reference CNN: the peak is in the forward pass, at the first sparse layer's
-    exact top-K selection over its input A: A, the int32 magnitude keys of A,
-    two float32 0/1 arrays of A's size (the bracket's two counting passes run
-    side by side; XLA:CPU's reduction kernels take materialised inputs), the
-    previous layer's pre-activation kept for the ReLU backward, and
-    activation-sized constant broadcasts that XLA:CPU's fused ReLU/pooling
-    kernels take as inputs and the scheduler emits at the start of the forward
-    pass (dense has them too). The saved activations are not what is live
-    there, so packing them cannot lower that peak.
+  * Reference CNN (buffer assignment read in session 2): the peak is in the
+    forward pass, at the first sparse layer's exact top-K selection over its
+    input A: A, a float32 0/1 array of A's size (XLA:CPU's reduction kernels
+    take materialised inputs), the previous
+    layer's pre-activation kept for the ReLU backward, and activation-sized
+    constant broadcasts that XLA:CPU's fused ReLU/pooling kernels take as
+    inputs and the scheduler emits at the start of the forward pass (dense has
+    them too). The saved activations are not what is live there, so packing
+    them cannot lower that peak. (Until session 3 an int32 copy of A's keys
+    was live there too: 1.27x unpacked then, 1.05x since.)
 
 Run: ``python benchmarks/bench_memory.py [--json out.json] [--resnet-width 64]``.
 """
