@@ -443,8 +443,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
     budget. Top-K keeps ``|x| >=`` the magnitude of the k-th largest entry, as
     the paper states it (``TopK(ties="all")``: ties at the threshold are all
     kept, which needs no tie-resolution pass). Evaluation (read-only state) uses the top-K weights unless
-    ``sparse_eval=False``. Each kernel is saved for the backward pass as itself
-    plus its mask bits (no dense copy of ``W_s``).
+    ``sparse_eval=False``.
 
     Args:
       sparsity: weight and activation sparsity ``s`` in ``[0, 1)`` (the global
@@ -491,7 +490,8 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         weights can still return when the selection changes, since the kernel
         is re-scored every step, but they no longer accumulate gradient.
       pack_saved: store each saved activation as bits + kept values
-        (``Policy.pack_saved``: about a quarter of its dense bytes at 80%)
+        (``Policy.pack_saved``: about a quarter of its dense bytes at 80%),
+        and each kernel as itself plus its mask bits instead of a copy of W_s,
         where its budget is static (``period=1``, uniform or ERK, no
         ``sample_size``). Measured on a 2-core CPU, batch 32: ResNet-18 step
         temporary memory 1.0x -> 0.74x dense, step time +3-10% of dense; on the

@@ -58,7 +58,7 @@ from jax import lax
 from sparsejax import compact, select
 from sparsejax.patterns import Channel
 from sparsejax.sparsifiers import (PatternRule, RandomProjection, SharedColumns, SlotInput,
-                                   Sparsifier, TopK, projection_dim, ternary_projection)
+                                   Sparsifier, projection_dim, ternary_projection)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -424,24 +424,12 @@ def _depends_on(p: compact.Packed, dtype) -> Array:
 
 
 def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput):
-    """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``.
-
-    A static kept count (``TopK`` with ``ties="index"``, N:M, ...) gives the
-    slots directly. ``TopK(ties="all")`` keeps ``|A| >= t`` with fewer than
-    ``k`` entries strictly above ``t``: those take the ``k`` slots and the ties
-    ``±t`` go to a second bit plane (:func:`sparsejax.compact.pack` with ``tie``).
-    """
-    rule = pol.act_saved
+    """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``
+    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots`)."""
     if not pol.pack_saved:
         return None
-    count = rule.static_count(shape, given)
-    if count is not None:
-        return (count, False) if count < math.prod(shape) else None
-    if (isinstance(rule, TopK) and rule.ties == "all" and rule.sample_size is None
-            and given.sparsity is None):
-        count = select.keep_count(rule.sparsity, math.prod(shape))
-        return (count, True) if count < math.prod(shape) else None
-    return None
+    slots = pol.act_saved.pack_slots(shape, given)
+    return slots if slots is not None and slots[0] < math.prod(shape) else None
 
 
 def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
@@ -528,11 +516,10 @@ def _backward(cfg: _Cfg, res, cts):
     feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
     if res["omask"] is not None:
         g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
-    # Rebuilding reads dY so that XLA cannot hoist it into the forward pass (which
-    # would keep every layer's dense copy alive and defeat the compact residuals);
-    # ``live`` is always True (0 * finite is not folded for floats).
-    # Everything rebuilt reads it, so that XLA neither hoists it nor reuses the forward's
-    # word counts (it would keep them alive in between).
+    # Everything rebuilt from a packed residual reads dY, so that XLA neither hoists
+    # the rebuild into the forward pass (keeping every layer's dense copy alive) nor
+    # reuses the forward's word counts; ``live`` is always True (0 * finite is not
+    # folded for floats).
     live = jnp.isnan(g.reshape(-1)[0]).astype(jnp.float32) * 0.0 == 0.0
     after = lambda x: jnp.where(live, x, jnp.zeros((), x.dtype))
     a_saved = res["a"]

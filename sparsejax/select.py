@@ -155,33 +155,17 @@ def _flat(keys: Sequence[Array], weights: Sequence[Array | int] | None):
                        for w, kk in zip(weights, keys)]
 
 
-def _bisect(count_ge, lo: ArrayLike, hi: ArrayLike, k: Array, steps: int | None,
-            c_lo: ArrayLike, c_hi: ArrayLike) -> tuple[Array, Array, Array]:
-    """Largest ``t`` in ``[lo, hi)`` with ``count_ge(t) >= k`` (given it holds at lo).
+def _bisect(ok: Callable[[Array], Array], lo: int, hi: int, steps: int) -> Array:
+    """Largest ``t`` in ``[lo, hi)`` with ``ok(t)``, for ``ok`` true at ``lo``, false
+    at ``hi`` and monotone; ``steps`` halvings (enough when ``2**steps >= hi - lo``)."""
 
-    ``c_lo``/``c_hi`` are ``count_ge(lo)``/``count_ge(hi)``; the loop carries the
-    counts at both ends, so the result comes with ``count_ge(t)`` and
-    ``count_ge(t + 1)`` (the kept and strictly-greater counts) at no extra pass.
-    ``steps=None`` loops until the bracket closes (``lax.while_loop``).
-
-    Returns:
-      ``(t, count_ge(t), count_ge(t + 1))``.
-    """
-
-    def body(state):
-        lo, hi, c_lo, c_hi = state
+    def body(_, state):
+        lo, hi = state
         mid = lo + (hi - lo) // 2
-        c = count_ge(mid)
-        ok = c >= k
-        return (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid), jnp.where(ok, c, c_lo),
-                jnp.where(ok, c_hi, c))
+        good = ok(mid)
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
 
-    init = tuple(jnp.asarray(v, jnp.int32) for v in (lo, hi, c_lo, c_hi))
-    if steps is None:
-        out = lax.while_loop(lambda s: jnp.any(s[1] - s[0] > 1), body, init)
-    else:
-        out = lax.fori_loop(0, steps, lambda _, s: body(s), init)
-    return out[0], out[2], out[3]
+    return lax.fori_loop(0, steps, body, (jnp.int32(lo), jnp.int32(hi)))[0]
 
 
 # Populations above this size first take two probes from a strided sample.
@@ -600,9 +584,8 @@ def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array
         # Smallest cut c with count(tie & index < c) >= room: bisect on the index.
         count_lt = lambda c: _total(keys, weights,
                                     lambda i, kk: (kk == v) & (flat_index(i, kk) < c))
-        below = lambda c: room - count_lt(c)  # positive while fewer than room ties precede c
-        c = _bisect(below, 0, total + 1, jnp.int32(1), max(1, (total + 1).bit_length()),
-                    room, room - n_tied)[0]
+        c = _bisect(lambda c: count_lt(c) < room, 0, total + 1,
+                    max(1, (total + 1).bit_length()))
         return c + 1
 
     cut = lax.cond((room > 0) & (room < n_tied), partial_ties,

@@ -135,6 +135,17 @@ class Sparsifier:
         """Exact number of kept entries if it is known at trace time, else ``None``."""
         return None
 
+    def pack_slots(self, shape: tuple[int, ...], given: SlotInput) -> Optional[tuple[int, bool]]:
+        """How a kept tensor packs (:func:`sparsejax.compact.pack`), if statically.
+
+        Returns:
+          ``(value slots, ties)`` or ``None``: ``ties=True`` when the kept entries
+          are ``|x| >=`` the returned threshold and the entries tied at it may
+          exceed the slots (they go to a tie bit plane).
+        """
+        count = self.static_count(shape, given)
+        return None if count is None else (count, False)
+
     def check(self, shape: tuple[int, ...], feature_axes: tuple[int, ...],
               where: str | None = None) -> None:
         """Raises a clear error if the rule cannot apply to a tensor of ``shape``."""
@@ -198,6 +209,13 @@ class TopK(Sparsifier):
         if self.sample_size is not None or given.sparsity is not None or self.ties == "all":
             return None
         return select.keep_count(self.sparsity, math.prod(shape))
+
+    def pack_slots(self, shape, given):
+        # ties="all" keeps |x| >= t with fewer than k entries strictly above t:
+        # those take the k slots, the ties go to the tie plane.
+        if self.ties == "all" and self.sample_size is None and given.sparsity is None:
+            return select.keep_count(self.sparsity, math.prod(shape)), True
+        return super().pack_slots(shape, given)
 
 
 @dataclasses.dataclass(frozen=True)

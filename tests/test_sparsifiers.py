@@ -134,5 +134,11 @@ def test_topk_threshold_is_smallest_kept_and_ties_all_keeps_ties():
     m_all, t_all = TopK(0.5, ties="all").keep(x, SlotInput(), ())
     assert m_all.tolist() == [False, True, True, True, False, True] and float(t_all) == 2.0
     assert TopK(0.5, ties="all").static_count(x.shape, SlotInput()) is None
+    # packing: k value slots, the ties at the threshold on a separate plane
+    assert TopK(0.5, ties="all").pack_slots(x.shape, SlotInput()) == (3, True)
+    assert TopK(0.5).pack_slots(x.shape, SlotInput()) == (3, False)
+    assert TopK(0.5, ties="all", sample_size=4).pack_slots(x.shape, SlotInput()) is None
+    assert TopK(0.5, ties="all").pack_slots(x.shape, SlotInput(sparsity=0.3)) is None
+    assert PatternRule(NM(2, 4)).pack_slots((4, 8), SlotInput()) == (16, False)
     with pytest.raises(ValueError, match="ties"):
         TopK(0.5, ties="random")
