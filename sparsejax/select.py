@@ -171,6 +171,32 @@ def _bisect(ok: Callable[[Array], Array], lo: int, hi: int, steps: int) -> Array
 # Populations above this size first take two probes from a strided sample.
 _SAMPLE_ABOVE = 1 << 17
 _SAMPLE_SIZE = 1 << 13
+
+
+def sample_stride(size: int, samples: int) -> int:
+    """Stride of an evenly spread sample of ``samples`` entries out of ``size``.
+
+    The largest prime ``<= size // samples`` (at least 1). A stride sharing a
+    factor with a channels-last tensor's channel count reads only some of its
+    channels (``size // samples`` is often a multiple of 32, and then reads
+    channel 0 alone), and channels differ in scale; a prime stride visits
+    every channel.
+
+    Args:
+      size: population size.
+      samples: number of entries to sample.
+
+    Returns:
+      The stride (a static Python int).
+
+    Example:
+      >>> sample_stride(262144, 8192)  # 32 would read channel 0 of 32 only
+      31
+    """
+    stride = max(1, size // samples)
+    while stride > 2 and any(stride % d == 0 for d in range(2, math.isqrt(stride) + 1)):
+        stride -= 1
+    return stride
 # Largest float32 below 2**31 (int32 conversions of probe offsets stay in range).
 _F32_BELOW_2_31 = 2147483520.0
 
@@ -305,7 +331,7 @@ def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
         return v, count_ge(v), count_ge(v + 1)
     probe = None
     if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
-        stride = keys[0].size // _SAMPLE_SIZE
+        stride = sample_stride(keys[0].size, _SAMPLE_SIZE)
         sample = lax.slice(keys[0], (0,), (stride * _SAMPLE_SIZE,), (stride,))
         probe = _sample_probes(lax.sort(_key_of(sample)))
     if weights is None:
@@ -621,7 +647,7 @@ def threshold(x: ArrayLike, sparsity: ArrayLike, *,
     """
     x = jnp.asarray(x).reshape(-1)
     if sample_size is not None and sample_size < x.size:
-        stride = x.size // sample_size
+        stride = sample_stride(x.size, sample_size)
         x = x[: stride * sample_size: stride]
     v = kth_largest_key([magnitude_keys(x)], jnp.maximum(keep_count(sparsity, x.size), 1))
     return lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)

@@ -155,6 +155,22 @@ def test_threshold():
     assert math.isclose(realised, 0.1, abs_tol=0.04)
 
 
+
+def test_sample_stride_visits_every_channel():
+    # size // samples = 32 would read channel 0 of a channels-last tensor only.
+    for size, samples, channels in [(262144, 8192, 32), (1 << 20, 8192, 128), (4096, 512, 8)]:
+        stride = select.sample_stride(size, samples)
+        assert 1 < stride <= size // samples
+        assert all(stride % d for d in range(2, stride))  # prime
+        assert len(set((np.arange(samples) * stride) % channels)) == channels
+    assert select.sample_stride(100, 200) == 1
+    # Channel 0 is 100x smaller than the rest: a sample of it alone would put
+    # the threshold near 0 and keep far too much.
+    x = np.random.default_rng(5).normal(size=(8192, 32)).astype(np.float32)
+    x[:, 0] *= 0.01
+    t = select.threshold(jnp.asarray(x), 0.9, sample_size=2048)
+    assert math.isclose(float(jnp.mean(jnp.abs(x) >= t)), 0.1, abs_tol=0.02)
+
 def test_select_topk_key_returns_threshold_and_ties_all_keeps_every_tie():
     x = jnp.array([1.0, 3.0, 2.0, 3.0, 0.0])
     keys = select.magnitude_keys(x)
