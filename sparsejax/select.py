@@ -9,8 +9,8 @@ first, leaves in the order given).
 
 Why bit patterns: for non-negative floats the ordering of the ``int32`` bit
 pattern equals the ordering of the value, so at most 34 counting passes of
-``sum(keys >= t)`` (~10 on smooth data) locate the exact k-th largest value
-without any sort.
+``sum(keys >= t)`` and one ``max`` pass (5-9 on activations and weights)
+locate the exact k-th largest value without any sort.
 ``lax.top_k`` over 2.36M floats takes ~470 ms on a 2-core CPU; this takes a few
 milliseconds and works under ``jit`` with a traced ``k`` (sparsity schedules) and
 on sharded arrays (each pass is a plain reduction).
@@ -168,9 +168,12 @@ def _bisect(ok: Callable[[Array], Array], lo: int, hi: int, steps: int) -> Array
     return lax.fori_loop(0, steps, body, (jnp.int32(lo), jnp.int32(hi)))[0]
 
 
-# Populations above this size first take two probes from a strided sample.
-_SAMPLE_ABOVE = 1 << 17
+# A single population first takes two probes from a strided sample of 8K keys
+# above this size, of 1K keys below it (sorting the sample costs less than the
+# passes a larger one would save; fixed sizes share one sort kernel).
+_LARGE = 1 << 17
 _SAMPLE_SIZE = 1 << 13
+_SMALL_SAMPLE_SIZE = 1 << 10
 
 
 def sample_stride(size: int, samples: int) -> int:
@@ -204,11 +207,11 @@ _F32_BELOW_2_31 = 2147483520.0
 def _sample_probes(sample: Array) -> Callable[[Array, Array, Array], Array]:
     """Probe keys around the k-th largest, from a sorted strided sample of the keys.
 
-    Quantiles of the sample (8K keys: its sort costs less than the pass a
-    larger one would save) four standard deviations below (probe 0) and above
-    (probe 1) the target rank: counted first, they bracket the threshold within
-    ~2% of the keys for most data; they are only probes, so any data order keeps
-    the result exact.
+    Quantiles of the sample (8K or 1K keys, strided with :func:`sample_stride`:
+    its sort costs less than the passes a larger one would save) four standard
+    deviations below (probe 0) and above (probe 1) the target rank: counted
+    first, they bracket the threshold within ~2-8% of the keys for most data;
+    they are only probes, so any data order keeps the result exact.
 
     Args:
       sample: the sorted int32 sample keys.
@@ -242,9 +245,9 @@ def _vector(*scalars: ArrayLike) -> Array:
                             for s in scalars], 0)
 
 
-def _search(count_ge, k: Array, n_all: ArrayLike,
+def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
             probe: Callable[[Array, Array, Array], Array] | None = None
-            ) -> tuple[Array, Array, Array]:
+            ) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
     """Largest key ``t`` with ``count_ge(t) >= k``: safeguarded interpolation search.
 
     One counting pass per iteration over the bracket ``[lo, hi)``
@@ -254,8 +257,14 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
     crosses ``k`` between the bracket's ends, or bisects after a probe that
     crossed no key (gaps, ties). The ITP projection (Oliveira & Takahashi 2020)
     keeps probe ``i`` within ``2**(budget - i - 1) - width/2`` of the midpoint,
-    so at most 34 passes are ever needed (bisection: 32); smooth data
-    (activations, weights) takes ~10. Exact for any data: only counts decide.
+    so at most 34 counting passes are ever needed (bisection: 32). Exact for
+    any data: only counts decide.
+
+    The search stops early once an end's count is exactly ``k`` or ``k - 1``:
+    the answer is then the smallest (count(lo) = k) or the largest
+    (count(hi) = k - 1) key inside the bracket, which one ``extreme`` pass
+    finds. Counting alone would still have to bisect the gap between that key
+    and its neighbour, ~log2(gap) more passes (about ten on dense data).
 
     Compile time: the state is one int32 vector (lo, hi, count(lo), count(hi),
     i, blind, k, n) that starts as a literal and is updated by small kernels
@@ -264,8 +273,17 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
     every layer and XLA compiles them once per network instead of once per
     layer (every distinct kernel costs XLA:CPU ~10 ms).
 
+    Args:
+      count_ge: ``count_ge(t, never)``, the (weighted) count of keys ``>= t``.
+      extreme: ``extreme(lo, hi, largest)``, the largest (else the smallest)
+        key in ``[lo, hi)`` (of an entry with a positive weight).
+      k: traced int32 kept count.
+      n_all: ``count_ge(-1)``, the whole population.
+      probe: optional first probes (see :func:`_sample_probes`).
+
     Returns:
-      ``(t, count_ge(t), count_ge(t + 1))``.
+      ``(t, counts)``: ``t`` and a thunk for ``(count_ge(t), count_ge(t + 1))``
+      (one more counting pass, only for callers that need them).
     """
     n_probes = 0 if probe is None else 2
     budget = _BISECTION_STEPS + n_probes
@@ -297,7 +315,7 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
         lo, hi, c_lo, c_hi, i, blind, k, n = (lax.index_in_dim(state, j, keepdims=False)
                                               for j in range(8))
         t = next_probe(lo, hi, c_lo, c_hi, i, blind, k, n)
-        c = count_ge(t, lax.lt(i, i32(0)))  # false, but XLA cannot fold it (see _key_of)
+        c = count_ge(data, t, lax.lt(i, i32(0)))  # false, but XLA cannot fold it (see _key_of)
         ok = lax.ge(c, k)
         lo, hi = lax.select(ok, t, lo), lax.select(ok, hi, t)
         blind = lax.convert_element_type(lax.select(ok, lax.eq(c, c_lo), lax.eq(c, c_hi)),
@@ -308,9 +326,25 @@ def _search(count_ge, k: Array, n_all: ArrayLike,
     init = _vector(i32(-1), i32(_INF_KEY + 1), n_all, i32(0), i32(0), i32(0), k, n_all)
     width = lambda s: lax.sub(lax.index_in_dim(s, 1, keepdims=False),
                               lax.index_in_dim(s, 0, keepdims=False))
-    out = lax.while_loop(lambda s: lax.gt(width(s), i32(1)), body, init)
-    lo, c_lo, c_hi = (lax.index_in_dim(out, j, keepdims=False) for j in (0, 2, 3))
-    return lo, c_lo, c_hi
+    at = lambda s, j: lax.index_in_dim(s, j, keepdims=False)
+
+    def searching(s):
+        k = at(s, 6)
+        exact_end = lax.bitwise_or(lax.eq(at(s, 2), k), lax.eq(at(s, 3), lax.sub(k, i32(1))))
+        return lax.bitwise_and(lax.gt(width(s), i32(1)), lax.bitwise_not(exact_end))
+
+    out = lax.while_loop(searching, body, init)
+    lo, hi, c_lo, c_hi = (at(out, j) for j in range(4))
+    largest = lax.eq(c_hi, lax.sub(k, i32(1)))
+    # An empty bracket only when k > n_all (then t = lo = -1).
+    t = lax.select(lax.gt(c_lo, c_hi), extreme(data, lo, hi, largest), lo)
+
+    def counts():
+        # largest: nothing in (t, hi), count(> t) = c_hi; else nothing in [lo, t).
+        c = count_ge(data, lax.select(largest, t, lax.add(t, i32(1))))
+        return lax.select(largest, c, c_lo), lax.select(largest, c_hi, c)
+
+    return t, counts
 
 
 # A single population this small is selected by one sort (no loop to compile).
@@ -321,24 +355,69 @@ def _small(keys: list[Array], weights) -> bool:
     return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
 
 
-def _kth(keys: list[Array], k: Array, weights) -> tuple[Array, Array, Array]:
-    """``(v, count(keys >= v), count(keys > v))`` on flat keys (see kth_largest_key)."""
-    count_ge = lambda t, never=None: _total(keys, weights, lambda i, kk: kk >= t, never)
+def _extreme(weights):
+    """``extreme(lo, hi, largest)``: the largest (else smallest) key in ``[lo, hi)``.
+
+    A floating population is reduced as float32 (XLA:CPU reduces it several
+    times faster than int32): the keys of ``|x|`` order like ``|x|`` itself,
+    and NaN (key -1) reduces as -1.0.
+    """
+    i32_min, i32_max = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+
+    def one(a, w, lo, hi, largest):
+        key = _key_of(a)
+        inside = lax.bitwise_and(lax.ge(key, lo), lax.lt(key, hi))
+        if isinstance(w, int):
+            inside = lax.bitwise_and(inside, lax.full_like(inside, w > 0))
+        elif w is not None:
+            inside = lax.bitwise_and(inside, lax.gt(w, np.int32(0)))
+        if not jnp.issubdtype(a.dtype, jnp.floating):  # max of ~key is ~(min of key)
+            v = lax.select(lax.broadcast(largest, key.shape), key, lax.bitwise_not(key))
+            m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, i32_min)), (0,))
+            return lax.select(largest, m, lax.bitwise_not(m))
+        mag = lax.abs(a.astype(jnp.float32))
+        v = lax.select(lax.lt(key, np.int32(0)), lax.full_like(mag, -1), mag)
+        v = lax.select(lax.broadcast(largest, v.shape), v, lax.neg(v))
+        m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, -np.inf)), (0,))
+        empty = lax.eq(m, np.float32(-np.inf))
+        m = lax.select(largest, m, lax.neg(m))
+        m = lax.select(lax.lt(m, np.float32(0)), np.int32(-1), lax.bitcast_convert_type(m, jnp.int32))
+        return lax.select(empty, lax.select(largest, np.int32(i32_min), np.int32(i32_max)), m)
+
+    def extreme(data, lo, hi, largest):
+        best = [one(a, None if weights is None else weights[i], lo, hi, largest)
+                for i, a in enumerate(data)]
+        return lax.select(largest, functools.reduce(lax.max, best),
+                          functools.reduce(lax.min, best))
+
+    return extreme
+
+
+def _kth(keys: list[Array], k: Array, weights
+         ) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
+    """``(v, counts)`` on flat keys (see kth_largest_key); ``counts()`` gives
+    ``(count(keys >= v), count(keys > v))`` with the passes they need."""
+    count_ge = lambda data, t, never=None: _total(data, weights, lambda i, kk: kk >= t, never)
     if _small(keys, weights):
         n = keys[0].size
         v = jnp.sort(_key_of(keys[0]))[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
-        return v, count_ge(v), count_ge(v + 1)
+        return v, lambda: (count_ge(keys, v), count_ge(keys, v + 1))
+    # The passes read the keys as stored, instead of recomputing their
+    # producers (XLA fuses e.g. a bias + ReLU into every reading kernel, where
+    # the re-indexing made a pass up to 15x slower).
+    keys = list(lax.optimization_barrier(keys))
     probe = None
-    if len(keys) == 1 and weights is None and keys[0].size > _SAMPLE_ABOVE:
-        stride = sample_stride(keys[0].size, _SAMPLE_SIZE)
-        sample = lax.slice(keys[0], (0,), (stride * _SAMPLE_SIZE,), (stride,))
+    if len(keys) == 1 and weights is None:  # larger than _SORT_BELOW: sampled probes
+        size = min(keys[0].size, _SAMPLE_SIZE if keys[0].size > _LARGE else _SMALL_SAMPLE_SIZE)
+        stride = sample_stride(keys[0].size, size)
+        sample = lax.slice(keys[0], (0,), (stride * size,), (stride,))
         probe = _sample_probes(lax.sort(_key_of(sample)))
     if weights is None:
         n_all = sum(kk.size for kk in keys)
     else:
         n_all = _total(keys, weights, lambda i, kk: kk >= -1)
-    return _search(count_ge, k, n_all, probe)
+    return _search(count_ge, _extreme(weights), keys, k, n_all, probe)
 
 
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
@@ -346,11 +425,11 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
     """Largest key ``v`` with ``count(keys >= v) >= k`` (weighted if given).
 
     Safeguarded interpolation search over the int32 key range, one counting
-    pass per step: ~10 passes on smooth data (activations, weights), never
-    more than 34 (plain bisection takes 32). A single population of more than
-    128K keys takes its first two probes from the quantiles of a sorted strided
-    sample of 8K keys; a single population of at most 4096 keys is sorted
-    instead (no loop to compile).
+    pass per step, then one ``max`` pass inside the final bracket: 5-9 passes
+    on activations and weights, never more than 35 (plain bisection takes 32).
+    A single population of more than 4096 keys takes its first two probes from
+    the quantiles of a sorted strided sample (8K keys above 128K, else 1K); a
+    single population of at most 4096 keys is sorted instead (no loop).
 
     Args:
       keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
@@ -589,11 +668,12 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
 def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
-    v, n_ge, n_gt = _kth(keys, k, weights)
+    v, counts = _kth(keys, k, weights)
     if ties == "all":
         t = jnp.maximum(v, 0)
         return [((_key_of(kk) >= t) & (k > 0)).reshape(shape)
                 for kk, shape in zip(keys, shapes)], v
+    n_ge, n_gt = counts()
     room, n_tied = k - n_gt, n_ge - n_gt
     if _small(keys, weights):  # rank the ties by a running count (cheap at this size)
         [kk], [shape] = [_key_of(kk) for kk in keys], shapes

@@ -261,3 +261,52 @@ def test_values_select_like_their_keys(ties, size):
         np.testing.assert_array_equal(m, m_ref)
     if ties == "index":
         np.testing.assert_array_equal(m_ref, _reference(x, k))
+
+
+def _passes(monkeypatch, fn, *args):
+    """Runs ``fn`` eagerly and returns its result and the search's counting passes."""
+    states = []
+
+    def while_loop(cond, body, state):  # eager stand-in for lax.while_loop
+        while bool(cond(state)):
+            state = body(state)
+        states.append(int(state[4]))  # the iteration counter
+        return state
+
+    monkeypatch.setattr(select.lax, "while_loop", while_loop)
+    out = fn(*args)
+    monkeypatch.undo()
+    return out, states
+
+
+@pytest.mark.parametrize("shape", [(32, 16, 16, 64), (32, 8, 8, 64), (3, 3, 64, 128)])
+def test_search_takes_few_passes_on_channels_last_data(monkeypatch, shape):
+    # Post-ReLU activations whose channels differ in scale (and conv weights):
+    # sampled probes from every channel plus the exact-end pass take a few
+    # passes, where a one-channel sample and bisecting the last gap took 20-34.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=shape).astype(np.float32) * rng.uniform(0.1, 3.0, size=shape[-1])
+    if shape[0] == 32:
+        x = np.maximum(x, 0)
+    k = select.keep_count(0.8, x.size)
+    v, passes = _passes(monkeypatch, select.kth_largest_key, [select.magnitude_keys(x)], k)
+    expected = np.sort(np.abs(x).ravel())[x.size - k]
+    assert int(v) == int(np.float32(expected).view(np.int32))
+    assert len(passes) == 1 and passes[0] <= 10, passes
+
+
+def test_exact_end_pass_respects_weights_nan_and_ties():
+    key = lambda v: int(select.magnitude_keys(jnp.array([v], jnp.float32))[0])
+    keys = select.magnitude_keys(jnp.array([5.0, 4.0, 4.0, 3.0, np.nan], jnp.float32))
+    # The largest key has weight 0: it never counts, so it is never the answer.
+    w = jnp.array([0, 1, 1, 2, 1], jnp.int32)
+    for k, v in [(1, 4.0), (2, 4.0), (3, 3.0), (4, 3.0)]:
+        assert int(select.kth_largest_key([keys], k, weights=[w])) == key(v)
+    assert int(select.kth_largest_key([keys], 5, weights=[w])) == -1  # only NaN left
+    assert int(select.kth_largest_key([keys], 6, weights=[w])) == -1  # k > n
+    # Unweighted, through the loop (sort path off): ties and NaN at both ends.
+    big = np.repeat(np.array([7.0, 2.0, 2.0, 0.0, np.nan], np.float32), 1000)
+    for k in (1, 999, 1000, 1001, 2999, 3000, 3001, 4000, 4001):
+        got = int(select.kth_largest_key([select.magnitude_keys(big)], k))
+        ref = np.sort(np.where(np.isnan(big), -1, np.abs(big)))[::-1][k - 1] if k <= big.size else -1
+        assert got == (-1 if ref < 0 else key(float(ref))), k
