@@ -260,11 +260,11 @@ def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
     so at most 34 counting passes are ever needed (bisection: 32). Exact for
     any data: only counts decide.
 
-    The search stops early once an end's count is exactly ``k`` or ``k - 1``:
-    the answer is then the smallest (count(lo) = k) or the largest
-    (count(hi) = k - 1) key inside the bracket, which one ``extreme`` pass
-    finds. Counting alone would still have to bisect the gap between that key
-    and its neighbour, ~log2(gap) more passes (about ten on dense data).
+    With ``extreme``, the search stops early once an end's count is exactly
+    ``k`` or ``k - 1``: the answer is then the smallest (count(lo) = k) or the
+    largest (count(hi) = k - 1) key inside the bracket, which one ``extreme``
+    pass finds. Counting alone would still have to bisect the gap between that
+    key and its neighbour, ~log2(gap) more passes (about ten on dense data).
 
     Compile time: the state is one int32 vector (lo, hi, count(lo), count(hi),
     i, blind, k, n) that starts as a literal and is updated by small kernels
@@ -274,9 +274,12 @@ def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
     layer (every distinct kernel costs XLA:CPU ~10 ms).
 
     Args:
-      count_ge: ``count_ge(t, never)``, the (weighted) count of keys ``>= t``.
-      extreme: ``extreme(lo, hi, largest)``, the largest (else the smallest)
-        key in ``[lo, hi)`` (of an entry with a positive weight).
+      count_ge: ``count_ge(data, t, never)``, the (weighted) count of keys
+        ``>= t``.
+      extreme: ``extreme(data, lo, hi, largest)``, the largest (else the
+        smallest) key in ``[lo, hi)`` (of an entry with a positive weight), or
+        None to count until the bracket is one key wide.
+      data: the key arrays, passed to ``count_ge`` and ``extreme``.
       k: traced int32 kept count.
       n_all: ``count_ge(-1)``, the whole population.
       probe: optional first probes (see :func:`_sample_probes`).
@@ -329,12 +332,16 @@ def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
     at = lambda s, j: lax.index_in_dim(s, j, keepdims=False)
 
     def searching(s):
+        if extreme is None:
+            return lax.gt(width(s), i32(1))
         k = at(s, 6)
         exact_end = lax.bitwise_or(lax.eq(at(s, 2), k), lax.eq(at(s, 3), lax.sub(k, i32(1))))
         return lax.bitwise_and(lax.gt(width(s), i32(1)), lax.bitwise_not(exact_end))
 
     out = lax.while_loop(searching, body, init)
     lo, hi, c_lo, c_hi = (at(out, j) for j in range(4))
+    if extreme is None:  # hi = lo + 1
+        return lo, lambda: (c_lo, c_hi)
     largest = lax.eq(c_hi, lax.sub(k, i32(1)))
     # An empty bracket only when k > n_all (then t = lo = -1).
     t = lax.select(lax.gt(c_lo, c_hi), extreme(data, lo, hi, largest), lo)
@@ -355,58 +362,61 @@ def _small(keys: list[Array], weights) -> bool:
     return len(keys) == 1 and weights is None and keys[0].size <= _SORT_BELOW
 
 
-def _extreme(weights):
+def _extreme(weights, shapes):
     """``extreme(lo, hi, largest)``: the largest (else smallest) key in ``[lo, hi)``.
 
     A floating population is reduced as float32 (XLA:CPU reduces it several
     times faster than int32): the keys of ``|x|`` order like ``|x|`` itself,
-    and NaN (key -1) reduces as -1.0.
+    and NaN (key -1) reduces as -1.0. Each array is reduced in its own shape:
+    XLA fuses its producer (e.g. a bias + ReLU) into this pass, and through a
+    1-D view it would re-index every element (up to 15x slower).
     """
     i32_min, i32_max = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 
     def one(a, w, lo, hi, largest):
-        key = _key_of(a)
+        key, axes = _key_of(a), tuple(range(a.ndim))
         inside = lax.bitwise_and(lax.ge(key, lo), lax.lt(key, hi))
         if isinstance(w, int):
             inside = lax.bitwise_and(inside, lax.full_like(inside, w > 0))
         elif w is not None:
             inside = lax.bitwise_and(inside, lax.gt(w, np.int32(0)))
+        wide = lambda v: lax.broadcast(v, a.shape)
         if not jnp.issubdtype(a.dtype, jnp.floating):  # max of ~key is ~(min of key)
-            v = lax.select(lax.broadcast(largest, key.shape), key, lax.bitwise_not(key))
-            m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, i32_min)), (0,))
+            v = lax.select(wide(largest), key, lax.bitwise_not(key))
+            m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, i32_min)), axes)
             return lax.select(largest, m, lax.bitwise_not(m))
         mag = lax.abs(a.astype(jnp.float32))
         v = lax.select(lax.lt(key, np.int32(0)), lax.full_like(mag, -1), mag)
-        v = lax.select(lax.broadcast(largest, v.shape), v, lax.neg(v))
-        m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, -np.inf)), (0,))
+        v = lax.select(wide(largest), v, lax.neg(v))
+        m = lax.reduce_max(lax.select(inside, v, lax.full_like(v, -np.inf)), axes)
         empty = lax.eq(m, np.float32(-np.inf))
         m = lax.select(largest, m, lax.neg(m))
         m = lax.select(lax.lt(m, np.float32(0)), np.int32(-1), lax.bitcast_convert_type(m, jnp.int32))
         return lax.select(empty, lax.select(largest, np.int32(i32_min), np.int32(i32_max)), m)
 
     def extreme(data, lo, hi, largest):
-        best = [one(a, None if weights is None else weights[i], lo, hi, largest)
-                for i, a in enumerate(data)]
+        best = []
+        for i, (a, shape) in enumerate(zip(data, shapes)):
+            w = None if weights is None else weights[i]
+            w = w if w is None or isinstance(w, int) else w.reshape(shape)
+            best.append(one(a.reshape(shape), w, lo, hi, largest))
         return lax.select(largest, functools.reduce(lax.max, best),
                           functools.reduce(lax.min, best))
 
     return extreme
 
 
-def _kth(keys: list[Array], k: Array, weights
+def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]]
          ) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
-    """``(v, counts)`` on flat keys (see kth_largest_key); ``counts()`` gives
-    ``(count(keys >= v), count(keys > v))`` with the passes they need."""
+    """``(v, counts)`` on flat keys of the given original shapes (see
+    kth_largest_key); ``counts()`` gives ``(count(keys >= v), count(keys > v))``
+    with the passes they need."""
     count_ge = lambda data, t, never=None: _total(data, weights, lambda i, kk: kk >= t, never)
     if _small(keys, weights):
         n = keys[0].size
         v = jnp.sort(_key_of(keys[0]))[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
         return v, lambda: (count_ge(keys, v), count_ge(keys, v + 1))
-    # The passes read the keys as stored, instead of recomputing their
-    # producers (XLA fuses e.g. a bias + ReLU into every reading kernel, where
-    # the re-indexing made a pass up to 15x slower).
-    keys = list(lax.optimization_barrier(keys))
     probe = None
     if len(keys) == 1 and weights is None:  # larger than _SORT_BELOW: sampled probes
         size = min(keys[0].size, _SAMPLE_SIZE if keys[0].size > _LARGE else _SMALL_SAMPLE_SIZE)
@@ -417,7 +427,10 @@ def _kth(keys: list[Array], k: Array, weights
         n_all = sum(kk.size for kk in keys)
     else:
         n_all = _total(keys, weights, lambda i, kk: kk >= -1)
-    return _search(count_ge, _extreme(weights), keys, k, n_all, probe)
+    # The exact-end pass is one more kernel to compile per array shape; below
+    # _LARGE keys the ~10 passes it saves cost less than that (~20 us each).
+    extreme = _extreme(weights, shapes) if sum(kk.size for kk in keys) > _LARGE else None
+    return _search(count_ge, extreme, keys, k, n_all, probe)
 
 
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
@@ -442,8 +455,9 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
     Returns:
       The int32 key of the k-th largest entry (``-1`` if only NaNs remain).
     """
+    shapes = [jnp.shape(kk) for kk in keys]
     keys, weights = _flat(keys, weights)
-    return _kth(keys, jnp.asarray(k, jnp.int32), weights)[0]
+    return _kth(keys, jnp.asarray(k, jnp.int32), weights, shapes)[0]
 
 
 def kth_largest_key_along(keys: Array, k: ArrayLike, axis: int = -1) -> Array:
@@ -668,7 +682,7 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
 def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
-    v, counts = _kth(keys, k, weights)
+    v, counts = _kth(keys, k, weights, shapes)
     if ties == "all":
         t = jnp.maximum(v, 0)
         return [((_key_of(kk) >= t) & (k > 0)).reshape(shape)
