@@ -22,6 +22,7 @@ rounds of the per-round ratio (benchmarks/common.py):
     the default ``swat(0.8)`` (saved activation kept as a masked dense array)
     and for ``swat(0.8, pack_saved=True)`` (bits + kept values; slower step)
   * jit compile time (lower + compile) of a SWAT step    <= 1.5x dense
+    (median of three compiles each)
 
 Run: ``python benchmarks/bench_training_methods.py [--quick] [--json out.json]``.
 """
@@ -43,6 +44,7 @@ from sparsejax.methods import meprop, ste, swat
 from sparsejax.patterns import NM
 
 BATCH = 32
+COMPILE_REPEATS = 3  # compile time: median of this many (caches cleared before each)
 MUTABLE = ["batch_stats", "sparsity"]
 
 CONFIGS = {
@@ -78,13 +80,17 @@ def make_step(model, variables, x, y):
     return step, carry
 
 
-def build(name, method, model, x, y):
+def build(name, method, model, x, y, compile_repeats=COMPILE_REPEATS):
     wrapped = model if method is None else sparsify(model, method)
     variables = wrapped.init(jax.random.key(0), x, train=True)
     step, carry = make_step(wrapped, variables, x, y)
-    start = time.perf_counter()
-    compiled = jax.jit(step).lower(*carry).compile()
-    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(compile_repeats):  # one compile time varies by +-20% on the CPU VM
+        jax.clear_caches()
+        start = time.perf_counter()
+        compiled = jax.jit(step).lower(*carry).compile()
+        times.append(time.perf_counter() - start)
+    compile_s = sorted(times)[len(times) // 2]
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
 
@@ -95,14 +101,14 @@ def build(name, method, model, x, y):
     return run, compile_s, temp
 
 
-def bench_model(model_name, repeats, inner):
+def bench_model(model_name, repeats, inner, compile_repeats):
     model = zoo.get_model(model_name)
     x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3))
     y = jnp.arange(BATCH) % 10
     runs, rows = {}, []
     info = {}
     for name, method in CONFIGS.items():
-        run, compile_s, temp = build(name, method, model, x, y)
+        run, compile_s, temp = build(name, method, model, x, y, compile_repeats)
         runs[name] = run
         info[name] = (compile_s, temp)
     samples = time_samples(runs, repeats=repeats, inner=inner, warmup=1)
@@ -136,10 +142,10 @@ def main() -> None:
     parser.add_argument("--models", default="refcnn,resnet18")
     args = parser.parse_args()
     logging.getLogger("sparsejax").setLevel(logging.WARNING)
-    repeats, inner = (3, 1) if args.quick else (11, 2)
+    repeats, inner, compiles = (3, 1, 1) if args.quick else (11, 2, COMPILE_REPEATS)
     rows, targets = [], []
     for name in args.models.split(","):
-        r, t = bench_model(name, repeats, inner)
+        r, t = bench_model(name, repeats, inner, compiles)
         rows += r
         targets += t
     report(rows, targets, args.json, title="training methods (linen adapter)")

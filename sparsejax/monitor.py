@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import select
 from sparsejax.ops import Stats
 from sparsejax.paths import flatten
 
@@ -65,8 +66,9 @@ def tile_stats(x: ArrayLike, tile: int = 32, samples: int = 256) -> dict[str, Ar
     """Zero fraction and tile occupancy of ``x`` estimated from sampled tiles.
 
     The flattened tensor is cut into tiles of ``tile`` consecutive entries and
-    ``samples`` of them, evenly strided, are read (all of them when there are
-    fewer).
+    ``samples`` of them, evenly strided (with a prime stride, see
+    :func:`sparsejax.select.sample_stride`), are read (all of them when there
+    are fewer).
 
     Args:
       x: any array (an activation).
@@ -89,8 +91,8 @@ def tile_stats(x: ArrayLike, tile: int = 32, samples: int = 256) -> dict[str, Ar
     n_tiles = max(1, flat.size // tile)
     flat = flat[: n_tiles * tile] if flat.size >= tile else jnp.pad(flat, (0, tile - flat.size))
     tiles = flat.reshape(n_tiles, tile)
-    if n_tiles > samples:
-        tiles = tiles[:: n_tiles // samples][:samples]
+    if n_tiles > samples:  # a prime stride: tiles from every part of the channels
+        tiles = tiles[:: select.sample_stride(n_tiles, samples)][:samples]
     nz = (tiles != 0).astype(jnp.float32)
     per_tile = jnp.mean(nz, axis=1)
     occupied = per_tile > 0

@@ -233,6 +233,17 @@ def test_tile_stats_counts_tiles():
     assert float(s["act_tile_density"]) == 0.5
 
 
+
+def test_tile_stats_samples_every_part_of_the_channels():
+    # 32x16x16x64 activation whose channels 32-63 are all zero: 16384 tiles of
+    # 32, 256 sampled. A stride of 64 tiles would read channels 0-31 only (and
+    # report no zeros); the prime stride reads both halves.
+    x = np.ones((32, 16, 16, 64), np.float32)
+    x[..., 32:] = 0
+    s = monitor.tile_stats(jnp.asarray(x), tile=32, samples=256)
+    assert abs(float(s["act_zero_fraction"]) - 0.5) < 0.05
+    assert abs(float(s["act_tile_occupancy"]) - 0.5) < 0.05
+
 class Block(nn.Module):
     """A ResNet basic block built from stock layers (conv-BN-ReLU, residual)."""
 
