@@ -206,8 +206,8 @@ def sample_stride(size: int, samples: int) -> int:
 _F32_BELOW_2_31 = 2147483520.0
 
 
-def _sample_probes(sample: Array) -> Callable[[Array, Array, Array], Array]:
-    """Probe keys around the k-th largest, from a sorted strided sample of the keys.
+def _sample_probe(sample: Array, i: Array, k: Array, n: Array) -> Array:
+    """A probe key around the k-th largest, from a sorted strided sample of the keys.
 
     Quantiles of the sample (8K or 1K keys, strided with :func:`sample_stride`:
     its sort costs less than the passes a larger one would save) four standard
@@ -217,28 +217,25 @@ def _sample_probes(sample: Array) -> Callable[[Array, Array, Array], Array]:
 
     Args:
       sample: the sorted int32 sample keys.
+      i: which probe (0 or 1).
+      k: the kept count.
+      n: the population size (all three traced int32 scalars: they stay runtime
+        values, see :func:`_search`).
 
     Returns:
-      ``probe(i, k, n)``: the i-th probe key (``i`` in {0, 1}) for the kept
-      count ``k`` of a population of ``n`` keys (all traced int32 scalars: they
-      stay runtime values, see :func:`_search`).
+      The probe key.
     """
-    s = sample.size
-
-    def probe(i: Array, k: Array, n: Array) -> Array:
-        # The r-th largest sample key is the largest t with count(sample >= t) >= r.
-        f32 = np.float32
-        f = lambda v: lax.convert_element_type(v, jnp.float32)
-        k_s = lax.div(lax.mul(f(lax.max(k, np.int32(1))), f32(s)), f(n))
-        var = lax.mul(k_s, lax.sub(f32(1), lax.div(k_s, f32(s))))
-        margin = lax.add(lax.mul(lax.sqrt(lax.add(var, f32(1))), f32(4)), f32(8))
-        up = lax.eq(i, np.int32(0))
-        r = lax.round(lax.add(k_s, lax.select(up, margin, lax.neg(margin))))
-        r = lax.clamp(np.int32(1), lax.convert_element_type(r, jnp.int32), np.int32(s))
-        at = lax.dynamic_index_in_dim(sample, lax.sub(np.int32(s), r), keepdims=False)
-        return lax.add(at, lax.convert_element_type(lax.bitwise_not(up), jnp.int32))
-
-    return probe
+    # The r-th largest sample key is the largest t with count(sample >= t) >= r.
+    s, f32 = sample.size, np.float32
+    f = lambda v: lax.convert_element_type(v, jnp.float32)
+    k_s = lax.div(lax.mul(f(lax.max(k, np.int32(1))), f32(s)), f(n))
+    var = lax.mul(k_s, lax.sub(f32(1), lax.div(k_s, f32(s))))
+    margin = lax.add(lax.mul(lax.sqrt(lax.add(var, f32(1))), f32(4)), f32(8))
+    up = lax.eq(i, np.int32(0))
+    r = lax.round(lax.add(k_s, lax.select(up, margin, lax.neg(margin))))
+    r = lax.clamp(np.int32(1), lax.convert_element_type(r, jnp.int32), np.int32(s))
+    at = lax.dynamic_index_in_dim(sample, lax.sub(np.int32(s), r), keepdims=False)
+    return lax.add(at, lax.convert_element_type(lax.bitwise_not(up), jnp.int32))
 
 
 def _vector(*scalars: ArrayLike) -> Array:
@@ -247,20 +244,81 @@ def _vector(*scalars: ArrayLike) -> Array:
                             for s in scalars], 0)
 
 
+# The search state: one int32 vector (see _search).
+_LO, _HI, _C_LO, _C_HI, _STEP, _BLIND, _K, _N = range(8)
+_at = lambda state, j: lax.index_in_dim(state, j, keepdims=False)
+
+
+@jax.jit
+def _propose(state: Array, sample: Array | None) -> Array:
+    """The next key the search counts: a sample probe first, then an ITP step.
+
+    Interpolates where the count crosses ``k`` between the bracket's ends, or
+    bisects after a probe that crossed no key (``blind``); the ITP projection
+    (Oliveira & Takahashi 2020) keeps probe ``i`` within
+    ``2**(budget - i - 1) - width/2`` of the midpoint. Jitted at module level
+    (as :func:`_advance`, :func:`_searching`): traced once for every layer's
+    loop, not once per loop.
+    """
+    i32, f32 = np.int32, np.float32
+    n_probes = 0 if sample is None else 2
+    budget = _BISECTION_STEPS + n_probes
+    lo, hi, c_lo, c_hi, i, blind, k, n = (_at(state, j) for j in range(8))
+    # lax only (jnp operators trace a nested jit each: slow lowering).
+    f = lambda v: lax.convert_element_type(v, jnp.float32)
+    w = lax.sub(hi, lo)
+    frac = lax.div(lax.add(f(lax.sub(c_lo, k)), f32(0.5)), f(lax.max(lax.sub(c_lo, c_hi), i32(1))))
+    frac = lax.select(lax.gt(blind, i32(0)), f32(0.5), frac)
+    off = lax.clamp(f32(0), lax.mul(frac, f(w)), f32(_F32_BELOW_2_31))
+    off = lax.convert_element_type(lax.round(off), jnp.int32)
+    # ITP projection onto [w/2 - r, w/2 + r] (r < 2**30: no int32 overflow).
+    r = lax.sub(lax.exp2(f(lax.sub(i32(budget - 1), i))), lax.mul(f(w), f32(0.5)))
+    r = lax.convert_element_type(lax.clamp(f32(0), r, f32(2**30 - 64)), jnp.int32)
+    half = lax.div(w, i32(2))
+    off = lax.clamp(lax.sub(half, r), off, lax.add(half, r))
+    t = lax.add(lo, lax.clamp(i32(1), off, lax.sub(w, i32(1))))
+    if sample is not None:
+        p = _sample_probe(sample, lax.min(i, i32(1)), k, n)
+        use = lax.bitwise_and(lax.lt(i, i32(n_probes)),
+                              lax.bitwise_and(lax.gt(p, lo), lax.lt(p, hi)))
+        t = lax.select(use, p, t)
+    return t
+
+
+@jax.jit
+def _advance(state: Array, t: Array, c: Array) -> Array:
+    """The search state after counting ``c = count(keys >= t)``."""
+    lo, hi, c_lo, c_hi, i, _, k, n = (_at(state, j) for j in range(8))
+    ok = lax.ge(c, k)
+    blind = lax.select(ok, lax.eq(c, c_lo), lax.eq(c, c_hi))
+    return _vector(lax.select(ok, t, lo), lax.select(ok, hi, t), lax.select(ok, c, c_lo),
+                   lax.select(ok, c_hi, c), lax.add(i, np.int32(1)), blind, k, n)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _searching(state: Array, exact_end: bool) -> Array:
+    """Whether the search goes on: the bracket is wider than one key and (with
+    ``exact_end``) neither end's count is ``k`` or ``k - 1``."""
+    i32 = np.int32
+    go = lax.gt(lax.sub(_at(state, _HI), _at(state, _LO)), i32(1))
+    if not exact_end:
+        return go
+    k = _at(state, _K)
+    end = lax.bitwise_or(lax.eq(_at(state, _C_LO), k), lax.eq(_at(state, _C_HI), lax.sub(k, i32(1))))
+    return lax.bitwise_and(go, lax.bitwise_not(end))
+
+
 def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
-            probe: Callable[[Array, Array, Array], Array] | None = None
+            sample: Array | None = None
             ) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
     """Largest key ``t`` with ``count_ge(t) >= k``: safeguarded interpolation search.
 
     One counting pass per iteration over the bracket ``[lo, hi)``
     (``count_ge(lo) >= k > count_ge(hi)``, counts carried), starting from the
-    whole key range. The first two iterations count ``probe(0)``, ``probe(1)``
-    (when inside the bracket); then each probe interpolates where the count
-    crosses ``k`` between the bracket's ends, or bisects after a probe that
-    crossed no key (gaps, ties). The ITP projection (Oliveira & Takahashi 2020)
-    keeps probe ``i`` within ``2**(budget - i - 1) - width/2`` of the midpoint,
-    so at most 34 counting passes are ever needed (bisection: 32). Exact for
-    any data: only counts decide.
+    whole key range. The first two iterations count the sample's probes (see
+    :func:`_sample_probe`, when inside the bracket); then each probe
+    interpolates or bisects (:func:`_propose`), so at most 34 counting passes
+    are ever needed (bisection: 32). Exact for any data: only counts decide.
 
     With ``extreme``, the search stops early once an end's count is exactly
     ``k`` or ``k - 1``: the answer is then the smallest (count(lo) = k) or the
@@ -273,7 +331,8 @@ def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
     next to the counting pass. ``k`` and ``n`` travel in the state rather than
     as constants, so those kernels (and the loop condition) are the same for
     every layer and XLA compiles them once per network instead of once per
-    layer (every distinct kernel costs XLA:CPU ~10 ms).
+    layer (every distinct kernel costs XLA:CPU ~10 ms); they are module-level
+    jitted functions, so JAX also traces them once rather than once per loop.
 
     Args:
       count_ge: ``count_ge(data, t, never)``, the (weighted) count of keys
@@ -284,64 +343,22 @@ def _search(count_ge, extreme, data: list[Array], k: Array, n_all: ArrayLike,
       data: the key arrays, passed to ``count_ge`` and ``extreme``.
       k: traced int32 kept count.
       n_all: ``count_ge(-1)``, the whole population.
-      probe: optional first probes (see :func:`_sample_probes`).
+      sample: optional sorted sample of the keys for the first two probes.
 
     Returns:
       ``(t, counts)``: ``t`` and a thunk for ``(count_ge(t), count_ge(t + 1))``
       (one more counting pass, only for callers that need them).
     """
-    n_probes = 0 if probe is None else 2
-    budget = _BISECTION_STEPS + n_probes
-    i32, f32 = np.int32, np.float32
-
-    def next_probe(lo, hi, c_lo, c_hi, i, blind, k, n):
-        # lax only (jnp operators trace a nested jit each: slow lowering).
-        f = lambda v: lax.convert_element_type(v, jnp.float32)
-        w = lax.sub(hi, lo)
-        frac = lax.div(lax.add(f(lax.sub(c_lo, k)), f32(0.5)),
-                       f(lax.max(lax.sub(c_lo, c_hi), i32(1))))
-        frac = lax.select(lax.gt(blind, i32(0)), f32(0.5), frac)
-        off = lax.clamp(f32(0), lax.mul(frac, f(w)), f32(_F32_BELOW_2_31))
-        off = lax.convert_element_type(lax.round(off), jnp.int32)
-        # ITP projection onto [w/2 - r, w/2 + r] (r < 2**30: no int32 overflow).
-        r = lax.sub(lax.exp2(f(lax.sub(i32(budget - 1), i))), lax.mul(f(w), f32(0.5)))
-        r = lax.convert_element_type(lax.clamp(f32(0), r, f32(2**30 - 64)), jnp.int32)
-        half = lax.div(w, i32(2))
-        off = lax.clamp(lax.sub(half, r), off, lax.add(half, r))
-        t = lax.add(lo, lax.clamp(i32(1), off, lax.sub(w, i32(1))))
-        if probe is not None:
-            p = probe(lax.min(i, i32(1)), k, n)
-            use = lax.bitwise_and(lax.lt(i, i32(n_probes)),
-                                  lax.bitwise_and(lax.gt(p, lo), lax.lt(p, hi)))
-            t = lax.select(use, p, t)
-        return t
+    i32 = np.int32
 
     def body(state):
-        lo, hi, c_lo, c_hi, i, blind, k, n = (lax.index_in_dim(state, j, keepdims=False)
-                                              for j in range(8))
-        t = next_probe(lo, hi, c_lo, c_hi, i, blind, k, n)
-        c = count_ge(data, t, lax.lt(i, i32(0)))  # false, but XLA cannot fold it (see _key_of)
-        ok = lax.ge(c, k)
-        lo, hi = lax.select(ok, t, lo), lax.select(ok, hi, t)
-        blind = lax.convert_element_type(lax.select(ok, lax.eq(c, c_lo), lax.eq(c, c_hi)),
-                                         jnp.int32)
-        c_lo, c_hi = lax.select(ok, c, c_lo), lax.select(ok, c_hi, c)
-        return _vector(lo, hi, c_lo, c_hi, lax.add(i, i32(1)), blind, k, n)
+        t = _propose(state, sample)
+        # `never` is false, but XLA cannot fold it (see _key_of).
+        return _advance(state, t, count_ge(data, t, lax.lt(_at(state, _STEP), i32(0))))
 
     init = _vector(i32(-1), i32(_INF_KEY + 1), n_all, i32(0), i32(0), i32(0), k, n_all)
-    width = lambda s: lax.sub(lax.index_in_dim(s, 1, keepdims=False),
-                              lax.index_in_dim(s, 0, keepdims=False))
-    at = lambda s, j: lax.index_in_dim(s, j, keepdims=False)
-
-    def searching(s):
-        if extreme is None:
-            return lax.gt(width(s), i32(1))
-        k = at(s, 6)
-        exact_end = lax.bitwise_or(lax.eq(at(s, 2), k), lax.eq(at(s, 3), lax.sub(k, i32(1))))
-        return lax.bitwise_and(lax.gt(width(s), i32(1)), lax.bitwise_not(exact_end))
-
-    out = lax.while_loop(searching, body, init)
-    lo, hi, c_lo, c_hi = (at(out, j) for j in range(4))
+    out = lax.while_loop(lambda s: _searching(s, extreme is not None), body, init)
+    lo, hi, c_lo, c_hi = (_at(out, j) for j in range(4))
     if extreme is None:  # hi = lo + 1
         return lo, lambda: (c_lo, c_hi)
     largest = lax.eq(c_hi, lax.sub(k, i32(1)))
@@ -420,12 +437,11 @@ def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]]
         v = jnp.sort(_key_of(keys[0]))[jnp.clip(n - k, 0, n - 1)]
         v = jnp.where(k > n, -1, jnp.where(k > 0, v, _INF_KEY))
         return v, lambda: (count_ge(keys, v), count_ge(keys, v + 1))
-    probe = None
+    sample = None
     if len(keys) == 1 and weights is None:  # larger than _SORT_BELOW: sampled probes
         size = min(keys[0].size, _SAMPLE_SIZE if keys[0].size > _LARGE else _SMALL_SAMPLE_SIZE)
         stride = sample_stride(keys[0].size, size)
-        sample = lax.slice(keys[0], (0,), (stride * size,), (stride,))
-        probe = _sample_probes(lax.sort(_key_of(sample)))
+        sample = lax.sort(_key_of(lax.slice(keys[0], (0,), (stride * size,), (stride,))))
     if weights is None:
         n_all = sum(kk.size for kk in keys)
     else:
@@ -433,7 +449,7 @@ def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]]
     # The exact-end pass is one more kernel to compile per array shape; below
     # _LARGE keys the ~10 passes it saves cost less than that (~20 us each).
     extreme = _extreme(weights, shapes) if sum(kk.size for kk in keys) > _LARGE else None
-    return _search(count_ge, extreme, keys, k, n_all, probe)
+    return _search(count_ge, extreme, keys, k, n_all, sample)
 
 
 def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
