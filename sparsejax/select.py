@@ -517,7 +517,7 @@ def kth_largest_key_along(keys: Array, k: ArrayLike, axis: int = -1) -> Array:
     rows = keys.shape[:axis] + keys.shape[axis + 1:]
     width = keys.shape[axis]
     if isinstance(k, int) and 1 <= k <= width and width * k <= _NETWORK_BUDGET:
-        return _kth_by_network(jnp.moveaxis(keys, axis, 0).reshape(width, -1), k).reshape(rows)
+        return _kth_by_network(keys, k, axis)
     k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), rows)
     if math.prod(rows) >= _COLUMN_ROWS:
         # Many short rows: XLA:CPU reduces a short minor axis slowly, so lay the
@@ -597,20 +597,22 @@ _MAX_PIVOTS = 3
 _PACKED_WIDTH = 64
 
 
-def _kth_by_network(cols: Array, k: int) -> Array:
-    """k-th largest of every column of ``cols`` (width, R) by an unrolled insertion network.
+def _kth_by_network(keys: Array, k: int, axis: int) -> Array:
+    """k-th largest along ``axis`` by an unrolled insertion network.
 
-    ``top[0] >= ... >= top[k-1]`` hold each column's k largest keys so far; every
-    row of ``cols`` is inserted with ``k`` max/min pairs. All ``width * k`` pairs
-    are elementwise ops on ``(R,)`` vectors that XLA fuses into one loop, so the
-    keys are read once instead of once per bisection step (meProp's rows of 32
-    conv channels: 1.1 ms instead of 5 ms for 1M keys on a 2-core CPU). Equal to
-    the bisection's result: the k-th largest counting multiplicity (``-1`` when
-    fewer than ``k`` keys are not NaN).
+    ``top[0] >= ... >= top[k-1]`` hold each row's k largest keys so far; every
+    entry of the row is inserted with ``k`` max/min pairs. All ``width * k``
+    pairs are elementwise ops on slices of ``keys`` that XLA fuses into one
+    loop, so the keys are read once, in place (no transposed copy), instead of
+    once per bisection step (meProp's 1M-key gradient of a 32-channel conv,
+    k = 7, 2-core CPU: 0.6-0.8 ms; 1.9 ms through a transposed copy, ~5 ms by
+    bisection). Equal to the bisection's result: the
+    k-th largest counting multiplicity (``-1`` when fewer than ``k`` keys are
+    not NaN).
     """
     top: list[Array] = []
-    for j in range(cols.shape[0]):
-        v = cols[j]
+    for j in range(keys.shape[axis]):
+        v = lax.index_in_dim(keys, j, axis, keepdims=False)
         for i in range(len(top)):
             top[i], v = jnp.maximum(top[i], v), jnp.minimum(top[i], v)
         if len(top) < k:
