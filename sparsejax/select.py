@@ -54,6 +54,13 @@ _INF_KEY = 0x7F800000
 _BISECTION_STEPS = 32
 
 
+def _require_floating(x: Array) -> Array:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"magnitude selection needs a floating array, got {x.dtype}; "
+                        "cast it with .astype(jnp.float32) first.")
+    return x
+
+
 def magnitude_keys(x: ArrayLike) -> Array:
     """Returns int32 keys whose ordering equals the ordering of ``|x|``.
 
@@ -69,10 +76,7 @@ def magnitude_keys(x: ArrayLike) -> Array:
       >>> magnitude_keys(jnp.array([-2.0, 1.0])) [0] > magnitude_keys(jnp.array([1.0]))[0]
       Array(True, dtype=bool)
     """
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"magnitude selection needs a floating array, got {x.dtype}; "
-                        "cast it with .astype(jnp.float32) first.")
+    x = _require_floating(jnp.asarray(x))
     a = lax.abs(x.astype(jnp.float32))
     bits = lax.bitcast_convert_type(a, jnp.int32)
     return lax.select(lax.ne(a, a), lax.full_like(bits, -1), bits)  # a != a: NaN
@@ -466,7 +470,9 @@ def kth_largest_key(keys: Sequence[Array], k: ArrayLike,
 
     Args:
       keys: int32 key arrays from :func:`magnitude_keys` (or any non-negative
-        int32 scores); they are treated as one concatenated population.
+        int32 scores), or floating arrays, selected by magnitude with their
+        keys computed inside each pass (see :func:`select_topk_key`); they are
+        treated as one concatenated population.
       k: number of (weighted) entries to keep; may be traced. ``k >= 1``.
       weights: optional per-array weights (an int, or an int array broadcastable
         to the keys): an entry counts ``weight`` times (a channel of 9 weights
@@ -761,9 +767,11 @@ def threshold(x: ArrayLike, sparsity: ArrayLike, *,
       >>> float(threshold(jnp.arange(10.), 0.8))
       8.0
     """
-    x = jnp.asarray(x).reshape(-1)
+    x = _require_floating(jnp.asarray(x)).reshape(-1)
     if sample_size is not None and sample_size < x.size:
         stride = sample_stride(x.size, sample_size)
         x = x[: stride * sample_size: stride]
-    v = kth_largest_key([magnitude_keys(x)], jnp.maximum(keep_count(sparsity, x.size), 1))
+    # The values themselves: their keys are computed inside every counting pass,
+    # so no int32 copy of a large activation lives through the search.
+    v = kth_largest_key([x], jnp.maximum(keep_count(sparsity, x.size), 1))
     return lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)

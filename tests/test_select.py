@@ -153,6 +153,20 @@ def test_threshold():
     t = select.threshold(x, 0.9, sample_size=512)
     realised = float(jnp.mean(jnp.abs(x) >= t))
     assert math.isclose(realised, 0.1, abs_tol=0.04)
+    with pytest.raises(TypeError, match="floating"):
+        select.threshold(jnp.arange(10), 0.5)
+
+
+def test_threshold_is_the_exact_kth_magnitude_on_the_search_path():
+    # 300K entries: the counting search with sampled probes and the exact-end
+    # pass, on the values themselves (no int32 key copy); NaN is never kept.
+    x = np.random.default_rng(6).standard_cauchy(300_000).astype(np.float32)
+    x[::1000] = np.nan
+    finite = np.sort(np.abs(x[~np.isnan(x)]))[::-1]
+    for sparsity in (0.5, 0.8, 0.99):
+        k = select.keep_count(sparsity, x.size)
+        t = jax.jit(select.threshold, static_argnums=1)(jnp.asarray(x), sparsity)
+        assert float(t) == finite[k - 1]
 
 
 
