@@ -226,7 +226,7 @@ class Cached(Sparsifier):
     in between. Pass the cached value as the slot's ``threshold``; to refresh it
     inside the same compiled step pass ``refresh=True`` (a traced bool) and the
     rule recomputes it with :func:`sparsejax.select.threshold` at ``sparsity``
-    (``lax.cond``: only the taken branch runs). The op's stats return the
+    (its counting passes run only on refresh steps). The op's stats return the
     threshold actually used, which the caller stores for the next step.
 
     Args:
@@ -256,8 +256,9 @@ class Cached(Sparsifier):
             raise ValueError(f"Cached threshold{_where(where)} must be a scalar, got shape {t.shape}.")
         if given.refresh is not None:
             s = _sparsity(self.sparsity, given.sparsity, self, where)
-            t = lax.cond(jnp.asarray(given.refresh, bool),
-                         lambda: select.threshold(x, s, sample_size=self.sample_size), lambda: t)
+            refresh = jnp.asarray(given.refresh, bool)
+            t = jnp.where(refresh, select.threshold(x, s, sample_size=self.sample_size,
+                                                    refresh=refresh), t)
         elif given.sparsity is not None:
             raise ValueError(f"Cached{_where(where)} got a sparsity in aux but no refresh flag; the "
                              "sparsity is only used on refresh steps (pass refresh=...).")

@@ -157,6 +157,20 @@ def test_threshold():
         select.threshold(jnp.arange(10), 0.5)
 
 
+def test_threshold_refresh_flag_searches_only_when_set(monkeypatch):
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(64, 1024)), jnp.float32)
+    f = jax.jit(lambda x, r: select.threshold(x, 0.8, refresh=r))
+    assert float(f(x, True)) == float(select.threshold(x, 0.8))
+    assert float(f(x, False)) == 0.0
+    small = jnp.asarray([3.0, -1.0, 2.0, 5.0])  # below the sort size: still the loop
+    assert float(select.threshold(small, 0.5, refresh=True)) == 3.0
+    # Not refreshing runs no counting pass at all; refreshing counts to the exact key.
+    t, passes = _passes(monkeypatch, select.threshold, x, 0.8, refresh=False)
+    assert float(t) == 0.0 and passes == [0]
+    t, passes = _passes(monkeypatch, select.threshold, x, 0.8, refresh=True)
+    assert float(t) == float(select.threshold(x, 0.8)) and 0 < passes[0] <= 34
+
+
 def test_threshold_is_the_exact_kth_magnitude_on_the_search_path():
     # 300K entries: the counting search with sampled probes and the exact-end
     # pass, on the values themselves (no int32 key copy); NaN is never kept.
@@ -277,7 +291,7 @@ def test_values_select_like_their_keys(ties, size):
         np.testing.assert_array_equal(m_ref, _reference(x, k))
 
 
-def _passes(monkeypatch, fn, *args):
+def _passes(monkeypatch, fn, *args, **kwargs):
     """Runs ``fn`` eagerly and returns its result and the search's counting passes."""
     states = []
 
@@ -288,7 +302,7 @@ def _passes(monkeypatch, fn, *args):
         return state
 
     monkeypatch.setattr(select.lax, "while_loop", while_loop)
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     monkeypatch.undo()
     return out, states
 
