@@ -308,7 +308,8 @@ def _searching(state: Array, exact_end: bool) -> Array:
     if not exact_end:
         return go
     k = _at(state, _K)
-    end = lax.bitwise_or(lax.eq(_at(state, _C_LO), k), lax.eq(_at(state, _C_HI), lax.sub(k, i32(1))))
+    end = lax.bitwise_or(lax.eq(_at(state, _C_LO), k),
+                         lax.eq(_at(state, _C_HI), lax.sub(k, i32(1))))
     return lax.bitwise_and(go, lax.bitwise_not(end))
 
 
@@ -794,6 +795,9 @@ def threshold(x: ArrayLike, sparsity: ArrayLike, *,
     if refresh is None:
         v = kth_largest_key([x], k)
     else:
-        v = _kth([x], jnp.asarray(k, jnp.int32), None, [x.shape],
-                 active=jnp.asarray(refresh, bool))[0]
+        refresh = jnp.asarray(refresh, bool)
+        if refresh.ndim:
+            raise ValueError(f"threshold(refresh=...) must be a scalar bool (one flag per "
+                             f"threshold), got shape {refresh.shape}.")
+        v = _kth([x], jnp.asarray(k, jnp.int32), None, [x.shape], active=refresh)[0]
     return lax.bitcast_convert_type(jnp.maximum(v, 0), jnp.float32)

@@ -169,6 +169,8 @@ def test_threshold_refresh_flag_searches_only_when_set(monkeypatch):
     assert float(t) == 0.0 and passes == [0]
     t, passes = _passes(monkeypatch, select.threshold, x, 0.8, refresh=True)
     assert float(t) == float(select.threshold(x, 0.8)) and 0 < passes[0] <= 34
+    with pytest.raises(ValueError, match="scalar bool"):
+        select.threshold(x, 0.8, refresh=jnp.ones(2, bool))
 
 
 def test_threshold_is_the_exact_kth_magnitude_on_the_search_path():
