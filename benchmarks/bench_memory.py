@@ -6,22 +6,28 @@ image input, kept dense as in SWAT-U on CIFAR) runs through
 :func:`sparsejax.ops.sparse_dot_general` with SWAT's rule
 ``Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"))``
 (what :func:`sparsejax.methods.swat` builds), saving A either as a masked
-dense array (``pack_saved=False``) or packed as bits + kept values + a tie
+dense array (``pack_saved=False``), packed as bits + kept values + a tie
 plane (``pack_saved=True``, ``swat(pack_saved=True)``, which also saves W as
-itself plus its mask bits instead of a masked copy). The step is ``jax.jit``-ed loss + grad + SGD
+itself plus its mask bits instead of a masked copy), or recomputed in the
+backward pass (``remat_saved=True``: XLA then rebuilds the masked activation
+from the BatchNorm input it keeps anyway). The step is ``jax.jit``-ed loss + grad + SGD
 update (params donated); its temporary memory is
 ``memory_analysis().temp_size_in_bytes`` of the compiled step. Step time is
 the median per-round ratio to dense.
 
 Targets (Raihan & Aamodt, NeurIPS 2020, report 23-50% less activation memory):
-  * SWAT 80% packed temp memory <= 0.75x dense on the reference CNN (batch 64,
-    32x32x3) and on CIFAR ResNet-18 (batch 32).
+  * SWAT 80% packed and remat temp memory <= 0.75x dense on the reference CNN
+    (batch 64, 32x32x3) and on CIFAR ResNet-18 (batch 32).
 
 What bounds the saving on XLA:CPU (read from the buffer assignment and live
 ranges, ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text``):
   * ResNet-18: the peak is in the backward pass, made of the BatchNorm
     residuals (two dense tensors per BN: its input and the centred input),
-    which SWAT does not touch; packing removes the saved layer inputs.
+    which SWAT does not touch; packing removes the saved layer inputs, and
+    ``remat_saved`` rebuilds them from the BatchNorm input. Without either,
+    XLA:CPU computes the dW convolution's transposed copy of each saved
+    activation in the forward pass (its inputs are all there) and keeps it
+    until the backward pass, as the dense step does.
   * Reference CNN (buffer assignment read in session 2): the peak is in the
     forward pass, at the first sparse layer's exact top-K selection over its
     input A: A, a float32 0/1 array of A's size (XLA:CPU's reduction kernels
@@ -30,8 +36,8 @@ ranges, ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text``):
     constant broadcasts that XLA:CPU's fused ReLU/pooling kernels take as
     inputs and the scheduler emits at the start of the forward pass (dense has
     them too). The saved activations are not what is live there, so packing
-    them cannot lower that peak. (Until session 3 an int32 copy of A's keys
-    was live there too: 1.27x unpacked then, 1.05x since.)
+    them cannot lower that peak, and with no BatchNorm input to rebuild the
+    activation from, ``remat_saved`` cannot either.
 
 Run: ``python benchmarks/bench_memory.py [--json out.json] [--resnet-width 64]``.
 """
@@ -58,6 +64,8 @@ CONFIGS = {
                               act_saved=TopK(SPARSITY, ties="all"), pack_saved=False),
     "swat80 packed": Policy(weight=TopK(SPARSITY, ties="all"),
                             act_saved=TopK(SPARSITY, ties="all"), pack_saved=True),
+    "swat80 remat": Policy(weight=TopK(SPARSITY, ties="all"),
+                           act_saved=TopK(SPARSITY, ties="all"), remat_saved=True),
 }
 
 
@@ -151,7 +159,7 @@ def main() -> None:
     rows += measure(f"resnet18(w={args.resnet_width}) b32",
                     zoo.get_model("resnet18", width=args.resnet_width), 32, args.repeats)
     targets = [Target(f"{r['model']}: {r['config']} temp / dense", r["temp_vs_dense"], "<=", 0.75)
-               for r in rows if r["config"] == "swat80 packed"]
+               for r in rows if r["config"] in ("swat80 packed", "swat80 remat")]
     report(rows, targets, args.json, title="bench_memory")
 
 

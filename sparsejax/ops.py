@@ -92,6 +92,15 @@ class Policy:
         :mod:`sparsejax.compact`) and a sparsified W as W + mask bits;
         ``swat(..., pack_saved=True)`` sets it. Off by default: pack and unpack
         are extra passes over A and W.
+      remat_saved: recompute the activation saved for dW in the backward pass
+        instead of keeping it from the forward pass. Its use there is made to
+        read dY, so XLA cannot schedule it early: it fuses A's producer (e.g.
+        BatchNorm + ReLU), the mask and the dW layout copy into one backward
+        kernel that reads the producer's inputs, which a BatchNorm model keeps
+        for its own backward anyway. Measured on XLA:CPU: a CIFAR ResNet-18
+        SWAT step's temporary memory goes from 1.00x to 0.69x dense for a
+        3-6% slower step; a model without BatchNorm keeps its memory and pays
+        ~10%. Excludes ``pack_saved`` (nothing is left to pack).
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
@@ -107,6 +116,7 @@ class Policy:
     straight_through: bool = True
     compact: bool = True
     pack_saved: bool = False
+    remat_saved: bool = False
 
     def __post_init__(self):
         for slot, _ in _SLOTS:
@@ -120,6 +130,9 @@ class Policy:
                                  f"not Policy.{slot}.")
         if not self.weight_decay_pruned >= 0.0:
             raise ValueError(f"Policy.weight_decay_pruned must be >= 0, got {self.weight_decay_pruned}.")
+        if self.pack_saved and self.remat_saved:
+            raise ValueError("Policy.pack_saved and Policy.remat_saved both set: a recomputed "
+                             "activation is never stored, so there is nothing to pack; choose one.")
         if self.weight is None and (self.weight_decay_pruned or not self.straight_through):
             raise ValueError("weight_decay_pruned / straight_through=False act on the pruned "
                              "weights; set Policy.weight too.")
@@ -525,6 +538,8 @@ def _backward(cfg: _Cfg, res, cts):
     a_saved = res["a"]
     if isinstance(a_saved, compact.Packed):
         a_saved = compact.unpack(jax.tree.map(after, a_saved))
+    elif pol.remat_saved:  # see Policy.remat_saved
+        a_saved = after(a_saved)
     w_keep, idx, wmask = res["w"], res["idx"], res["wmask"]
     if res["wbits"] is not None:
         wmask = compact.unpack_bits(after(res["wbits"]), w_struct.shape)

@@ -86,6 +86,8 @@ def test_ste_skips_layers_that_do_not_fit():
     (lambda: methods.swat(0.5, period=0), ValueError, "period"),
     (lambda: methods.swat(0.5, structured="rows"), ValueError, "structured"),
     (lambda: methods.swat(0.5, bogus=1), TypeError, "bogus"),
+    (lambda: methods.swat(0.5, pack_saved=True, remat_saved=True), ValueError, "choose one"),
+    (lambda: methods.swat(0.5, remat_saved=1), TypeError, "remat_saved"),
     (lambda: methods.ste(Unstructured()), ValueError, "sparsity"),
     (lambda: methods.ste(NM(2, 4), sparsity=0.5), ValueError, "fixes"),
     (lambda: methods.ste(decay=-1.0), ValueError, "decay"),

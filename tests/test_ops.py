@@ -3,6 +3,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -346,6 +347,48 @@ def test_packed_saved_activation_gives_same_gradients(ties, straight_through):
             > math.ceil(0.2 * a.size)
 
 
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_rematerialised_saved_activation_gives_same_gradients(straight_through):
+    a, w = rand(19, (4, 8, 8, 16), (3, 3, 16, 16))
+    ct = jax.random.normal(jax.random.key(1), (4, 8, 8, 16))
+    pol = lambda remat: Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"),
+                               straight_through=straight_through, remat_saved=remat)
+    got = fwd_bwd(sconv(pol(True)), a, w, ct)
+    for g, r in zip(got, fwd_bwd(sconv(pol(False)), a, w, ct)):
+        np.testing.assert_array_equal(g, r)
+
+
+class _BNNet(nn.Module):
+    """Conv -> BatchNorm -> ReLU, three times, every conv sparse under ``policy``."""
+
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(sparse_conv_general_dilated, policy=self.policy)
+        for _ in range(3):
+            x = nn.Conv(32, (3, 3), conv_general_dilated=conv)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=False)(x))
+        return jnp.sum(x)
+
+
+def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
+    # BatchNorm keeps its input for its own backward, so XLA recomputes the
+    # masked activation from it in the backward pass instead of storing it.
+    x = jax.random.normal(jax.random.key(0), (16, 32, 32, 8))
+
+    def temp_bytes(remat):
+        net = _BNNet(Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"),
+                            remat_saved=remat))
+        v = net.init(jax.random.key(1), x)
+        loss = lambda p: net.apply({**v, "params": p}, x, mutable=["batch_stats"])[0]
+        step = jax.jit(jax.grad(loss)).lower(v["params"]).compile()
+        return step.memory_analysis().temp_size_in_bytes
+
+    saved = 16 * 32 * 32 * 32 * 4  # one float32 activation of a sparse layer
+    assert temp_bytes(True) <= temp_bytes(False) - saved
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: sparse_dot_general(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 2), jnp.int32),
                                 DENSE_DN, policy=Policy(weight=TopK(0.5))), "integers"),
@@ -355,6 +398,7 @@ def test_packed_saved_activation_gives_same_gradients(ties, straight_through):
     (lambda: Policy(weight=RandomProjection(0.5)), "Policy.out"),
     (lambda: Policy(weight="topk"), "must be a sparsejax"),
     (lambda: Policy(weight_decay_pruned=0.1), "set Policy.weight"),
+    (lambda: Policy(act_saved=TopK(0.5), pack_saved=True, remat_saved=True), "choose one"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
                                 policy=Policy(weight=TopK(0.5)),
                                 aux=Aux(w_threshold=1.0)), "does not read"),
