@@ -506,7 +506,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         its producer's inputs instead of keeping it (``Policy.remat_saved``).
         In a BatchNorm model those inputs are kept for BatchNorm's own backward,
         so the saved activations cost no memory: ResNet-18 step temporary
-        memory 1.0x -> 0.69x dense for a 3-6% slower step (2-core CPU, batch
+        memory 1.0x -> 0.69x dense for a 5-6% slower step (2-core CPU, batch
         32). Without BatchNorm (the reference CNN) it saves nothing and costs
         ~10%. Excludes ``pack_saved``.
 

@@ -99,7 +99,7 @@ class Policy:
         kernel that reads the producer's inputs, which a BatchNorm model keeps
         for its own backward anyway. Measured on XLA:CPU: a CIFAR ResNet-18
         SWAT step's temporary memory goes from 1.00x to 0.69x dense for a
-        3-6% slower step; a model without BatchNorm keeps its memory and pays
+        5-6% slower step; a model without BatchNorm keeps its memory and pays
         ~10%. Excludes ``pack_saved`` (nothing is left to pack).
 
     Example:
