@@ -47,6 +47,7 @@ SMOKES = [
     ("swat.py:sparsity=0.8,distribution=erk,period=2,smoke", TINY_MLP, None),
     ("swat.py:structured=filter,smoke", TINY_CNN, None),
     ("swat.py:distribution=momentum,smoke", TINY_MLP, None),
+    ("swat.py:saved=remat,smoke", TINY_MLP, None),
     ("meprop.py:unified,smoke", None, 0.0),
     ("dsg.py:smoke", TINY_MLP, 0.0),
     ("grad_drop.py:smoke", TINY_MLP, 0.0),
@@ -143,6 +144,13 @@ def test_unknown_names_list_the_valid_ones(tmp_path, section, key, value, match)
     with pytest.raises(ValueError, match=match):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "config.json").exists()  # Nothing written for a bad config.
+
+
+def test_swat_saved_mode_must_be_known():
+    config = _smoke("swat.py:smoke")
+    config.method.saved = "zipped"
+    with pytest.raises(ValueError, match="saved='zipped'; valid: masked, packed, remat"):
+        recipes.build_phases(config, 4, 2)
 
 
 def test_unknown_method_argument_lists_the_valid_fields():

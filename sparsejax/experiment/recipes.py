@@ -227,11 +227,13 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
 
 
 _STRUCTURED = {"none": False, "slice": "slice", "filter": "filter", "channel": "channel"}
+# How SWAT keeps the activation saved for dW: swat()'s pack_saved / remat_saved.
+_SAVED = {"masked": {}, "packed": {"pack_saved": True}, "remat": {"remat_saved": True}}
 
 
 def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform",
          structured: str = "none", period: int = 1, dense_first: bool = True,
-         dense_last: bool = False, exclude: str = "") -> list[Phase]:
+         dense_last: bool = False, exclude: str = "", saved: str = "masked") -> list[Phase]:
     """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
     Args:
@@ -243,6 +245,10 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
       dense_first: keep the first layer dense (official CIFAR configs).
       dense_last: keep the last layer dense.
       exclude: regex of module paths kept dense.
+      saved: how the activation saved for dW is kept: ``"masked"`` (a masked dense
+        array, fastest), ``"packed"`` (bits + kept values, ``pack_saved``) or
+        ``"remat"`` (recomputed in the backward pass, ``remat_saved``: least memory
+        with BatchNorm).
 
     Returns:
       One phase.
@@ -255,9 +261,11 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
     if structured not in _STRUCTURED:
         raise ValueError(f"config.method.structured={structured!r}; valid: "
                          f"{', '.join(_STRUCTURED)}.")
+    if saved not in _SAVED:
+        raise ValueError(f"config.method.saved={saved!r}; valid: {', '.join(_SAVED)}.")
     method = methods.swat(sparsity, distribution=distribution, structured=_STRUCTURED[structured],
                           period=period, dense_first=dense_first, dense_last=dense_last,
-                          exclude=_rule(exclude))
+                          exclude=_rule(exclude), **_SAVED[saved])
     return [Phase("train", ctx.main_steps, method=method, cost="swat")]
 
 
