@@ -36,6 +36,9 @@ including SWAT's ``ties="all"``, N:M, channel) saves A as
 :class:`sparsejax.compact.Packed` (bits + kept values) instead of a dense
 masked copy. Both are rebuilt in the backward pass, after dY exists. Without
 it W_s and A_s are saved as they are (no pack/unpack work in the step).
+``remat_saved=True`` instead rebuilds A_s in the backward pass from A's
+producer: with BatchNorm before the layer, the saved activation then costs no
+memory at all (see :class:`Policy`).
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020;
