@@ -133,6 +133,10 @@ class Policy:
                                  f"not Policy.{slot}.")
         if not self.weight_decay_pruned >= 0.0:
             raise ValueError(f"Policy.weight_decay_pruned must be >= 0, got {self.weight_decay_pruned}.")
+        for name in ("straight_through", "compact", "pack_saved", "remat_saved"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Policy.{name} must be True or False, got "
+                                f"{getattr(self, name)!r}.")
         if self.pack_saved and self.remat_saved:
             raise ValueError("Policy.pack_saved and Policy.remat_saved both set: a recomputed "
                              "activation is never stored, so there is nothing to pack; choose one.")

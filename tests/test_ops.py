@@ -401,6 +401,7 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
     (lambda: Policy(weight="topk"), "must be a sparsejax"),
     (lambda: Policy(weight_decay_pruned=0.1), "set Policy.weight"),
     (lambda: Policy(act_saved=TopK(0.5), pack_saved=True, remat_saved=True), "choose one"),
+    (lambda: Policy(act_saved=TopK(0.5), remat_saved="yes"), "remat_saved must be True or False"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
                                 policy=Policy(weight=TopK(0.5)),
                                 aux=Aux(w_threshold=1.0)), "does not read"),
