@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from sparsejax import native
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
@@ -435,10 +437,40 @@ def _extreme(weights, shapes):
 
 
 def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],
-         active: Array | None = None) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
-    """``(v, counts)`` on flat keys of the given original shapes (see
-    kth_largest_key); ``counts()`` gives ``(count(keys >= v), count(keys > v))``
-    with the passes they need.
+         active: Array | None = None, counts: bool = False,
+         use_native: bool | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+    """``(v, (count(keys >= v), count(keys > v)))`` on flat keys of the given
+    original shapes (see kth_largest_key); the counts only with ``counts``.
+
+    A single unweighted population is answered on the CPU by the native kernel
+    (:mod:`sparsejax.native`: one custom call, nothing for XLA to compile)
+    unless ``use_native`` is false (default: :func:`sparsejax.native.enabled`);
+    every other backend, and weighted or several populations, run the XLA
+    counting search (``_kth_xla``). Both give the same answer.
+    """
+    if use_native is None:
+        use_native = native.enabled()
+    if not (use_native and len(keys) == 1 and weights is None):
+        v, thunk = _kth_xla(keys, k, weights, shapes, active)
+        return v, (thunk() if counts else None)
+    x = lax.stop_gradient(keys[0])  # a key has no gradient (nor has the search's)
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32:
+        x = x.astype(jnp.float32)  # magnitude order is kept exactly (float64: rounded)
+    on = jnp.bool_(True) if active is None else active
+
+    def elsewhere(x, k, on):
+        v, thunk = _kth_xla([x], k, None, shapes, None if active is None else on)
+        return _vector(v, *(thunk() if counts else (0, 0)))
+
+    out = lax.platform_dependent(x, k, on, cpu=native.kth_largest_key, default=elsewhere)
+    v = lax.index_in_dim(out, 0, keepdims=False)
+    return v, ((_at(out, 1), _at(out, 2)) if counts else None)
+
+
+def _kth_xla(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],
+             active: Array | None = None) -> tuple[Array, Callable[[], tuple[Array, Array]]]:
+    """``(v, counts)`` by the XLA counting search; ``counts()`` gives
+    ``(count(keys >= v), count(keys > v))`` with the passes they need.
 
     With ``active`` (a traced bool), only the counting loop runs, and only where
     ``active`` is true (``v = -1`` elsewhere): a cached threshold refreshed every
@@ -715,19 +747,20 @@ def select_topk_key(keys: Sequence[Array], k: ArrayLike,
     if weights is None or all(isinstance(w, int) for w in weights):
         # Traced once per shape and reused (the layers of a network repeat shapes).
         static = None if weights is None else tuple(weights)
-        return _select_cached(keys, k, static, ties)
+        return _select_cached(keys, k, static, ties, native.enabled())
     return _select(keys, k, weights, ties)
 
 
-def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array], Array]:
+def _select(keys: list[Array], k: Array, weights, ties: str,
+            use_native: bool | None = None) -> tuple[list[Array], Array]:
     shapes = [kk.shape for kk in keys]
     keys, weights = _flat(keys, weights)
-    v, counts = _kth(keys, k, weights, shapes)
+    v, counts = _kth(keys, k, weights, shapes, counts=ties == "index", use_native=use_native)
     if ties == "all":
         t = jnp.maximum(v, 0)
         return [((_key_of(kk) >= t) & (k > 0)).reshape(shape)
                 for kk, shape in zip(keys, shapes)], v
-    n_ge, n_gt = counts()
+    n_ge, n_gt = counts
     room, n_tied = k - n_gt, n_ge - n_gt
     if _small(keys, weights):  # rank the ties by a running count (cheap at this size)
         [kk], [shape] = [_key_of(kk) for kk in keys], shapes
@@ -755,7 +788,7 @@ def _select(keys: list[Array], k: Array, weights, ties: str) -> tuple[list[Array
     return [(m & (k > 0)).reshape(shape) for m, shape in zip(masks, shapes)], v
 
 
-_select_cached = jax.jit(_select, static_argnums=(2, 3))
+_select_cached = jax.jit(_select, static_argnums=(2, 3, 4))
 
 
 def threshold(x: ArrayLike, sparsity: ArrayLike, *,

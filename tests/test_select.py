@@ -1,4 +1,8 @@
-"""Tests for sparsejax.select: exact counts, deterministic ties, NaN, traced k."""
+"""Tests for sparsejax.select: exact counts, deterministic ties, NaN, traced k.
+
+Every test runs twice: with the XLA counting search and with the CPU kernel
+(sparsejax.native); tests marked ``xla_search`` inspect the search itself.
+"""
 
 import math
 
@@ -8,13 +12,25 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sparsejax import select
+from sparsejax import native, select
 from sparsejax.patterns import topk_mask
 
 SHAPES = [(7,), (3, 4), (2, 3, 4), (16, 5)]
 PROPS = settings(max_examples=30, deadline=None)
 
 _topk = jax.jit(topk_mask)  # traced sparsity: one compilation per shape
+
+
+@pytest.fixture(autouse=True, params=["xla", "native"])
+def implementation(request):
+    """Runs the test with the XLA search, then with the CPU kernel."""
+    if request.param == "native":
+        if request.node.get_closest_marker("xla_search"):
+            pytest.skip("inspects the XLA counting search")
+        if not native.available():
+            pytest.skip("no C++ compiler: the CPU kernel is not built")
+    with native.use(request.param == "native"):
+        yield request.param
 
 
 def _reference(x: np.ndarray, k: int) -> np.ndarray:
@@ -157,6 +173,7 @@ def test_threshold():
         select.threshold(jnp.arange(10), 0.5)
 
 
+@pytest.mark.xla_search
 def test_threshold_refresh_flag_searches_only_when_set(monkeypatch):
     x = jnp.asarray(np.random.default_rng(7).normal(size=(64, 1024)), jnp.float32)
     f = jax.jit(lambda x, r: select.threshold(x, 0.8, refresh=r))
@@ -227,6 +244,7 @@ def test_bracketed_selection_counts_match_exact_on_large_tensor():
     assert int(v_all) == int(v) and int(m_all.sum()) == int((keys >= v).sum())
 
 
+@pytest.mark.xla_search
 def test_sort_path_and_bisection_path_agree(monkeypatch):
     rng = np.random.default_rng(7)
     cases = []
@@ -309,6 +327,7 @@ def _passes(monkeypatch, fn, *args, **kwargs):
     return out, states
 
 
+@pytest.mark.xla_search
 @pytest.mark.parametrize("shape,most", [((32, 16, 16, 64), 14), ((32, 32, 32, 32), 14),
                                         ((32, 8, 8, 64), 24), ((3, 3, 64, 128), 24)])
 def test_search_takes_few_passes_on_channels_last_data(monkeypatch, shape, most):

@@ -1,0 +1,151 @@
+"""The CPU selection kernel: exact k-th largest key as an XLA FFI custom call.
+
+:func:`sparsejax.select.kth_largest_key` answers a single population with a
+counting search written in XLA ops. On XLA:CPU every distinct kernel costs
+~5-15 ms of compilation, and the search compiles a loop of them per tensor
+shape: a SWAT step with eleven searched tensors compiled 2.0-2.4x slower than
+the dense step. This C++ kernel (``select_kernel.cc``, same contract) is one
+custom call per tensor, which XLA compiles at no cost: the reference CNN's
+SWAT step then compiles 1.2x dense. It is also faster (a sampled bracket,
+one counting pass, one collecting pass, ``nth_element``; an exact radix
+select when the sample misses): a 20% top-K mask of a 32x32x32x64 post-ReLU
+activation takes 4.2 ms against 6.8 ms on a 2-core CPU.
+
+The kernel is compiled on first use with the system C++ compiler against the
+XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), once
+per source and jaxlib version, into ``$SPARSEJAX_CACHE`` (default
+``~/.cache/sparsejax``). Without a compiler, or with ``SPARSEJAX_NATIVE=0``,
+or on any backend but the CPU, the XLA search runs instead, with identical
+results (the tests compare the two).
+
+Example:
+  >>> from sparsejax import native
+  >>> native.available()  # doctest: +SKIP
+  True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "select_kernel.cc")
+_TARGET = "sparsejax_kth_largest_key"
+_log = logging.getLogger("sparsejax")
+_lock = threading.Lock()
+_state: dict[str, object] = {"loaded": None, "error": None}
+_enabled = [os.environ.get("SPARSEJAX_NATIVE", "1") != "0"]
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("SPARSEJAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sparsejax")
+    return base
+
+
+def _build() -> str:
+    """Path of the compiled kernel, building it if this source/jaxlib has none yet."""
+    import jaxlib
+
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    tag = hashlib.sha256(source + jaxlib.__version__.encode() + sys.platform.encode()).hexdigest()
+    path = os.path.join(_cache_dir(), f"select_kernel_{tag[:16]}.so")
+    if os.path.exists(path):
+        return path
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w",
+           "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, path)  # atomic: concurrent builders (pytest -n) agree
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def available() -> bool:
+    """Whether the CPU kernel is enabled and built (building it on first call).
+
+    Returns:
+      False when disabled (``SPARSEJAX_NATIVE=0`` or :func:`use`) or when the
+      build failed (logged once, with the compiler's message); the selection
+      routines then run the XLA search on the CPU as well.
+    """
+    if not _enabled[0]:
+        return False
+    with _lock:
+        if _state["loaded"] is None and _state["error"] is None:
+            try:
+                lib = ctypes.cdll.LoadLibrary(_build())
+                jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.SparsejaxKthLargestKey),
+                                            platform="cpu")
+                _state["loaded"] = lib
+            except Exception as e:  # noqa: BLE001 - any failure means: use the XLA search
+                _state["error"] = e
+                _log.warning("sparsejax: CPU selection kernel unavailable, using the XLA "
+                             "search (slower to compile): %s", e)
+    return _state["loaded"] is not None
+
+
+@contextlib.contextmanager
+def use(enabled: bool) -> Iterator[None]:
+    """Enables or disables the CPU kernel for functions traced inside the block.
+
+    Args:
+      enabled: False runs the XLA counting search on every backend.
+
+    Example:
+      >>> with use(False):  # doctest: +SKIP
+      ...     v = jax.jit(lambda x: select.kth_largest_key([x], 3))(x)
+    """
+    previous = _enabled[0]
+    _enabled[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled[0] = previous
+
+
+def enabled() -> bool:
+    """Whether traced selections use the CPU kernel (see :func:`use`)."""
+    return _enabled[0] and available()
+
+
+def kth_largest_key(x: jax.Array, k: jax.Array, active: jax.Array) -> jax.Array:
+    """The kernel's answer as an int32 vector ``(v, count(keys >= v), count(keys > v))``.
+
+    CPU only: callers dispatch with ``lax.platform_dependent`` (see
+    ``sparsejax.select._kth``).
+
+    Args:
+      x: float32 values (selected by magnitude) or int32 keys in ``[-1, 0x7F800000]``.
+      k: int32 scalar kept count.
+      active: bool scalar; where false the answer is ``(-1, 0, 0)`` at no cost.
+
+    Returns:
+      int32 ``(3,)``.
+    """
+    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((3,), jnp.int32),
+                            vmap_method="sequential")
+    return call(x, k, active)
