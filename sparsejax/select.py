@@ -43,7 +43,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import jax.extend
 from jax import lax
+from jax.interpreters import batching, mlir
 
 from sparsejax import native
 
@@ -442,11 +444,14 @@ def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],
     """``(v, (count(keys >= v), count(keys > v)))`` on flat keys of the given
     original shapes (see kth_largest_key); the counts only with ``counts``.
 
-    A single unweighted population is answered on the CPU by the native kernel
-    (:mod:`sparsejax.native`: one custom call, nothing for XLA to compile)
-    unless ``use_native`` is false (default: :func:`sparsejax.native.enabled`);
-    every other backend, and weighted or several populations, run the XLA
-    counting search (``_kth_xla``). Both give the same answer.
+    A single unweighted population is one ``kth_largest_key`` primitive
+    (``_kth_p``) unless ``use_native`` is false (default:
+    :func:`sparsejax.native.enabled`): on the CPU it lowers to the native
+    kernel (:mod:`sparsejax.native`, a custom call with nothing for XLA to
+    compile), on every other backend to the XLA counting search
+    (``_kth_xla``), which is then traced at lowering time only. Weighted or
+    several populations run the XLA search everywhere. Both give the same
+    answer.
     """
     if use_native is None:
         use_native = native.enabled()
@@ -456,15 +461,34 @@ def _kth(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],
     x = lax.stop_gradient(keys[0])  # a key has no gradient (nor has the search's)
     if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32:
         x = x.astype(jnp.float32)  # magnitude order is kept exactly (float64: rounded)
-    on = jnp.bool_(True) if active is None else active
+    on = jnp.bool_(True) if active is None else jnp.asarray(active, bool)
+    out = _kth_p.bind(x.reshape(shapes[0]), k, on, counts=counts, gated=active is not None)
+    return _at(out, 0), ((_at(out, 1), _at(out, 2)) if counts else None)
 
-    def elsewhere(x, k, on):
-        v, thunk = _kth_xla([x], k, None, shapes, None if active is None else on)
-        return _vector(v, *(thunk() if counts else (0, 0)))
 
-    out = lax.platform_dependent(x, k, on, cpu=native.kth_largest_key, default=elsewhere)
-    v = lax.index_in_dim(out, 0, keepdims=False)
-    return v, ((_at(out, 1), _at(out, 2)) if counts else None)
+def _kth_search(x: Array, k: Array, on: Array, *, counts: bool, gated: bool) -> Array:
+    """``_kth_p`` by the XLA counting search: ``(v, count >= v, count > v)``
+    (zero counts unless ``counts``)."""
+    v, thunk = _kth_xla([x.reshape(-1)], k, None, [x.shape], on if gated else None)
+    return _vector(v, *(thunk() if counts else (0, 0)))
+
+
+def _kth_batched(args, dims, *, counts: bool, gated: bool):
+    """vmap of ``_kth_p``: one selection per batch entry, in sequence."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None
+            else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    return lax.map(lambda a: _kth_p.bind(*a, counts=counts, gated=gated), tuple(args)), 0
+
+
+_kth_p = jax.extend.core.Primitive("kth_largest_key")
+_kth_p.def_abstract_eval(lambda x, k, on, **_: jax.core.ShapedArray((3,), jnp.int32))
+# Eager calls compile the primitive alone (as any jax.numpy function outside jit).
+_kth_p.def_impl(lambda *args, **params: jax.jit(functools.partial(_kth_p.bind, **params))(*args))
+batching.primitive_batchers[_kth_p] = _kth_batched
+mlir.register_lowering(_kth_p, mlir.lower_fun(_kth_search, multiple_results=False))
+mlir.register_lowering(_kth_p, lambda ctx, x, k, on, **_: native.lowering(ctx, x, k, on),
+                       platform="cpu")
 
 
 def _kth_xla(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],

@@ -113,14 +113,28 @@ def test_masks_thresholds_vmap_and_grad_agree():
     np.testing.assert_array_equal(a, b)
 
 
-def test_kernel_is_one_custom_call_and_no_loop():
+def test_kernel_is_one_custom_call_on_cpu_and_the_search_elsewhere():
     x = jnp.ones((32, 32, 32, 64))
+    f = jax.jit(lambda x: select.threshold(x, 0.8))
     with native.use(True):
-        hlo = jax.jit(lambda x: select.threshold(x, 0.8)).lower(x).as_text()
-    assert "sparsejax_kth_largest_key" in hlo and "while" not in hlo
+        hlo = f.lower(x).as_text()
+        assert "sparsejax_kth_largest_key" in hlo and "while" not in hlo
+        # Lowered for a GPU (no GPU needed to lower): the XLA counting search.
+        gpu = jax.export.export(f, platforms=["cuda"])(x).mlir_module()
+        assert "sparsejax_kth_largest_key" not in gpu and "while" in gpu
     with native.use(False):
         hlo = jax.jit(lambda x: select.threshold(x, 0.8)).lower(x).as_text()
     assert "sparsejax_kth_largest_key" not in hlo and "while" in hlo
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_kernel_splits_large_tensors_across_threads_exactly(relu):
+    # 2M keys: the counting and collecting passes run in parts on XLA's threads.
+    x = jax.random.normal(jax.random.key(5), (32, 32, 32, 64))
+    x = jax.nn.relu(x) if relu else x
+    for k in (1, 419_430, 1_000_000, x.size):
+        a, b = _answer(x, k)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_use_and_environment_switch_the_kernel():

@@ -11,6 +11,11 @@ one counting pass, one collecting pass, ``nth_element``; an exact radix
 select when the sample misses): a 20% top-K mask of a 32x32x32x64 post-ReLU
 activation takes 4.2 ms against 6.8 ms on a 2-core CPU.
 
+``sparsejax.select`` binds one ``kth_largest_key`` primitive per selection;
+it lowers to this kernel on the CPU and to the XLA search on other backends
+(traced only then), so a jitted step costs one equation per selection to
+trace. ``jax.export`` refuses custom calls: export under ``use(False)``.
+
 The kernel is compiled on first use with the system C++ compiler against the
 XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), once
 per source and jaxlib version, into ``$SPARSEJAX_CACHE`` (default
@@ -39,7 +44,6 @@ import threading
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "select_kernel.cc")
 _TARGET = "sparsejax_kth_largest_key"
@@ -132,20 +136,22 @@ def enabled() -> bool:
     return _enabled[0] and available()
 
 
-def kth_largest_key(x: jax.Array, k: jax.Array, active: jax.Array) -> jax.Array:
-    """The kernel's answer as an int32 vector ``(v, count(keys >= v), count(keys > v))``.
+def lowering(ctx, x, k, active):
+    """MLIR lowering of ``sparsejax.select``'s ``kth_largest_key`` primitive on the CPU.
 
-    CPU only: callers dispatch with ``lax.platform_dependent`` (see
-    ``sparsejax.select._kth``).
+    The kernel's answer is an int32 vector ``(v, count(keys >= v), count(keys > v))``
+    for float32 values (selected by magnitude) or int32 keys in
+    ``[-1, 0x7F800000]``, a kept count ``k`` and an ``active`` flag (where false:
+    ``(-1, 0, 0)`` at no cost).
 
     Args:
-      x: float32 values (selected by magnitude) or int32 keys in ``[-1, 0x7F800000]``.
-      k: int32 scalar kept count.
-      active: bool scalar; where false the answer is ``(-1, 0, 0)`` at no cost.
+      ctx: the lowering context.
+      x, k, active: the operands.
 
     Returns:
-      int32 ``(3,)``.
+      The custom call's results.
     """
-    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((3,), jnp.int32),
-                            vmap_method="sequential")
-    return call(x, k, active)
+    if not available():  # traced with the kernel enabled, lowered without it
+        raise RuntimeError("sparsejax: the CPU selection kernel is not available; trace "
+                           "with sparsejax.native.use(False) to run the XLA search.")
+    return jax.ffi.ffi_lowering(_TARGET)(ctx, x, k, active)
