@@ -20,6 +20,12 @@ NaN handling: NaN magnitudes get the key ``-1`` and are never kept, so inside
 by the number of NaNs that would otherwise have been needed). Outside ``jit``
 the tree-level functions raise a clear error on NaN weights instead.
 
+On the CPU a single population is answered by a C++ kernel instead
+(:mod:`sparsejax.native`): ``_kth_p``, a primitive lowered to an XLA FFI
+custom call there and to the search below on other backends. A custom call
+costs XLA no code generation, where the search compiles a loop of kernels per
+tensor shape; the tests check that both give the same answers.
+
 Compile time: every distinct XLA kernel costs ~5-15 ms of compilation, so
 the search keeps its whole state, the kept count included, in one int32 vector:
 its update and loop-condition kernels are then the same for every layer and

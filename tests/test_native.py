@@ -137,6 +137,17 @@ def test_kernel_splits_large_tensors_across_threads_exactly(relu):
         np.testing.assert_array_equal(a, b)
 
 
+def test_failed_build_falls_back_to_the_search(tmp_path):
+    # No usable compiler and an empty cache: a warning, then the XLA search, same answer.
+    code = ("import jax, jax.numpy as jnp; from sparsejax import native, select; "
+            "x = jnp.arange(10.0); print(native.available(), "
+            "float(jax.jit(lambda x: select.threshold(x, 0.8))(x)))")
+    env = {**os.environ, "CXX": "false", "SPARSEJAX_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "8.0"], out.stderr
+    assert "CPU selection kernel unavailable" in out.stderr
+
+
 def test_use_and_environment_switch_the_kernel():
     with native.use(False):
         assert not native.enabled()
