@@ -8,8 +8,9 @@ rounds of the per-round ratio (benchmarks/common.py):
 
   * SWAT-U 80 %, period 1 (exact top-K every step)      <= 1.15x
   * SWAT-U 80 %, period 20 (cached thresholds)          <= 1.05x
-    (mean over whole periods, refresh steps included: ``period_ratio``; the
-    median-of-rounds ``ratio`` mostly times cached steps)
+    (over whole periods, refresh steps included: ``period_ratio``, median of
+    five per-period ratios; the median-of-rounds ``ratio`` mostly times
+    cached steps)
   * STE 2:4                                             <= 1.05x
   * meProp, keep 20 %                                   <= 1.15x
   * structured SWAT 80 % with compaction                <= 0.5x
@@ -25,8 +26,9 @@ rounds of the per-round ratio (benchmarks/common.py):
     ``swat(0.8, pack_saved=True)`` (bits + kept values; slower step) and
     ``swat(0.8, remat_saved=True)`` (recomputed in the backward pass from its
     producer's inputs, which BatchNorm keeps anyway)
-  * jit compile time (lower + compile) of a SWAT step    <= 1.5x dense
-    (median of three compiles each)
+  * jit compile time (trace + lower + compile) of a      <= 1.5x dense
+    SWAT step (median over five rounds of the per-round ratio, configs
+    interleaved, caches cleared before each compile)
 
 The step is compiled without buffer donation. Donating the parameters and
 optimizer state (as the library's training loop does) moves the updated
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import time
 
 import jax
@@ -59,7 +62,7 @@ from sparsejax.methods import meprop, ste, swat
 from sparsejax.patterns import NM
 
 BATCH = 32
-COMPILE_REPEATS = 3  # compile time: median of this many (caches cleared before each)
+COMPILE_REPEATS = 5  # compile-time rounds (caches cleared before each compile)
 MUTABLE = ["batch_stats", "sparsity"]
 
 CONFIGS = {
@@ -96,17 +99,18 @@ def make_step(model, variables, x, y):
     return step, carry
 
 
-def build(name, method, model, x, y, compile_repeats=COMPILE_REPEATS):
+def build(method, model, x, y):
+    """The compiled step of ``method`` on ``model``: a thunk running it, a thunk
+    compiling it again from scratch (caches cleared), and its memory analysis."""
     wrapped = model if method is None else sparsify(model, method)
     variables = wrapped.init(jax.random.key(0), x, train=True)
     step, carry = make_step(wrapped, variables, x, y)
-    times = []
-    for _ in range(compile_repeats):  # one compile time varies by +-20% on the CPU VM
+
+    def compile_again():
         jax.clear_caches()
-        start = time.perf_counter()
-        compiled = jax.jit(step).lower(*carry).compile()
-        times.append(time.perf_counter() - start)
-    compile_s = sorted(times)[len(times) // 2]
+        return jax.jit(step).lower(*carry).compile()
+
+    compiled = compile_again()
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
     footprint = None if temp is None else (temp + mem.argument_size_in_bytes
@@ -116,22 +120,38 @@ def build(name, method, model, x, y, compile_repeats=COMPILE_REPEATS):
         carry[0], carry[1], carry[2], loss = compiled(*carry)
         return loss
 
-    return run, compile_s, temp, footprint
+    return run, compile_again, temp, footprint
+
+
+def compile_samples(compilers, rounds):
+    """Seconds to trace, lower and compile each step, one sample per round,
+    configs interleaved (as the step times): a ratio pairs samples of one round,
+    which cancels most of the machine's drift (one compile varies by +-20%)."""
+    samples = {name: [] for name in compilers}
+    for _ in range(rounds):
+        for name, compile_again in compilers.items():
+            start = time.perf_counter()
+            compile_again()
+            samples[name].append(time.perf_counter() - start)
+    return samples
 
 
 def period_ratio(run, dense_run, period, periods):
-    """Mean step time over ``periods`` whole periods (each holds one threshold
-    refresh, whatever the phase), interleaved period by period with as many
-    dense steps, as a ratio to dense."""
-    total = {run: 0.0, dense_run: 0.0}
-    for _ in range(periods):
-        for fn in total:
+    """Step time over whole periods (each holds one threshold refresh, whatever
+    the phase) as a ratio to as many dense steps: the median over ``periods``
+    of the per-period ratio, SWAT and dense periods interleaved (the estimator
+    of the per-step ratios, applied to whole periods)."""
+    ratios = []
+    for i in range(periods):
+        took = {}
+        for fn in ((run, dense_run) if i % 2 == 0 else (dense_run, run)):
             start = time.perf_counter()
             for _ in range(period - 1):
                 fn()
             jax.block_until_ready(fn())
-            total[fn] += time.perf_counter() - start
-    return total[run] / total[dense_run]
+            took[fn] = time.perf_counter() - start
+        ratios.append(took[run] / took[dense_run])
+    return statistics.median(ratios)
 
 
 def bench_model(model_name, configs, repeats, inner, compile_repeats, periods):
@@ -139,22 +159,23 @@ def bench_model(model_name, configs, repeats, inner, compile_repeats, periods):
     model = zoo.get_model(model_name)
     x = jax.random.normal(jax.random.key(1), (BATCH, 32, 32, 3))
     y = jnp.arange(BATCH) % 10
-    runs, rows = {}, []
+    runs, compilers, rows = {}, {}, []
     info = {}
     for name in configs:
-        run, compile_s, temp, footprint = build(name, CONFIGS[name], model, x, y,
-                                                compile_repeats)
-        runs[name] = run
-        info[name] = (compile_s, temp, footprint)
+        runs[name], compilers[name], temp, footprint = build(CONFIGS[name], model, x, y)
+        info[name] = (temp, footprint)
+    compiles = compile_samples(compilers, compile_repeats)
+    compile_ratios = median_ratios(compiles, "dense")
     samples = time_samples(runs, repeats=repeats, inner=inner, warmup=1)
     ratios = median_ratios(samples, "dense")
-    dense_compile, dense_temp, _ = info["dense"]
+    dense_temp, _ = info["dense"]
     for name in configs:
-        compile_s, temp, footprint = info[name]
+        temp, footprint = info[name]
         rows.append({"model": model_name, "config": name,
                      "ms": 1e3 * sorted(samples[name])[len(samples[name]) // 2],
-                     "ratio": ratios[name], "compile_s": compile_s,
-                     "compile_ratio": compile_s / dense_compile,
+                     "ratio": ratios[name],
+                     "compile_s": sorted(compiles[name])[len(compiles[name]) // 2],
+                     "compile_ratio": compile_ratios[name],
                      "temp_MiB": -1.0 if temp is None else temp / 2**20,
                      "temp_ratio": -1.0 if not (temp and dense_temp) else temp / dense_temp,
                      "footprint_MiB": -1.0 if footprint is None else footprint / 2**20})
@@ -191,7 +212,7 @@ def main() -> None:
         parser.error(f"unknown --configs {unknown}; choose from {list(CONFIGS)}")
     configs = ["dense"] + [c for c in configs if c != "dense"]
     logging.getLogger("sparsejax").setLevel(logging.WARNING)
-    repeats, inner, compiles, periods = (3, 1, 1, 1) if args.quick else (11, 2, COMPILE_REPEATS, 3)
+    repeats, inner, compiles, periods = (3, 1, 1, 1) if args.quick else (11, 2, COMPILE_REPEATS, 5)
     rows, targets = [], []
     for name in args.models.split(","):
         r, t = bench_model(name, configs, repeats, inner, compiles, periods)
