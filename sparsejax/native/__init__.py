@@ -18,9 +18,9 @@ it lowers to this kernel on the CPU and to the XLA search on other backends
 trace. ``jax.export`` refuses custom calls: export under ``use(False)``.
 
 The kernel is compiled on first use with the system C++ compiler against the
-XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), once
-per source and jaxlib version, into ``$SPARSEJAX_CACHE`` (default
-``~/.cache/sparsejax``). Without a compiler, or with ``SPARSEJAX_NATIVE=0``,
+XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), with
+``-march=native`` where the compiler takes it, once per source, jaxlib version
+and CPU, into ``$SPARSEJAX_CACHE`` (default ``~/.cache/sparsejax``). Without a compiler, or with ``SPARSEJAX_NATIVE=0``,
 or on any backend but the CPU, the XLA search runs instead, with identical
 results (the tests compare the two).
 
@@ -56,9 +56,8 @@ _enabled = [os.environ.get("SPARSEJAX_NATIVE", "1") != "0"]
 
 
 def _cache_dir() -> str:
-    base = os.environ.get("SPARSEJAX_CACHE") or os.path.join(
+    return os.environ.get("SPARSEJAX_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sparsejax")
-    return base
 
 
 def _cpu_id() -> str:
@@ -170,7 +169,7 @@ def lowering(ctx, x, k, active):
     Returns:
       The custom call's results.
     """
-    if not available():  # traced with the kernel enabled, lowered without it
-        raise RuntimeError("sparsejax: the CPU selection kernel is not available; trace "
-                           "with sparsejax.native.use(False) to run the XLA search.")
+    if _state["loaded"] is None:  # a traced primitive from elsewhere, kernel never built
+        raise RuntimeError("sparsejax: the CPU selection kernel is not built in this process; "
+                           "trace with sparsejax.native.use(False) to run the XLA search.")
     return jax.ffi.ffi_lowering(_TARGET)(ctx, x, k, active)
