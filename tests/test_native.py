@@ -153,6 +153,9 @@ def test_use_and_environment_switch_the_kernel():
         assert not native.enabled()
     with native.use(True):
         assert native.enabled()
+    with pytest.raises(TypeError, match="True or False"):
+        with native.use("no"):
+            pass
     code = "from sparsejax import native; print(native.enabled())"
     env = {**os.environ, "SPARSEJAX_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

@@ -141,8 +141,10 @@ def use(enabled: bool) -> Iterator[None]:
       >>> with use(False):  # doctest: +SKIP
       ...     v = jax.jit(lambda x: select.kth_largest_key([x], 3))(x)
     """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"sparsejax.native.use(enabled) takes True or False, got {enabled!r}.")
     previous = _enabled[0]
-    _enabled[0] = bool(enabled)
+    _enabled[0] = enabled
     try:
         yield
     finally:

@@ -119,20 +119,27 @@ Result Radix(int64_t n, int64_t k, Get get) {
   return {prefix, above + in_bin, above};
 }
 
+// The r-th largest (1-based) of `keys`, above which `above` keys lie elsewhere;
+// its counts are those of `keys` plus `above`.
+Result RankIn(std::vector<uint32_t>& keys, int64_t r, int64_t above) {
+  const int64_t m = static_cast<int64_t>(keys.size());
+  std::nth_element(keys.begin(), keys.begin() + (m - r), keys.end());
+  const uint32_t u = keys[m - r];
+  int64_t ge = above, gt = above;
+  for (uint32_t a : keys) {
+    ge += a >= u;
+    gt += a > u;
+  }
+  return {u, ge, gt};
+}
+
 template <class Get>
 Result Select(int64_t n, int64_t k, Get get, ffi::ThreadPool* pool, int threads) {
   constexpr int64_t kSample = 4096;
   if (n <= 4 * kSample) {
     std::vector<uint32_t> all(n);
     for (int64_t i = 0; i < n; ++i) all[i] = get(i);
-    std::nth_element(all.begin(), all.begin() + (n - k), all.end());
-    const uint32_t u = all[n - k];
-    int64_t ge = 0, gt = 0;
-    for (uint32_t a : all) {
-      ge += a >= u;
-      gt += a > u;
-    }
-    return {u, ge, gt};
+    return RankIn(all, k, 0);
   }
   // A prime stride visits every channel of a channels-last tensor.
   int64_t stride = n / kSample;
@@ -186,8 +193,8 @@ Result Select(int64_t n, int64_t k, Get get, ffi::ThreadPool* pool, int threads)
   if (n_lo < k || n_hi >= k) return Radix(n, k, get);
   if (n_lo1 < k) return {lo, n_lo, n_lo1};
   // Pass 2, in parts: the keys strictly inside (lo, hi), into one buffer per
-  // part sized from pass 1 (+1 for the branch-free store after the last
-  // hit); blocks of 16 keys with none inside are skipped.
+  // part sized from pass 1 (+1 for the branch-free store of the tail loop);
+  // 64-key blocks are tested at once and only their hits are visited.
   std::vector<std::vector<uint32_t>> got(parts);
   ParallelFor(pool, parts, [&, lo, hi](int p) {
     got[p].resize(c_lo1[p] - c_hi[p] + 1);
@@ -226,7 +233,7 @@ Result Select(int64_t n, int64_t k, Get get, ffi::ThreadPool* pool, int threads)
   for (const auto& g : got) buf.insert(buf.end(), g.begin(), g.end());
   const int64_t m = static_cast<int64_t>(buf.size());
   // Rank inside the bracket: a histogram of (u - lo) over at most 4096 bins,
-  // then nth_element within the one bin that holds rank r.
+  // then the keys of the one bin that holds rank r.
   int64_t r = k - n_hi;  // rank from the top inside the bracket, 1-based
   int shift = 0;
   while (((hi - lo) >> shift) >= 4096) ++shift;
@@ -238,15 +245,7 @@ Result Select(int64_t n, int64_t k, Get get, ffi::ThreadPool* pool, int threads)
   bin.reserve(h[b]);
   for (uint32_t a : buf)
     if (((a - lo) >> shift) == static_cast<uint32_t>(b)) bin.push_back(a);
-  const int64_t nb = static_cast<int64_t>(bin.size());
-  std::nth_element(bin.begin(), bin.begin() + (nb - r), bin.end());
-  const uint32_t u = bin[nb - r];
-  int64_t ge = n_hi, gt = n_hi;
-  for (uint32_t a : buf) {
-    ge += a >= u;
-    gt += a > u;
-  }
-  return {u, ge, gt};
+  return RankIn(bin, r, k - r);  // k - r keys lie above the bin
 }
 
 template <class Get>
