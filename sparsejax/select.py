@@ -492,9 +492,19 @@ _kth_p.def_abstract_eval(lambda x, k, on, **_: jax.core.ShapedArray((3,), jnp.in
 # Eager calls compile the primitive alone (as any jax.numpy function outside jit).
 _kth_p.def_impl(lambda *args, **params: jax.jit(functools.partial(_kth_p.bind, **params))(*args))
 batching.primitive_batchers[_kth_p] = _kth_batched
-mlir.register_lowering(_kth_p, mlir.lower_fun(_kth_search, multiple_results=False))
-mlir.register_lowering(_kth_p, lambda ctx, x, k, on, **_: native.lowering(ctx, x, k, on),
-                       platform="cpu")
+_search_lowering = mlir.lower_fun(_kth_search, multiple_results=False)
+
+
+def _cpu_lowering(ctx, x, k, on, **params):
+    """The kernel's custom call, except in ``jax.export`` (whose artifacts must not
+    name a target registered by this process): there, the XLA search."""
+    if ctx.module_context.lowering_parameters.for_export:
+        return _search_lowering(ctx, x, k, on, **params)
+    return native.lowering(ctx, x, k, on)
+
+
+mlir.register_lowering(_kth_p, _search_lowering)
+mlir.register_lowering(_kth_p, _cpu_lowering, platform="cpu")
 
 
 def _kth_xla(keys: list[Array], k: Array, weights, shapes: list[tuple[int, ...]],

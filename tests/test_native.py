@@ -127,6 +127,19 @@ def test_kernel_is_one_custom_call_on_cpu_and_the_search_elsewhere():
     assert "sparsejax_kth_largest_key" not in hlo and "while" in hlo
 
 
+def test_cpu_export_carries_the_search_not_the_kernel():
+    # An exported artifact must run where this process's kernel is not
+    # registered, so jax.export lowers the XLA search, even for the CPU.
+    x = jax.random.normal(jax.random.key(2), (16, 32, 32, 8))
+    step = jax.jit(lambda x: jnp.where(jnp.abs(x) >= select.threshold(x, 0.8), x, 0.0))
+    with native.use(True):
+        exported = jax.export.export(step, platforms=["cpu", "cuda"])(x)
+        restored = jax.export.deserialize(exported.serialize())
+        assert "sparsejax_kth_largest_key" not in exported.mlir_module()
+        np.testing.assert_array_equal(restored.call(x), step(x))
+        assert "sparsejax_kth_largest_key" in step.lower(x).as_text()
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_kernel_splits_large_tensors_across_threads_exactly(relu):
     # 2M keys: the counting and collecting passes run in parts on XLA's threads.

@@ -15,7 +15,8 @@ the search on a 2-core CPU.
 ``sparsejax.select`` binds one ``kth_largest_key`` primitive per selection;
 it lowers to this kernel on the CPU and to the XLA search on other backends
 (traced only then), so a jitted step costs one equation per selection to
-trace. ``jax.export`` refuses custom calls: export under ``use(False)``.
+trace. ``jax.export`` lowers the XLA search instead (even for the CPU): an
+exported artifact must not name a target that only this process registered.
 
 The kernel is compiled on first use with the system C++ compiler against the
 XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), with
