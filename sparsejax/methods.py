@@ -498,17 +498,17 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         (``Policy.pack_saved``: about a quarter of its dense bytes at 80%),
         and each kernel as itself plus its mask bits instead of a copy of W_s,
         where its budget is static (``period=1``, uniform or ERK, no
-        ``sample_size``). Measured on a 2-core CPU, batch 32: ResNet-18 step
-        temporary memory 1.0x -> 0.74x dense, step time +3-10% of dense; on the
-        small reference CNN it costs +30% step time and saves nothing (the
-        peak is the forward top-K selection, not the saved activations).
+        ``sample_size``); the backward pass then runs dW before dA. Measured
+        on a 2-core CPU, batch 32: step temporary memory 1.0x -> 0.75x dense
+        on ResNet-18 and 0.81x on the reference CNN, for a step 1.15x / 1.22x
+        dense.
       remat_saved: recompute each saved activation in the backward pass from
         its producer's inputs instead of keeping it (``Policy.remat_saved``).
         In a BatchNorm model those inputs are kept for BatchNorm's own backward,
         so the saved activations cost no memory: ResNet-18 step temporary
-        memory 1.0x -> 0.69x dense for a 5-6% slower step (2-core CPU, batch
-        32). Without BatchNorm (the reference CNN) it saves nothing and costs
-        ~10%. Excludes ``pack_saved``.
+        memory 1.0x -> 0.68x dense for a 2-7% slower step (2-core CPU, batch
+        32). Without BatchNorm (the reference CNN) 0.83x: its ReLUs keep each
+        conv output anyway. Excludes ``pack_saved``.
 
     Returns:
       A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.

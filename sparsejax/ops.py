@@ -34,11 +34,14 @@ op's input, alive anyway) plus its mask bits, not as a dense copy W_s, and an
 ``act_saved`` rule with a static kept count (``TopK`` with a Python sparsity,
 including SWAT's ``ties="all"``, N:M, channel) saves A as
 :class:`sparsejax.compact.Packed` (bits + kept values) instead of a dense
-masked copy. Both are rebuilt in the backward pass, after dY exists. Without
-it W_s and A_s are saved as they are (no pack/unpack work in the step).
-``remat_saved=True`` instead rebuilds A_s in the backward pass from A's
-producer: with BatchNorm before the layer, the saved activation then costs no
-memory at all (see :class:`Policy`).
+masked copy. Both are rebuilt in the backward pass, after dY exists, and dW
+runs before dA so that the rebuilt A_s and dW's layout copies are freed
+before dA's output is allocated. Without it W_s and A_s are saved as they are
+(no pack/unpack work in the step). ``remat_saved=True`` instead rebuilds A_s
+in the backward pass from A's producer: with BatchNorm before the layer, the
+saved activation then costs no memory at all (see :class:`Policy`). In every
+mode W_s is built only once the layer's input exists, so the forward pass
+holds one layer's W_s at a time, not all of them.
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020;
@@ -92,18 +95,21 @@ class Policy:
         ops where the kept count is static (same result as masking).
       pack_saved: store A_s as bits + values when its kept count is static
         (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
-        :mod:`sparsejax.compact`) and a sparsified W as W + mask bits;
-        ``swat(..., pack_saved=True)`` sets it. Off by default: pack and unpack
-        are extra passes over A and W.
+        :mod:`sparsejax.compact`) and a sparsified W as W + mask bits, and run
+        dW before dA in the backward pass (the rebuilt A_s and dW's layout
+        copies are then freed before dA's output exists; dA and dW no longer
+        overlap); ``swat(..., pack_saved=True)`` sets it. Off by default: pack
+        and unpack are extra passes over A and W.
       remat_saved: recompute the activation saved for dW in the backward pass
         instead of keeping it from the forward pass. Its use there is made to
         read dY, so XLA cannot schedule it early: it fuses A's producer (e.g.
         BatchNorm + ReLU), the mask and the dW layout copy into one backward
         kernel that reads the producer's inputs, which a BatchNorm model keeps
-        for its own backward anyway. Measured on XLA:CPU: a CIFAR ResNet-18
-        SWAT step's temporary memory goes from 1.00x to 0.69x dense for a
-        5-6% slower step; a model without BatchNorm keeps its memory and pays
-        ~10%. Excludes ``pack_saved`` (nothing is left to pack).
+        for its own backward anyway. Measured on XLA:CPU (batch 32): a CIFAR
+        ResNet-18 SWAT step's temporary memory goes from 1.00x to 0.68x dense
+        for a 2-7% slower step; the BatchNorm-free reference CNN goes to 0.83x
+        (its ReLUs keep each conv output). Excludes ``pack_saved`` (nothing is
+        left to pack).
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
