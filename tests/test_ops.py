@@ -358,6 +358,23 @@ def test_rematerialised_saved_activation_gives_same_gradients(straight_through):
         np.testing.assert_array_equal(g, r)
 
 
+def test_conv_stats_report_what_the_forward_pass_selected():
+    a, w = rand(29, (4, 8, 8, 16), (3, 3, 16, 32))
+    a = jax.nn.relu(a)  # about half zeros: the input density the monitor reports
+    y, st = sparse_conv_general_dilated_with_stats(
+        a, w, (1, 1), "SAME", dimension_numbers=NHWC,
+        policy=Policy(weight=TopK(0.75), act_saved=TopK(0.9)))
+    kw, ka = math.ceil(0.25 * w.size), math.ceil(0.1 * a.size)
+    assert float(st.w_density) == pytest.approx(kw / w.size)
+    assert float(st.a_density) == pytest.approx(ka / a.size)
+    assert float(st.a_input_density) == pytest.approx(float(jnp.mean(a != 0)))
+    assert float(st.out_density) == 1.0
+    assert int(jnp.sum(jnp.abs(w) >= st.w_threshold)) == kw  # the smallest kept |W|
+    assert int(jnp.sum(jnp.abs(a) >= st.a_threshold)) == ka
+    w_s = jnp.where(jnp.abs(w) >= st.w_threshold, w, 0.0)
+    np.testing.assert_allclose(y, conv(a, w_s), rtol=1e-5, atol=1e-5)
+
+
 class _BNNet(nn.Module):
     """Conv -> BatchNorm -> ReLU, three times, every conv sparse under ``policy``."""
 
