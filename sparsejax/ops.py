@@ -451,10 +451,9 @@ def _live(dep: Array) -> Array:
 def _depends_on(p: compact.Packed, dtype) -> Array:
     """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
 
-    XLA:CPU drops ``optimization_barrier`` before scheduling and would otherwise
-    run the pack lazily in the backward pass, keeping the dense A and its
-    selection keys alive across the whole network. ``0 * finite`` is not folded
-    for floats, and NaN values cannot leak: only ``isnan`` of a value is read.
+    Otherwise XLA:CPU would run the pack lazily in the backward pass, keeping
+    the dense A and its selection keys alive across the whole network (see
+    :func:`_live` for why a data dependence, and why it is exact).
     """
     probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(jnp.max(p.values)).astype(jnp.float32)
     if p.ties is not None:
