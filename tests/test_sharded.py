@@ -20,6 +20,15 @@ def test_masks_on_sharded_arrays_match_unsharded():
         want = np.asarray(jax.jit(fn)(x))
         got = jax.jit(fn)(xs)
         assert np.array_equal(np.asarray(got), want)
+      # The CPU kernel has no partitioning rule: a sharded selection lowers to the
+      # search (sharded reductions, no gather); per-shard code keeps the kernel.
+      f = jax.jit(lambda a: sj.topk_mask(a, 0.7))
+      kernel = lambda lowered: "sparsejax_kth_largest_key" in lowered.as_text()
+      assert kernel(f.lower(x)) == sj.native.enabled() and not kernel(f.lower(xs))
+      local = jax.jit(jax.shard_map(lambda a: sj.topk_mask(a, 0.7), mesh=mesh,
+                                    in_specs=P("d", None), out_specs=P("d", None)))
+      assert kernel(local.lower(xs)) == sj.native.enabled()
+      assert int(local(xs).sum()) == 8 * sj.keep_count(0.7, x.size // 8)
       # The pruning transform's masks shard with the params.
       params = {"w": xs}
       tx = optax.chain(optax.sgd(0.1), sj.pruning(0.75))

@@ -17,6 +17,8 @@ it lowers to this kernel on the CPU and to the XLA search on other backends
 (traced only then), so a jitted step costs one equation per selection to
 trace. ``jax.export`` lowers the XLA search instead (even for the CPU): an
 exported artifact must not name a target that only this process registered.
+So does a module that XLA partitions over several CPU devices (the custom call
+has no partitioning rule; the search's reductions stay sharded).
 
 The kernel is compiled on first use with the system C++ compiler against the
 XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), with
