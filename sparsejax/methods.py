@@ -500,7 +500,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         where its budget is static (``period=1``, uniform or ERK, no
         ``sample_size``); the backward pass then runs dW before dA. Measured
         on a 2-core CPU, batch 32: step temporary memory 1.0x -> 0.75x dense
-        on ResNet-18 and 0.81x on the reference CNN, for a step 1.15x / 1.22x
+        on ResNet-18 and 0.81x on the reference CNN, for a step 1.14x / 1.21x
         dense.
       remat_saved: recompute each saved activation in the backward pass from
         its producer's inputs instead of keeping it (``Policy.remat_saved``).
