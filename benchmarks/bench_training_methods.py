@@ -25,7 +25,9 @@ rounds of the per-round ratio (benchmarks/common.py):
     the default ``swat(0.8)`` (saved activation kept as a masked dense array),
     ``swat(0.8, pack_saved=True)`` (bits + kept values; slower step) and
     ``swat(0.8, remat_saved=True)`` (recomputed in the backward pass from its
-    producer's inputs, which BatchNorm keeps anyway)
+    producer's inputs, which BatchNorm keeps anyway) and structured SWAT with
+    compacted channels (``swat80_channel_cdw``: the saved activation is the
+    kept channels)
   * jit compile time (trace + lower + compile) of a      <= 1.5x dense
     SWAT step (median over five rounds of the per-round ratio, configs
     interleaved, caches cleared before each compile)
@@ -188,7 +190,7 @@ def bench_model(model_name, configs, repeats, inner, compile_repeats, periods):
             row[name]["period_ratio"] = amortised
             targets.append(Target(f"{model_name} {name} step ratio over whole periods",
                                   amortised, "<=", bound))
-    for name in ("swat80_p1", "swat80_packed", "swat80_remat"):
+    for name in ("swat80_p1", "swat80_packed", "swat80_remat", "swat80_channel_cdw"):
         if name in row and row[name]["temp_ratio"] > 0:
             targets.append(Target(f"{model_name} {name} temp memory ratio",
                                   row[name]["temp_ratio"], "<=", 0.75))

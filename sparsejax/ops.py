@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparsejax import compact, select
+from sparsejax import compact, ordering, select
 from sparsejax.patterns import Channel
 from sparsejax.sparsifiers import (PatternRule, RandomProjection, SharedColumns, SlotInput,
                                    Sparsifier, projection_dim, ternary_projection)
@@ -435,25 +435,12 @@ def _density(x: Array) -> Array:
 _NAN = float("nan")
 
 
-def _live(dep: Array) -> Array:
-    """A boolean scalar that is always True but is computed from ``dep``.
-
-    ``where(_live(dep), x, 0)`` is ``x``, scheduled only once ``dep`` exists:
-    XLA:CPU drops ``optimization_barrier`` before scheduling, so a data
-    dependence is the only way to order independent work. ``0 * finite`` is not
-    folded for floats, and NaN cannot leak: only ``isnan`` of one value is read.
-    """
-    if dep.size == 0:
-        return jnp.asarray(True)
-    return jnp.isnan(dep.reshape(-1)[0]).astype(jnp.float32) * 0.0 == 0.0
-
-
 def _depends_on(p: compact.Packed, dtype) -> Array:
     """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
 
     Otherwise XLA:CPU would run the pack lazily in the backward pass, keeping
     the dense A and its selection keys alive across the whole network (see
-    :func:`_live` for why a data dependence, and why it is exact).
+    :func:`sparsejax.ordering.live` for why a data dependence, and why it is exact).
     """
     probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(jnp.max(p.values)).astype(jnp.float32)
     if p.ties is not None:
@@ -487,7 +474,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         # Built once the layer's input exists: XLA:CPU would otherwise schedule
         # every layer's W_s at the start of the step, holding all of them
         # through the forward pass (2 of the reference CNN's 24 MiB at its peak).
-        w_s = jnp.where(wmask & _live(a), w, jnp.zeros((), w.dtype))
+        w_s = jnp.where(wmask & ordering.live(a), w, jnp.zeros((), w.dtype))
 
     if plan is None:
         y, w_keep = op.apply(a, w_s), w_s
@@ -560,7 +547,7 @@ def _backward(cfg: _Cfg, res, cts):
     # Everything rebuilt from a packed residual reads dY, so that XLA neither hoists
     # the rebuild into the forward pass (keeping every layer's dense copy alive) nor
     # reuses the forward's word counts.
-    live = _live(g)
+    live = ordering.live(g)
     after = lambda x: jnp.where(live, x, jnp.zeros((), x.dtype))
     a_saved = res["a"]
     if isinstance(a_saved, compact.Packed):
@@ -602,7 +589,7 @@ def _backward(cfg: _Cfg, res, cts):
             # 19.5 MiB). Not with remat_saved: there it saves 1.5 MiB on that
             # model, nothing on ResNet-18, and costs ResNet-18 ~7% of a step (dA
             # and dW no longer run concurrently).
-            w_keep = jnp.where(_live(dw), w_keep, jnp.zeros((), w_keep.dtype))
+            w_keep = jnp.where(ordering.live(dw), w_keep, jnp.zeros((), w_keep.dtype))
         da = _t_a(op, w_keep, a_struct, g)
     else:
         n = idx.size
