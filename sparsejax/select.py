@@ -47,9 +47,9 @@ import math
 from typing import Callable, Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
-import jax.extend
 from jax import lax
 from jax.interpreters import batching, mlir
 

@@ -375,6 +375,14 @@ def test_conv_stats_report_what_the_forward_pass_selected():
     np.testing.assert_allclose(y, conv(a, w_s), rtol=1e-5, atol=1e-5)
 
 
+def _grad_temp_bytes(net, x):
+    """XLA's temporary bytes for the parameter gradient of ``sum(net(x))``."""
+    v = net.init(jax.random.key(1), x)
+    loss = lambda p: jnp.sum(net.apply({**v, "params": p}, x, mutable=["batch_stats"])[0])
+    return jax.jit(jax.grad(loss)).lower(v["params"]).compile().memory_analysis() \
+        .temp_size_in_bytes
+
+
 class _BNNet(nn.Module):
     """Conv -> BatchNorm -> ReLU, three times, every conv sparse under ``policy``."""
 
@@ -397,12 +405,9 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
     x = jax.random.normal(jax.random.key(0), (16, 32, 32, 8))
 
     def temp_bytes(remat):
-        net = _BNNet(Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"),
-                            remat_saved=remat))
-        v = net.init(jax.random.key(1), x)
-        loss = lambda p: net.apply({**v, "params": p}, x, mutable=["batch_stats"])[0]
-        step = jax.jit(jax.grad(loss)).lower(v["params"]).compile()
-        return step.memory_analysis().temp_size_in_bytes
+        return _grad_temp_bytes(_BNNet(Policy(weight=TopK(0.8, ties="all"),
+                                              act_saved=TopK(0.8, ties="all"),
+                                              remat_saved=remat)), x)
 
     saved = 16 * 32 * 32 * 32 * 4  # one float32 activation of a sparse layer
     assert temp_bytes(True) <= temp_bytes(False) - saved
@@ -423,11 +428,7 @@ def test_memory_modes_shrink_a_batchnorm_free_cnn_step():
     x = jax.random.normal(jax.random.key(0), (32, 32, 32, 3))
 
     def temp_bytes(method):
-        net = model if method is None else sparsify(model, method)
-        v = net.init(jax.random.key(1), x)
-        loss = lambda p: jnp.sum(net.apply({**v, "params": p}, x))
-        return jax.jit(jax.grad(loss)).lower(v["params"]).compile().memory_analysis() \
-            .temp_size_in_bytes
+        return _grad_temp_bytes(model if method is None else sparsify(model, method), x)
 
     dense = temp_bytes(None)
     assert temp_bytes(swat(0.8)) <= 1.05 * dense

@@ -23,9 +23,9 @@ has no partitioning rule; the search's reductions stay sharded).
 The kernel is compiled on first use with the system C++ compiler against the
 XLA FFI headers of the installed ``jaxlib`` (``jax.ffi.include_dir()``), with
 ``-march=native`` where the compiler takes it, once per source, jaxlib version
-and CPU, into ``$SPARSEJAX_CACHE`` (default ``~/.cache/sparsejax``). Without a compiler, or with ``SPARSEJAX_NATIVE=0``,
-or on any backend but the CPU, the XLA search runs instead, with identical
-results (the tests compare the two).
+and CPU, into ``$SPARSEJAX_CACHE`` (default ``~/.cache/sparsejax``). Without a
+compiler, or with ``SPARSEJAX_NATIVE=0``, or on any backend but the CPU, the
+XLA search runs instead, with identical results (the tests compare the two).
 
 Example:
   >>> from sparsejax import native

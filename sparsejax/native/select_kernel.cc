@@ -228,23 +228,22 @@ Result Select(int64_t n, int64_t k, Get get, ffi::ThreadPool* pool, int threads)
     }
     got[p].resize(j);
   });
-  std::vector<uint32_t> buf;
-  buf.reserve(n_lo1 - n_hi);
-  for (const auto& g : got) buf.insert(buf.end(), g.begin(), g.end());
-  const int64_t m = static_cast<int64_t>(buf.size());
-  // Rank inside the bracket: a histogram of (u - lo) over at most 4096 bins,
-  // then the keys of the one bin that holds rank r.
+  // Rank inside the bracket, reading the parts' buffers in place: a histogram
+  // of (u - lo) over at most 4096 bins, then the keys of the one bin that
+  // holds rank r.
   int64_t r = k - n_hi;  // rank from the top inside the bracket, 1-based
   int shift = 0;
   while (((hi - lo) >> shift) >= 4096) ++shift;
   std::vector<int64_t> h(((hi - lo) >> shift) + 1, 0);
-  for (uint32_t a : buf) h[(a - lo) >> shift]++;
+  for (const auto& g : got)
+    for (uint32_t a : g) h[(a - lo) >> shift]++;
   int64_t b = static_cast<int64_t>(h.size()) - 1;
   for (; b > 0 && h[b] < r; --b) r -= h[b];
   std::vector<uint32_t> bin;
   bin.reserve(h[b]);
-  for (uint32_t a : buf)
-    if (((a - lo) >> shift) == static_cast<uint32_t>(b)) bin.push_back(a);
+  for (const auto& g : got)
+    for (uint32_t a : g)
+      if (((a - lo) >> shift) == static_cast<uint32_t>(b)) bin.push_back(a);
   return RankIn(bin, r, k - r);  // k - r keys lie above the bin
 }
 
