@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 
-def live(dep: jax.Array) -> jax.Array:
+def live(dep: jax.typing.ArrayLike) -> jax.Array:
     """A boolean scalar that is always True but is computed from ``dep``.
 
     ``where(live(dep), x, 0)`` is ``x``, scheduled only once ``dep`` exists.
@@ -31,6 +31,7 @@ def live(dep: jax.Array) -> jax.Array:
     Returns:
       A traced ``True``.
     """
+    dep = jnp.asarray(dep)
     if dep.size == 0:
         return jnp.asarray(True)
     return jnp.isnan(dep.reshape(-1)[0]).astype(jnp.float32) * 0.0 == 0.0
