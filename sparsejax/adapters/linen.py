@@ -227,6 +227,7 @@ class Sparsified(nn.Module):
         method = self.method
         metrics_on = self.is_mutable_collection(common.METRICS)
         config = self.monitor
+        activations = common.SharedActivations()
 
         def interceptor(next_fun, args, kwargs, ctx):
             mod = ctx.module
@@ -254,7 +255,7 @@ class Sparsified(nn.Module):
                     shared = {k: v for k, v in shared_var.value.items() if k != "num_sparse_layers"}
                 res = common.run_layer(method, info, sparsities[path], state, shared,
                                        training and not initializing, op, lhs, rhs, op_args,
-                                       op_kwargs, config if metrics_on else None)
+                                       op_kwargs, config if metrics_on else None, activations)
                 if training and not initializing:
                     for k, v in vars_.items():
                         v.value = res.state[k]

@@ -89,12 +89,15 @@ class SparseOp(nnx.Module):
       info: the layer (static).
       sparsity: the layer's static sparsity.
       deterministic: evaluation mode (set by ``model.eval()``).
+      activations: the model's :class:`~sparsejax.adapters.common.SharedActivations`
+        (one per sparsified model, shared by its op modules).
     """
 
     def __init__(self, method: Method, info: LayerInfo, sparsity: float, kernel: jax.Array,
                  op: str, shared: Optional[SharedState], first: bool,
-                 monitor: Optional[MonitorConfig]):
+                 monitor: Optional[MonitorConfig], activations: common.SharedActivations):
         self.method = method
+        self.activations = activations
         self.info = info
         self.sparsity = sparsity
         self.op = op
@@ -118,7 +121,7 @@ class SparseOp(nnx.Module):
                 shared = self.method.refresh_shared(shared, self.shared.sizes)
         state = {k: v[...] for k, v in self.state.items()}
         res = common.run_layer(self.method, self.info, self.sparsity, state, shared, training, op,
-                               lhs, rhs, args, kwargs, self.monitor)
+                               lhs, rhs, args, kwargs, self.monitor, self.activations)
         if training:
             for k, v in self.state.items():
                 v[...] = res.state[k]
@@ -238,10 +241,11 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
         shared = SharedState(method, plan, shared_init)
         shared.sizes = {p: math.prod(layers[p].kernel.shape) for p in plan}
     by_path = {i.path: i for i in infos}
+    activations = common.SharedActivations()
     for n, (path, s) in enumerate(plan.items()):
         layer = layers[path]
         field = _field(layer)
         op = {"dot_general": "dot", "conv_general_dilated": "conv", "einsum_op": "einsum"}[field]
         setattr(layer, field, nnx.data(SparseOp(method, by_path[path], s, layer.kernel[...], op,
-                                                shared, n == 0, config)))
+                                                shared, n == 0, config, activations)))
     return model
