@@ -229,7 +229,8 @@ def unpack(p: Packed) -> Array:
     return dense.reshape(-1)[:size].reshape(p.shape)
 
 
-def packed_nbytes(shape: tuple[int, ...], k: int, dtype, ties: bool = False) -> int:
+def packed_nbytes(shape: tuple[int, ...], k: int, dtype: jax.typing.DTypeLike,
+                  ties: bool = False) -> int:
     """Bytes :func:`pack` uses for a tensor of ``shape`` with ``k`` value slots.
 
     Example:

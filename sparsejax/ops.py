@@ -68,6 +68,10 @@ from sparsejax.sparsifiers import (PatternRule, RandomProjection, SharedColumns,
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
+DTypeLike = jax.typing.DTypeLike
+# lax's argument types, as the drop-in signatures take them.
+DotDims = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
+Padding = str | Sequence[tuple[int, int]]
 
 _SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"))
 _FIELDS = ("sparsity", "threshold", "refresh", "mask")
@@ -650,9 +654,10 @@ def _dot_cfg(dimension_numbers, precision, preferred_element_type, policy, where
 
 
 def sparse_dot_general_with_stats(
-        lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
-        preferred_element_type=None, *, policy: Policy, aux: Optional[Aux] = None,
-        where: Optional[str] = None, out_sharding=None) -> tuple[Array, Stats]:
+        lhs: ArrayLike, rhs: ArrayLike, dimension_numbers: DotDims,
+        precision: lax.PrecisionLike = None, preferred_element_type: Optional[DTypeLike] = None,
+        *, policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
+        out_sharding: Any = None) -> tuple[Array, Stats]:
     """:func:`sparse_dot_general` that also returns the forward's :class:`Stats`.
 
     Returns:
@@ -664,10 +669,11 @@ def sparse_dot_general_with_stats(
     return _run(cfg, lhs, rhs, aux)
 
 
-def sparse_dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers, precision=None,
-                       preferred_element_type=None, *, policy: Policy,
+def sparse_dot_general(lhs: ArrayLike, rhs: ArrayLike, dimension_numbers: DotDims,
+                       precision: lax.PrecisionLike = None,
+                       preferred_element_type: Optional[DTypeLike] = None, *, policy: Policy,
                        aux: Optional[Aux] = None, where: Optional[str] = None,
-                       out_sharding=None) -> Array:
+                       out_sharding: Any = None) -> Array:
     """Drop-in ``lax.dot_general`` whose forward and backward follow ``policy``.
 
     Args:
@@ -710,11 +716,14 @@ def _conv_cfg(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
 
 
 def sparse_conv_general_dilated_with_stats(
-        lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
-        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-        batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
-        policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
-        out_sharding=None) -> tuple[Array, Stats]:
+        lhs: ArrayLike, rhs: ArrayLike, window_strides: Sequence[int], padding: Padding,
+        lhs_dilation: Optional[Sequence[int]] = None,
+        rhs_dilation: Optional[Sequence[int]] = None,
+        dimension_numbers: lax.ConvGeneralDilatedDimensionNumbers = None,
+        feature_group_count: int = 1, batch_group_count: int = 1,
+        precision: lax.PrecisionLike = None, preferred_element_type: Optional[DTypeLike] = None,
+        *, policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
+        out_sharding: Any = None) -> tuple[Array, Stats]:
     """:func:`sparse_conv_general_dilated` that also returns the forward's :class:`Stats`."""
     _no_sharding(out_sharding, where)
     cfg = _conv_cfg(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -724,11 +733,14 @@ def sparse_conv_general_dilated_with_stats(
 
 
 def sparse_conv_general_dilated(
-        lhs: ArrayLike, rhs: ArrayLike, window_strides, padding, lhs_dilation=None,
-        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-        batch_group_count: int = 1, precision=None, preferred_element_type=None, *,
-        policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
-        out_sharding=None) -> Array:
+        lhs: ArrayLike, rhs: ArrayLike, window_strides: Sequence[int], padding: Padding,
+        lhs_dilation: Optional[Sequence[int]] = None,
+        rhs_dilation: Optional[Sequence[int]] = None,
+        dimension_numbers: lax.ConvGeneralDilatedDimensionNumbers = None,
+        feature_group_count: int = 1, batch_group_count: int = 1,
+        precision: lax.PrecisionLike = None, preferred_element_type: Optional[DTypeLike] = None,
+        *, policy: Policy, aux: Optional[Aux] = None, where: Optional[str] = None,
+        out_sharding: Any = None) -> Array:
     """Drop-in ``lax.conv_general_dilated`` whose forward and backward follow ``policy``.
 
     Args:

@@ -461,7 +461,8 @@ def projection_dim(n_points: int, epsilon: float) -> int:
     return math.ceil(4 * math.log(max(n_points, 2)) / (epsilon**2 / 2 - epsilon**3 / 3))
 
 
-def ternary_projection(key: ArrayLike, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+def ternary_projection(key: ArrayLike, shape: tuple[int, ...],
+                       dtype: jax.typing.DTypeLike = jnp.float32) -> Array:
     """Sparse ternary random matrix: ``±√3`` with probability 1/6 each, else 0.
 
     Entries have zero mean and unit variance, so ``E[R Rᵀ] = k I`` for ``k``

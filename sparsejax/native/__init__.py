@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 
@@ -159,7 +159,7 @@ def enabled() -> bool:
     return _enabled[0] and available()
 
 
-def lowering(ctx, x, k, active):
+def lowering(ctx: Any, x: Any, k: Any, active: Any) -> Sequence[Any]:
     """MLIR lowering of ``sparsejax.select``'s ``kth_largest_key`` primitive on the CPU.
 
     The kernel's answer is an int32 vector ``(v, count(keys >= v), count(keys > v))``
@@ -168,8 +168,10 @@ def lowering(ctx, x, k, active):
     ``(-1, 0, 0)`` at no cost).
 
     Args:
-      ctx: the lowering context.
-      x, k, active: the operands.
+      ctx: the lowering context (``jax.interpreters.mlir.LoweringRuleContext``).
+      x: the keys' MLIR value.
+      k: the kept count's MLIR value.
+      active: the flag's MLIR value.
 
     Returns:
       The custom call's results.
