@@ -259,6 +259,16 @@ def test_layers_reading_one_activation_share_its_cached_threshold(api):
         np.testing.assert_allclose(dw[n], want, rtol=1e-5, atol=1e-5)
 
 
+def test_shared_activation_record_keeps_no_tracer_alive():
+    # The NNX model's record outlives every trace; it must not hold a trace's tracers.
+    x, c = _setup()
+    model = sparsify(NNXFork(nnx.Rngs(0)), methods.swat(0.5, period=3, dense_first=False), x)
+    step = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * c)))
+    with jax.checking_leaks():
+        step(model)
+    assert int(model.a.dot_general.state["step"][...]) == 1
+
+
 def test_layers_reading_different_activations_keep_their_own_thresholds():
     x, c = _setup()
     model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False))

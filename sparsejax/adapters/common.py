@@ -60,8 +60,8 @@ class SharedActivations:
     tracer per tensor under ``jit`` (the only place where XLA sees the copies
     together); an eager ``jax.grad`` re-wraps the tensor for every layer, so there
     each layer reads its own (equal) threshold. One instance lives for one model
-    call (linen) or one sparsified model (NNX); it holds weak references to the
-    tensors only, so entries of finished traces are dropped.
+    call (linen) or one sparsified model (NNX); it holds weak references only,
+    so no tracer outlives its trace through it.
 
     Example:
       >>> shared, x = SharedActivations(), jnp.ones((2, 3))
@@ -74,7 +74,8 @@ class SharedActivations:
     """
 
     def __init__(self):
-        self._seen: list[tuple[weakref.ref, Cached, ops.Aux]] = []
+        # Weak references only: (tensor, rule, its first reader's threshold and refresh flag).
+        self._seen: list[tuple[weakref.ref, Cached, weakref.ref, Optional[weakref.ref]]] = []
 
     def share(self, lhs: Any, rule: Any, aux: Optional[ops.Aux]) -> Optional[ops.Aux]:
         """``aux`` with the cached activation threshold of the first reader of ``lhs``.
@@ -94,10 +95,18 @@ class SharedActivations:
                 or aux.a_sparsity is not None):
             return aux
         self._seen = [e for e in self._seen if e[0]() is not None]
-        for ref, seen_rule, seen in self._seen:
-            if ref() is lhs and seen_rule == rule:
-                return aux._replace(a_threshold=seen.a_threshold, a_refresh=seen.a_refresh)
-        self._seen.append((weakref.ref(lhs), rule, aux))
+        for tensor, seen_rule, threshold, refresh in self._seen:
+            if (tensor() is lhs and seen_rule == rule
+                    and (refresh is None) == (aux.a_refresh is None)):
+                t, r = threshold(), refresh and refresh()
+                if t is None or (refresh is not None and r is None):
+                    return aux
+                return aux._replace(a_threshold=t, a_refresh=r)
+        try:
+            self._seen.append((weakref.ref(lhs), rule, weakref.ref(aux.a_threshold),
+                               None if aux.a_refresh is None else weakref.ref(aux.a_refresh)))
+        except TypeError:  # a Python scalar: nothing to share
+            pass
         return aux
 
 
