@@ -1,5 +1,8 @@
 """Tests of the linen and NNX adapters against dense references with explicit masks."""
 
+import copy
+import pickle
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -267,6 +270,20 @@ def test_shared_activation_record_keeps_no_tracer_alive():
     with jax.checking_leaks():
         step(model)
     assert int(model.a.dot_general.state["step"][...]) == 1
+
+
+def test_sparsified_nnx_model_pickles_and_copies_after_a_step():
+    x, c = _setup()
+    model = sparsify(NNXFork(nnx.Rngs(0)), methods.swat(0.5, period=3, dense_first=False), x)
+    nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * c)))(model)
+    model.eval()  # read-only state: the calls below change nothing
+    want = model(x)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        ops_ = (other.a.dot_general, other.b.dot_general)
+        assert ops_[0].activations is ops_[1].activations  # one record per model
+        assert ops_[0].activations is not model.a.dot_general.activations
+        assert int(ops_[0].state["step"][...]) == 1
+        np.testing.assert_array_equal(other(x), want)
 
 
 def test_layers_reading_different_activations_keep_their_own_thresholds():

@@ -77,6 +77,11 @@ class SharedActivations:
         # Weak references only: (tensor, rule, its first reader's threshold and refresh flag).
         self._seen: list[tuple[weakref.ref, Cached, weakref.ref, Optional[weakref.ref]]] = []
 
+    def __reduce__(self):
+        # A copied or pickled model starts with an empty record (it only ever
+        # describes the trace in progress).
+        return SharedActivations, ()
+
     def share(self, lhs: Any, rule: Any, aux: Optional[ops.Aux]) -> Optional[ops.Aux]:
         """``aux`` with the cached activation threshold of the first reader of ``lhs``.
 
