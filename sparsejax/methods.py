@@ -472,7 +472,10 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       period: recompute the exact thresholds every ``period`` steps and reuse the
         cached ones in between (the official ``topk_period``: 10–20 on CIFAR);
         ``1`` = exact top-K every step. The realised sparsity between refreshes
-        is reported by the monitor.
+        is reported by the monitor. Layers that read one activation at the same
+        sparsity (a block's output feeding conv1 and the projection shortcut)
+        share its cached threshold under ``jit``, so they save one copy of it
+        (:class:`sparsejax.adapters.common.SharedActivations`).
       dense_first: keep the first layer (in call order) dense (official CIFAR
         configs keep the first conv dense).
       dense_last: keep the last layer dense (the CIFAR configs keep the last FC
