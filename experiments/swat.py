@@ -13,7 +13,8 @@ Args (comma-separated, e.g. ``experiments/swat.py:model=vgg16,sparsity=0.9,smoke
   structured: none | slice | filter | channel.
   period: steps between exact top-K refreshes (1; the official code uses 10-20).
   saved: masked | packed | remat: how the activation saved for dW is kept (masked dense
-    array; bits + kept values; recomputed in the backward pass, least memory with BatchNorm).
+    array; bits + kept values, period 1 and uniform/erk only; recomputed in the backward pass,
+    least memory with BatchNorm).
   smoke: a few steps of a narrow model on the offline digits (seconds on CPU).
 """
 

@@ -344,6 +344,15 @@ class SWAT(Method):
         _check_bool(self.straight_through, "straight_through")
         _check_bool(self.pack_saved, "pack_saved")
         _check_bool(self.remat_saved, "remat_saved")
+        if self.pack_saved and (self.period > 1 or self.sample_size is not None
+                                or self._momentum):
+            raise ValueError(
+                f"swat(pack_saved=True) packs each saved activation into a fixed number of value "
+                f"slots, so its kept count must be known when tracing: period=1, no sample_size, "
+                f"distribution 'uniform' or 'erk'; got period={self.period}, sample_size="
+                f"{self.sample_size}, distribution={self.distribution!r}. With cached, sampled "
+                f"or momentum budgets use remat_saved=True (ResNet-18: 0.68x dense temporary "
+                f"memory at period 20 as at period 1).")
         if self.pack_saved and self.remat_saved:
             raise ValueError("swat(pack_saved=True, remat_saved=True): a recomputed activation "
                              "is never stored, so there is nothing to pack; choose one.")
@@ -499,12 +508,12 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         is re-scored every step, but they no longer accumulate gradient.
       pack_saved: store each saved activation as bits + kept values
         (``Policy.pack_saved``: about a quarter of its dense bytes at 80%),
-        and each kernel as itself plus its mask bits instead of a copy of W_s,
-        where its budget is static (``period=1``, uniform or ERK, no
-        ``sample_size``); the backward pass then runs dW before dA. Measured
-        on a 2-core CPU, batch 32: step temporary memory 1.0x -> 0.75x dense
-        on ResNet-18 and 0.81x on the reference CNN, for a step 1.14x / 1.21x
-        dense.
+        and each kernel as itself plus its mask bits instead of a copy of W_s;
+        the backward pass then runs dW before dA. Needs a static budget
+        (``period=1``, uniform or ERK, no ``sample_size``; other settings
+        raise). Measured on a 2-core CPU, batch 32: step temporary memory
+        1.0x -> 0.75x dense on ResNet-18 and 0.81x on the reference CNN, for a
+        step 1.09-1.14x / 1.21x dense.
       remat_saved: recompute each saved activation in the backward pass from
         its producer's inputs instead of keeping it (``Policy.remat_saved``).
         In a BatchNorm model those inputs are kept for BatchNorm's own backward,

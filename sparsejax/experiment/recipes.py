@@ -246,7 +246,8 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
       dense_last: keep the last layer dense.
       exclude: regex of module paths kept dense.
       saved: how the activation saved for dW is kept: ``"masked"`` (a masked dense
-        array, fastest), ``"packed"`` (bits + kept values, ``pack_saved``) or
+        array, fastest), ``"packed"`` (bits + kept values, ``pack_saved``; needs
+        ``period=1`` and a uniform or ERK budget) or
         ``"remat"`` (recomputed in the backward pass, ``remat_saved``: least memory
         with BatchNorm).
 
