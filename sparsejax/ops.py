@@ -97,8 +97,9 @@ class Policy:
         this also compacts the dW GEMM.
       compact: gather kept channels / shared gradient columns into smaller dense
         ops where the kept count is static (same result as masking).
-      pack_saved: store A_s as bits + values when its kept count is static
-        (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
+      pack_saved: store A_s as bits + values, which needs its kept count at
+        trace time (a ``TopK`` with a Python sparsity; other act_saved rules
+        raise) (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
         :mod:`sparsejax.compact`) and a sparsified W as W + mask bits, and run
         dW before dA in the backward pass (the rebuilt A_s and dW's layout
         copies are then freed before dA's output exists; dA and dW no longer
@@ -452,13 +453,20 @@ def _depends_on(p: compact.Packed, dtype) -> Array:
     return (probe * 0.0).astype(dtype)
 
 
-def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput):
+def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput, where: Optional[str]):
     """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``
-    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots`)."""
+    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots`); a rule without a
+    static kept count raises rather than storing the activation unpacked."""
     if not pol.pack_saved:
         return None
     slots = pol.act_saved.pack_slots(shape, given)
-    return slots if slots is not None and slots[0] < math.prod(shape) else None
+    if slots is None:
+        raise ValueError(
+            f"{where or 'sparse op'}: Policy.pack_saved needs the act_saved rule's kept count at "
+            f"trace time, but {pol.act_saved!r} has none here (a cached or sampled threshold, "
+            "or a traced sparsity in aux); use remat_saved=True, or a TopK with a Python "
+            "sparsity.")
+    return slots if slots[0] < math.prod(shape) else None
 
 
 def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
@@ -506,7 +514,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         given = _slot(aux, "a")
         amask, a_thr = pol.act_saved.keep(a, given, (), where)
         a_s = jnp.where(amask, a, jnp.zeros((), a.dtype))
-        room = _pack_room(pol, a.shape, given)
+        room = _pack_room(pol, a.shape, given, where)
         a_saved = a_s
         if plan is not None and plan.role == "in" and not pol.straight_through:
             a_saved = compact.take(a_s, plan.idx, plan.axis)
