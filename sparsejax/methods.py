@@ -362,7 +362,14 @@ class SWAT(Method):
         return self.distribution == "momentum"
 
     def _select(self, layers, chosen):
-        return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+        chosen = _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+        if self.structured is not False:
+            for c in chosen:
+                if c.kind != "conv":
+                    logger.info("%s: %s is a %s layer: unstructured top-K weights (structured=%r "
+                                "applies to convolutions)", self.name, c.path, c.kind,
+                                self.structured)
+        return chosen
 
     def sparsities(self, shapes):
         if self.distribution == "erk":

@@ -1,5 +1,7 @@
 """Tests of sparsejax.methods: constructors, plans, SWAT-M budgets, grad_drop."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,14 @@ def test_swat_uniform_plan_first_dense_last_sparse():
     assert set(plan.values()) == {0.8}
     plan = methods.swat(0.8, dense_first=False, dense_last=True).plan(LAYERS)
     assert list(plan) == ["Conv_0", "Block_0/Conv_0", "Block_0/Conv_1"]
+
+
+def test_structured_swat_logs_the_dense_layers_it_keeps_unstructured(caplog):
+    with caplog.at_level(logging.INFO, logger="sparsejax"):
+        plan = methods.swat(0.5, structured="channel").plan(LAYERS)
+    assert "head" in plan
+    assert "head is a dense layer: unstructured top-K weights" in caplog.text
+    assert "Block_0/Conv_0 is a" not in caplog.text
 
 
 def test_swat_include_exclude_by_module_path():
