@@ -1,6 +1,7 @@
 """Tests of the linen and NNX adapters against dense references with explicit masks."""
 
 import copy
+import logging
 import pickle
 
 import flax.linen as nn
@@ -503,6 +504,60 @@ def test_nnx_call_order_sets_first_layer_dense():
     net = sparsify(Net(nnx.Rngs(0)), methods.swat(0.5), x)
     assert net.z_first.dot_general is jax.lax.dot_general
     assert net.a_second.dot_general.info.path == "a_second"
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_conv_transpose_stays_dense_and_is_logged(api, caplog):
+    x = jnp.ones((2, 4, 4, 3))
+    with caplog.at_level(logging.INFO, logger="sparsejax"):
+        if api == "linen":
+            net = nn.Sequential([nn.Conv(4, (3, 3)), nn.ConvTranspose(4, (3, 3)), nn.Conv(4, (3, 3))])
+            v = sparsify(net, methods.swat(0.5, dense_first=False)).init(jax.random.key(0), x)
+            assert set(v["sparsity"]) == {"_method_shared", "layers_0", "layers_2"}
+        else:
+            rngs = nnx.Rngs(0)
+            net = nnx.Sequential(nnx.Conv(3, 4, (3, 3), rngs=rngs),
+                                 nnx.ConvTranspose(4, 4, (3, 3), rngs=rngs),
+                                 nnx.Conv(4, 4, (3, 3), rngs=rngs))
+            sparsify(net, methods.swat(0.5, dense_first=False), x)
+            assert [type(getattr(layer, "conv_general_dilated", None)).__name__
+                    for layer in net.layers] == ["SparseOp", "NoneType", "SparseOp"]
+    assert "ConvTranspose) has no" in caplog.text
+    assert "layers/1 (ConvTranspose)" in caplog.text or "layers_1 (ConvTranspose)" in caplog.text
+
+
+class _Nested(nn.Module):
+    """A linen model that sparsifies a submodel inside its own compact call."""
+
+    method: methods.Method
+
+    @nn.compact
+    def __call__(self, x):
+        return sparsify(MLP(), self.method)(x)
+
+
+@pytest.mark.parametrize("wrap", ["sequential", "nested"])
+def test_linen_layers_are_found_below_shared_or_nested_scopes(wrap):
+    # nn.Sequential's layers are bound before share_scope re-parents them (their
+    # scope.path still says "model/layers_0"), and a nested Sparsified sits below
+    # its parent's scope: both used to leave every layer silently dense.
+    x, c = _setup()
+    method = methods.swat(0.5, dense_first=False)
+    if wrap == "sequential":
+        model, names = sparsify(nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(4)]), method), \
+            ("layers_0", "layers_2")
+        scope = lambda tree: tree
+    else:
+        model, names = _Nested(method), ("Dense_0", "Dense_1")
+        scope = lambda tree: tree["MLP_0"]
+    v = model.init(jax.random.key(0), x)
+    assert set(scope(v["sparsity"])) == {"_method_shared", *names}
+    y, upd = model.apply(v, x, mutable=MUT)
+    p = scope(v["params"])
+    (w1, b1), (w2, b2) = ((p[n]["kernel"], p[n]["bias"]) for n in names)
+    h = jax.nn.relu(x @ (w1 * topk_mask(w1, 0.5)) + b1)
+    np.testing.assert_allclose(y, h @ (w2 * topk_mask(w2, 0.5)) + b2, rtol=1e-5, atol=1e-5)
+    assert float(scope(upd["sparsity"])[names[1]]["sparsity"]) == 0.5
 
 
 def test_einsum_layers_are_sparsified():

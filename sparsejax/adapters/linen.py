@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -55,8 +55,21 @@ _SUPPORTED_NAMES = "nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum"
 _NO_HOOK = (nn.ConvTranspose, nn.ConvLocal)
 
 
-def _path(module: nn.Module) -> str:
-    return "/".join(module.scope.path)
+def _path(module: nn.Module, root: Any = None) -> Optional[str]:
+    """``module``'s path below the scope ``root`` (``None``: below the top scope).
+
+    Read from the live parent chain, not ``scope.path``: that tuple is fixed when
+    a scope is made and goes stale when ``nn.share_scope`` re-parents a submodule
+    bound before it (the layers an ``nn.Sequential`` is given). ``None`` when
+    ``module`` is not below ``root``.
+    """
+    names, scope = [], module.scope
+    while scope is not root and scope.parent is not None:
+        names.append(scope.name)
+        scope = scope.parent
+    if root is not None and scope is not root:
+        return None
+    return "/".join(reversed(names))
 
 
 def _kind(module: nn.Module) -> str:
@@ -87,7 +100,7 @@ def _check_free_hook(module: nn.Module, path: str) -> None:
                          "custom op.")
 
 
-def _run_einsum(module: nn.Einsum, args, kwargs, dot) -> jax.Array:
+def _run_einsum(module: nn.Einsum, args, kwargs, dot, path: str) -> jax.Array:
     """nn.Einsum.__call__ with its contraction routed through ``dot``."""
     inputs = args[0]
     einsum_str = _einsum_str(module, args, kwargs)
@@ -99,7 +112,7 @@ def _run_einsum(module: nn.Einsum, args, kwargs, dot) -> jax.Array:
     inputs, kernel, bias = module.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
     y = common.sparse_einsum(einsum_str, inputs, kernel, precision=module.precision,
                              preferred_element_type=module.preferred_element_type, dot=dot,
-                             where=_path(module))
+                             where=path)
     if bias is not None:
         y = y + jnp.reshape(bias, broadcast_shape)
     return y
@@ -228,12 +241,13 @@ class Sparsified(nn.Module):
         metrics_on = self.is_mutable_collection(common.METRICS)
         config = self.monitor
         activations = common.SharedActivations()
+        root = self.scope  # shared with the model: layer paths are relative to it
 
         def interceptor(next_fun, args, kwargs, ctx):
             mod = ctx.module
             if ctx.method_name != "__call__" or not isinstance(mod, _SUPPORTED):
                 return next_fun(*args, **kwargs)
-            path = _path(mod)
+            path = _path(mod, root)
             if path not in sparsities:
                 return next_fun(*args, **kwargs)
             _check_free_hook(mod, path)
@@ -268,7 +282,7 @@ class Sparsified(nn.Module):
                 return res.y
 
             if isinstance(mod, nn.Einsum):
-                return _run_einsum(mod, args, kwargs, sparse_op)
+                return _run_einsum(mod, args, kwargs, sparse_op, path)
             field = "conv_general_dilated" if op == "conv" else "dot_general"
             object.__setattr__(mod, field, sparse_op)
             try:

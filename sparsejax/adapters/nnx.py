@@ -157,6 +157,8 @@ def _layers(model: nnx.Module) -> tuple[dict[str, nnx.Module], dict[str, str]]:
             if isinstance(getattr(node, _field(node)), SparseOp):
                 raise ValueError(f"{name!r} is already sparsified; call sparsify once per model.")
             layers[name] = node
+        elif isinstance(node, nnx.ConvTranspose):
+            logger.info("sparsify: %s (ConvTranspose) has no conv hook and stays dense", name)
     return layers, found
 
 
