@@ -560,6 +560,42 @@ def test_linen_layers_are_found_below_shared_or_nested_scopes(wrap):
     assert float(scope(upd["sparsity"])[names[1]]["sparsity"]) == 0.5
 
 
+class _Lifted(nn.Module):
+    """Layers inside lifted transforms: nn.remat and nn.scan (stacked state)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.remat(nn.Dense)(6)(x)
+
+        class Step(nn.Module):
+            @nn.compact
+            def __call__(self, c, _):
+                return nn.relu(nn.Dense(6)(c)), None
+
+        scan = nn.scan(Step, variable_axes={"params": 0, "sparsity": 0},
+                       split_rngs={"params": True}, length=3)
+        x, _ = scan(name="steps")(x, None)
+        return nn.Dense(4)(x)
+
+
+class _NestedLifted(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return sparsify(_Lifted(), methods.swat(0.5, dense_first=False))(x)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_linen_layers_inside_lifted_transforms_are_sparsified(nested):
+    x, _ = _setup()
+    model = _NestedLifted() if nested else sparsify(_Lifted(), methods.swat(0.5, dense_first=False))
+    v = model.init(jax.random.key(0), x)
+    state = v["sparsity"]["_Lifted_0"] if nested else v["sparsity"]
+    assert set(state) == {"_method_shared", "CheckpointDense_0", "steps", "Dense_0"}
+    assert state["steps"]["Dense_0"]["sparsity"].shape == (3,)  # one per scanned step
+    _, upd = model.apply(v, x, mutable=MUT)
+    assert jax.tree.map(jnp.shape, upd["sparsity"]) == jax.tree.map(jnp.shape, v["sparsity"])
+
+
 def test_einsum_layers_are_sparsified():
     class E(nn.Module):
         @nn.compact

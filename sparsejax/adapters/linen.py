@@ -56,20 +56,27 @@ _NO_HOOK = (nn.ConvTranspose, nn.ConvLocal)
 
 
 def _path(module: nn.Module, root: Any = None) -> Optional[str]:
-    """``module``'s path below the scope ``root`` (``None``: below the top scope).
+    """``module``'s path below the scope ``root`` (``None``: its full path).
 
-    Read from the live parent chain, not ``scope.path``: that tuple is fixed when
-    a scope is made and goes stale when ``nn.share_scope`` re-parents a submodule
-    bound before it (the layers an ``nn.Sequential`` is given). ``None`` when
-    ``module`` is not below ``root``.
+    Below ``root`` the path is read from the live parent chain rather than from
+    ``scope.path``: that tuple is fixed when a scope is made and goes stale when
+    ``nn.share_scope`` re-parents a submodule bound before it (the layers an
+    ``nn.Sequential`` is given still say ``model/layers_0``). Lifted transforms
+    (``nn.remat``, ``nn.scan``, ``nn.vmap``) run their body in a new scope tree
+    whose chain ends before ``root``; their ``scope.path`` is right and is used
+    with ``root``'s path removed. ``None`` when ``module`` is not below ``root``.
     """
+    full = tuple(module.scope.path)
+    if root is None:
+        return "/".join(full)
     names, scope = [], module.scope
-    while scope is not root and scope.parent is not None:
+    while scope is not None and scope is not root:
         names.append(scope.name)
         scope = scope.parent
-    if root is not None and scope is not root:
-        return None
-    return "/".join(reversed(names))
+    if scope is root:
+        return "/".join(reversed(names))
+    base = tuple(root.path)
+    return "/".join(full[len(base):]) if full[:len(base)] == base else None
 
 
 def _kind(module: nn.Module) -> str:
