@@ -491,7 +491,10 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         is reported by the monitor. Layers that read one activation at the same
         sparsity (a block's output feeding conv1 and the projection shortcut)
         share its cached threshold under ``jit``, so they save one copy of it
-        (:class:`sparsejax.adapters.common.SharedActivations`).
+        (:class:`sparsejax.adapters.common.SharedActivations`). The cache is per
+        layer: a layer called more than once per step (shared weights) advances
+        its counter once per call and caches its last call's activation
+        threshold, so keep such layers at ``period=1`` (or exclude them).
       dense_first: keep the first layer (in call order) dense (official CIFAR
         configs keep the first conv dense).
       dense_last: keep the last layer dense (the CIFAR configs keep the last FC
