@@ -596,6 +596,37 @@ def test_linen_layers_inside_lifted_transforms_are_sparsified(nested):
     assert jax.tree.map(jnp.shape, upd["sparsity"]) == jax.tree.map(jnp.shape, v["sparsity"])
 
 
+class _Stacked(nnx.Module):
+    """Three Linear layers stacked by nnx.vmap and run by nnx.scan, then a head."""
+
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return nnx.Linear(6, 6, rngs=rngs)
+
+        self.layers = make(rngs)
+        self.head = nnx.Linear(6, 4, rngs=rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def body(x, layer):
+            return nnx.relu(layer(x))
+
+        return self.head(body(x, self.layers))
+
+
+def test_nnx_stacked_layers_raise_naming_the_layer_and_can_be_excluded():
+    x, c = _setup()
+    with pytest.raises(ValueError, match=r"'layers' holds a stacked kernel of shape \(3, 6, 6\)"):
+        sparsify(_Stacked(nnx.Rngs(0)), methods.swat(0.5, dense_first=False), x)
+    model = sparsify(_Stacked(nnx.Rngs(0)),
+                     methods.swat(0.5, dense_first=False, exclude="^layers$"), x)
+    g = nnx.grad(lambda m: jnp.sum(m(x) * c))(model)
+    assert type(model.head.dot_general).__name__ == "SparseOp"
+    assert np.isfinite(g["layers"]["kernel"][...]).all()
+
+
 def test_einsum_layers_are_sparsified():
     class E(nn.Module):
         @nn.compact

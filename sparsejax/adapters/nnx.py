@@ -57,6 +57,15 @@ def _field(layer: nnx.Module) -> Optional[str]:
     return None
 
 
+def _unstacked_ndim(layer: nnx.Module) -> int:
+    """The kernel rank the layer's own attributes imply (one more per ``nnx.vmap`` stack axis)."""
+    if isinstance(layer, (nnx.Conv, nnx.Einsum)):
+        return len(layer.kernel_shape)
+    if isinstance(layer, nnx.LinearGeneral):
+        return len(layer.batch_axis) + len(layer.in_features) + len(layer.out_features)
+    return 2
+
+
 def _info(path: str, layer: nnx.Module) -> LayerInfo:
     shape = tuple(layer.kernel.shape)
     if isinstance(layer, nnx.Conv):
@@ -244,6 +253,14 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
         shared.sizes = {p: math.prod(layers[p].kernel.shape) for p in plan}
     by_path = {i.path: i for i in infos}
     activations = common.SharedActivations()
+    for path in plan:
+        kernel = layers[path].kernel
+        if kernel.ndim != _unstacked_ndim(layers[path]):
+            raise ValueError(
+                f"sparsify: {path!r} holds a stacked kernel of shape {tuple(kernel.shape)} (layers "
+                f"built under nnx.vmap, e.g. for nnx.scan over layers), but the sparse adapter "
+                f"keeps one unstacked state per layer. Exclude it (exclude={path!r}) or build "
+                "the layers as separate modules.")
     for n, (path, s) in enumerate(plan.items()):
         layer = layers[path]
         field = _field(layer)
