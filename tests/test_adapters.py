@@ -616,15 +616,63 @@ class _Stacked(nnx.Module):
         return self.head(body(x, self.layers))
 
 
-def test_nnx_stacked_layers_raise_naming_the_layer_and_can_be_excluded():
+class _Unstacked(nnx.Module):
+    """_Stacked's layers as three separate modules with the same weights."""
+
+    def __init__(self, stacked):
+        rngs = nnx.Rngs(0)
+        self.layers = nnx.List([nnx.Linear(6, 6, rngs=rngs) for _ in range(3)])
+        for i, layer in enumerate(self.layers):
+            layer.kernel[...] = stacked.layers.kernel[...][i]
+            layer.bias[...] = stacked.layers.bias[...][i]
+        self.head = nnx.Linear(6, 4, rngs=rngs)
+        self.head.kernel[...], self.head.bias[...] = stacked.head.kernel[...], stacked.head.bias[...]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = nnx.relu(layer(x))
+        return self.head(x)
+
+
+def test_nnx_stacked_layers_train_like_separate_layers():
+    # Layers stacked by nnx.vmap and run by nnx.scan keep one state per layer
+    # (stacked the same way), so they train exactly like separate modules.
     x, c = _setup()
-    with pytest.raises(ValueError, match=r"'layers' holds a stacked kernel of shape \(3, 6, 6\)"):
-        sparsify(_Stacked(nnx.Rngs(0)), methods.swat(0.5, dense_first=False), x)
+    method = methods.swat(0.5, period=2, dense_first=False)
+    stacked = _Stacked(nnx.Rngs(0))
+    separate = sparsify(_Unstacked(stacked), method, x)
+    stacked = sparsify(stacked, method, x)
+
+    def train(model):
+        opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+        step = nnx.jit(lambda m, o: o.update(m, nnx.grad(lambda m: jnp.sum(m(x) * c))(m)))
+        for _ in range(3):
+            step(model, opt)
+
+    train(stacked)
+    train(separate)
+    state = stacked.layers.dot_general.state
+    assert state["step"][...].tolist() == [3, 3, 3]
+    for i, layer in enumerate(separate.layers):
+        np.testing.assert_allclose(stacked.layers.kernel[...][i], layer.kernel[...], rtol=1e-5,
+                                   atol=1e-6)
+        for k in ("w_threshold", "a_threshold"):
+            np.testing.assert_allclose(state[k][...][i], layer.dot_general.state[k][...],
+                                       rtol=1e-5)
+    np.testing.assert_allclose(stacked.head.kernel[...], separate.head.kernel[...], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_nnx_stacked_layers_with_shared_budgets_raise_naming_the_layer():
+    x, _ = _setup()
+    for method in (methods.swat(0.5, distribution="erk", dense_first=False),
+                   methods.swat(0.5, distribution="momentum", dense_first=False)):
+        with pytest.raises(ValueError, match=r"'layers' holds 3 stacked layers .*exclude='layers'"):
+            sparsify(_Stacked(nnx.Rngs(0)), method, x)
     model = sparsify(_Stacked(nnx.Rngs(0)),
-                     methods.swat(0.5, dense_first=False, exclude="^layers$"), x)
-    g = nnx.grad(lambda m: jnp.sum(m(x) * c))(model)
+                     methods.swat(0.5, distribution="erk", dense_first=False, exclude="^layers$"), x)
     assert type(model.head.dot_general).__name__ == "SparseOp"
-    assert np.isfinite(g["layers"]["kernel"][...]).all()
+    assert model.layers.dot_general is jax.lax.dot_general
 
 
 def test_einsum_layers_are_sparsified():

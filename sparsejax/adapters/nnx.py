@@ -15,6 +15,11 @@ Training vs evaluation follows NNX's convention: ``model.eval()`` sets the op
 modules' ``deterministic`` attribute (evaluation: state read-only; SWAT uses
 its top-K weights unless ``sparse_eval=False``) and ``model.train()`` clears it.
 
+Layers stacked by ``nnx.vmap`` (to run under ``nnx.scan``) get their state
+stacked the same way, so each stacked layer keeps its own thresholds and trains
+as a separate module would; methods whose budgets depend on the number of
+layers (SWAT-ERK, SWAT-M) raise for them.
+
 Layer paths are the graph paths (``"conv1"``, ``"blocks/0/conv"``). Call order
 (for ``dense_first`` / ``dense_last``) comes from an abstract call with the
 example inputs given to :func:`sparsify`; without them the graph order is used.
@@ -66,8 +71,13 @@ def _unstacked_ndim(layer: nnx.Module) -> int:
     return 2
 
 
+def _stack_shape(layer: nnx.Module) -> tuple[int, ...]:
+    """Leading kernel dims added by ``nnx.vmap`` (layers stacked for ``nnx.scan``), or ``()``."""
+    return tuple(layer.kernel.shape[:layer.kernel.ndim - _unstacked_ndim(layer)])
+
+
 def _info(path: str, layer: nnx.Module) -> LayerInfo:
-    shape = tuple(layer.kernel.shape)
+    shape = tuple(layer.kernel.shape)[len(_stack_shape(layer)):]
     if isinstance(layer, nnx.Conv):
         return LayerInfo(path, "conv", shape, int(layer.out_features))
     if isinstance(layer, nnx.Einsum):
@@ -104,7 +114,8 @@ class SparseOp(nnx.Module):
 
     def __init__(self, method: Method, info: LayerInfo, sparsity: float, kernel: jax.Array,
                  op: str, shared: Optional[SharedState], first: bool,
-                 monitor: Optional[MonitorConfig], activations: common.SharedActivations):
+                 monitor: Optional[MonitorConfig], activations: common.SharedActivations,
+                 stack: tuple[int, ...] = ()):
         self.method = method
         self.activations = activations
         self.info = info
@@ -114,10 +125,12 @@ class SparseOp(nnx.Module):
         self.monitor = monitor
         self.deterministic = False
         self.shared = nnx.data(shared)
-        self.state = nnx.data({k: SparsityState(v) for k, v in
-                               method.init_state(info, sparsity, kernel).items()})
+        init = lambda k: method.init_state(info, sparsity, k)
+        for _ in stack:  # one state per stacked layer, sliced with the kernel by nnx.scan
+            init = jax.vmap(init)
+        self.state = nnx.data({k: SparsityState(v) for k, v in init(kernel).items()})
         if monitor is not None:
-            self.metrics = nnx.data({k: SparsityMetric(jnp.zeros((), jnp.float32)) for k in
+            self.metrics = nnx.data({k: SparsityMetric(jnp.zeros(stack, jnp.float32)) for k in
                                      ("act_zero_fraction", "act_tile_occupancy", "act_tile_density",
                                       "w_sparsity", "a_saved_sparsity", "out_sparsity")})
 
@@ -253,18 +266,22 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
         shared.sizes = {p: math.prod(layers[p].kernel.shape) for p in plan}
     by_path = {i.path: i for i in infos}
     activations = common.SharedActivations()
+    shapes = {p: by_path[p].kernel_shape for p in plan}
     for path in plan:
-        kernel = layers[path].kernel
-        if kernel.ndim != _unstacked_ndim(layers[path]):
+        stack = _stack_shape(layers[path])
+        if stack and (shared_init is not None or method.sparsities(
+                {**shapes, path + "#copy": shapes[path]})[path] != plan[path]):
             raise ValueError(
-                f"sparsify: {path!r} holds a stacked kernel of shape {tuple(kernel.shape)} (layers "
-                f"built under nnx.vmap, e.g. for nnx.scan over layers), but the sparse adapter "
-                f"keeps one unstacked state per layer. Exclude it (exclude={path!r}) or build "
-                "the layers as separate modules.")
+                f"sparsify: {path!r} holds {math.prod(stack)} stacked layers (kernel "
+                f"{tuple(layers[path].kernel.shape)}, built under nnx.vmap for nnx.scan), and "
+                f"{method.name}'s budgets depend on how many layers share them (ERK, SWAT-M), "
+                "which one stacked module cannot express. Use a uniform budget, exclude it "
+                f"(exclude={path!r}), or build the layers as separate modules.")
     for n, (path, s) in enumerate(plan.items()):
         layer = layers[path]
         field = _field(layer)
         op = {"dot_general": "dot", "conv_general_dilated": "conv", "einsum_op": "einsum"}[field]
         setattr(layer, field, nnx.data(SparseOp(method, by_path[path], s, layer.kernel[...], op,
-                                                shared, n == 0, config, activations)))
+                                                shared, n == 0, config, activations,
+                                                _stack_shape(layer))))
     return model
