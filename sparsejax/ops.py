@@ -97,14 +97,15 @@ class Policy:
         this also compacts the dW GEMM.
       compact: gather kept channels / shared gradient columns into smaller dense
         ops where the kept count is static (same result as masking).
-      pack_saved: store A_s as bits + values, which needs its kept count at
-        trace time (a ``TopK`` with a Python sparsity; other act_saved rules
-        raise) (residual 23% of dense at 80%, 26% with ``TopK(ties="all")``; see
-        :mod:`sparsejax.compact`) and a sparsified W as W + mask bits, and run
-        dW before dA in the backward pass (the rebuilt A_s and dW's layout
-        copies are then freed before dA's output exists; dA and dW no longer
-        overlap); ``swat(..., pack_saved=True)`` sets it. Off by default: pack
-        and unpack are extra passes over A and W.
+      pack_saved: store A_s as bits + values (residual 23% of dense at 80%,
+        26% with ``TopK(ties="all")``; see :mod:`sparsejax.compact`), which
+        needs the act_saved rule's kept count at trace time (``TopK`` with a
+        Python sparsity, N:M, channel; a cached or sampled threshold raises),
+        and a sparsified W as W + mask bits, and run dW before dA in the
+        backward pass (the rebuilt A_s and dW's layout copies are then freed
+        before dA's output exists; dA and dW no longer overlap);
+        ``swat(..., pack_saved=True)`` sets it. Off by default: pack and
+        unpack are extra passes over A and W.
       remat_saved: recompute the activation saved for dW in the backward pass
         instead of keeping it from the forward pass. Its use there is made to
         read dY, so XLA cannot schedule it early: it fuses A's producer (e.g.
