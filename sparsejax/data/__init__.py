@@ -1,7 +1,7 @@
 """Datasets of the experiment stack (TFDS-backed; imports TensorFlow Datasets).
 
 Not imported by the core ``sparsejax`` package. Importing it registers the offline
-``sklearn_digits`` TFDS builder.
+``sklearn_digits`` and ``mnist_5k`` TFDS builders (:mod:`sparsejax.data.offline`).
 
 Example:
   >>> from sparsejax import data
@@ -9,12 +9,13 @@ Example:
   >>> batch = train.get_batch(0)
 """
 
-from sparsejax.data.digits import SklearnDigits, prepare
+from sparsejax.data.offline import OFFLINE_BUILDERS, Mnist5k, SklearnDigits, prepare
 from sparsejax.data.pipeline import (DATASETS, Augmentation, Batch, Dataset, DatasetInfo,
                                      InMemoryDataset, StreamingDataset, load, normalize,
                                      random_crop_flip)
 
 __all__ = [
-    "DATASETS", "Augmentation", "Batch", "Dataset", "DatasetInfo", "InMemoryDataset",
-    "StreamingDataset", "SklearnDigits", "load", "normalize", "prepare", "random_crop_flip",
+    "DATASETS", "OFFLINE_BUILDERS", "Augmentation", "Batch", "Dataset", "DatasetInfo",
+    "InMemoryDataset", "Mnist5k", "SklearnDigits", "StreamingDataset", "load", "normalize",
+    "prepare", "random_crop_flip",
 ]

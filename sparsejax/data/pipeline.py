@@ -1,7 +1,7 @@
 """Input pipelines over TFDS: on-device batching for small datasets, tf.data for ImageNet.
 
-Small datasets (``sklearn_digits``, ``mnist``, ``cifar10``, ``cifar100``: at most a few
-hundred MB as uint8) are read once into memory, put on the device(s) as uint8 and
+Small datasets (``sklearn_digits``, ``mnist_5k``, ``mnist``, ``cifar10``, ``cifar100``: at
+most a few hundred MB as uint8) are read once into memory, put on the device(s) as uint8 and
 batched by one jitted function of the step number: shuffling is a permutation keyed
 by ``fold_in(key, epoch)``, augmentation is keyed by ``fold_in(key, step)``. So the
 data position of a run is just its step, and resuming from a checkpoint at step
@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from sparsejax.data.offline import OFFLINE_BUILDERS
 
 Batch = dict[str, jax.Array]
 
@@ -95,6 +97,8 @@ _SPECS: dict[str, _Spec] = {
     "sklearn_digits": _Spec(10, (8, 8, 1), (0.3052,), (0.3749,), Augmentation(1, False)),
     # No augmentation by default: the LeNet baselines of Han et al. use none.
     "mnist": _Spec(10, (28, 28, 1), (0.1307,), (0.3081,), Augmentation(0, False)),
+    # Mean/std of the 4,000 training images of the offline MNIST subset.
+    "mnist_5k": _Spec(10, (28, 28, 1), (0.1309,), (0.3080,), Augmentation(0, False)),
     "cifar10": _Spec(10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                      Augmentation(4, True)),
     "cifar100": _Spec(100, (32, 32, 3), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
@@ -508,9 +512,10 @@ def load(name: str, *, split: str = "train", batch_size: int,
     """Loads a TFDS image-classification dataset as a deterministic batched :class:`Dataset`.
 
     Args:
-      name: one of :data:`DATASETS`: ``"sklearn_digits"`` (offline default, built
-        locally on first use), ``"mnist"``, ``"cifar10"``, ``"cifar100"``,
-        ``"imagenet2012"``.
+      name: one of :data:`DATASETS`: ``"sklearn_digits"`` (offline default) and
+        ``"mnist_5k"`` (5,000 real MNIST images), both built locally on first use
+        with no network (:mod:`sparsejax.data.offline`), ``"mnist"``, ``"cifar10"``,
+        ``"cifar100"``, ``"imagenet2012"``.
       split: TFDS split string, slicing allowed (``"train[:90%]"``). ``"test"`` means
         ``"validation"`` for ImageNet.
       batch_size: global batch size.
@@ -524,7 +529,7 @@ def load(name: str, *, split: str = "train", batch_size: int,
         dataset: digits crop pad 1 without flip, MNIST none, CIFAR pad 4 + flip,
         ImageNet random-resized crop + flip.
       download: let TFDS download and prepare a missing dataset (network!). Without
-        it a missing dataset raises ``FileNotFoundError``. ``sklearn_digits`` is
+        it a missing dataset raises ``FileNotFoundError``. The offline datasets are
         always built locally, with no network access.
       image_size: output side for streamed datasets (ImageNet).
       shuffle_buffer: shuffle buffer of streamed datasets.
@@ -555,7 +560,7 @@ def load(name: str, *, split: str = "train", batch_size: int,
     augmentation = _resolve_augmentation(augment, train, spec)
     builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir),
                            try_gcs=False)
-    if download or name == "sklearn_digits":
+    if download or name in OFFLINE_BUILDERS:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     splits = builder.info.splits
