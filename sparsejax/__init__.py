@@ -9,6 +9,8 @@ from sparsejax import compression, costs, schedules, tensorcore
 from sparsejax.adapters import sparsify
 from sparsejax.adapters.linen import Sparsified
 from sparsejax.adapters.nnx import SparsityState
+from sparsejax.adapters.planning import LayerPlan, Plan, plan
+from sparsejax.adapters.weights import contraction_axes, effective_params
 from sparsejax.distributions import erk_sparsities
 from sparsejax.methods import Method, dense, dsg, grad_drop, meprop, momentum_budgets, ste, swat
 from sparsejax.monitor import MonitorConfig, flatten_metrics
@@ -17,7 +19,7 @@ from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,
                            sparse_dot_general_with_stats)
 from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block_mask,
-                                channel_mask, nm_mask, topk_mask)
+                                channel_mask, default_contraction_axes, nm_mask, topk_mask)
 from sparsejax.permutation import (PermutationResult, permute_channels, permute_for_nm,
                                    search_permutation)
 from sparsejax.select import (keep_count, kth_largest_key_along, magnitude_keys, select_topk,

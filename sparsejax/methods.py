@@ -47,6 +47,7 @@ References:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import math
@@ -74,6 +75,30 @@ logger = logging.getLogger("sparsejax")
 
 # SWAT-M caps every layer's density (Raihan & Aamodt, official code).
 MOMENTUM_DENSITY_CAP = 0.99
+# How SWAT-M re-shares the budget of layers over the cap (see momentum_budgets).
+_REDISTRIBUTIONS = ("official", "proportional")
+
+# Where Method.explain collects why layers stay dense (None: not collecting).
+_REASONS: contextvars.ContextVar[Optional[dict[str, str]]] = contextvars.ContextVar(
+    "sparsejax_dense_reasons", default=None)
+
+
+def stays_dense(method: str, path: str, reason: str, *, skipped: bool = False) -> None:
+    """Logs (and records for :meth:`Method.explain`) that a layer stays dense.
+
+    Args:
+      method: the method's name.
+      path: the layer's module path.
+      reason: why, e.g. ``"first layer"`` or ``"NM(2, 4) does not fit: ..."``.
+      skipped: the method would make the layer sparse but cannot (the layer
+        does not fit its pattern): logged at WARNING, like the pruning
+        functions' skips; a rule or a user choice (include / exclude, first /
+        last layer) is logged at INFO.
+    """
+    (logger.warning if skipped else logger.info)("%s: %s stays dense (%s)", method, path, reason)
+    reasons = _REASONS.get()
+    if reasons is not None:
+        reasons.setdefault(path, reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +112,20 @@ class LayerInfo:
       kernel_shape: the kernel's shape.
       out_features: number of output features (product of the kernel's output
         dims): the width meProp's ``k`` and DSG's neuron selection apply to.
+      contraction_axes: the kernel axes the layer contracts with its input
+        (non-negative, in kernel order): ``(0,)`` for Dense ``(in, out)`` and
+        DenseGeneral ``(in, heads, head_dim)``, ``(0, 1)`` for an attention
+        output projection ``(heads, head_dim, out)``, ``(2,)`` for Conv ``(h,
+        w, in, out)``, the kernel labels in the input and not in the output for
+        Einsum. N:M groups run along them, flattened. ``None``: unknown (the
+        bare-kernel rule :func:`sparsejax.patterns.default_contraction_axes`).
     """
 
     path: str
     kind: str
     kernel_shape: tuple[int, ...]
     out_features: int
+    contraction_axes: Optional[tuple[int, ...]] = None
 
     @property
     def size(self) -> int:
@@ -170,11 +203,11 @@ class Method:
         chosen = []
         for info in layers:
             if inc is not None and inc(info.path, None) is None:
-                logger.info("%s: %s stays dense (not matched by include)", self.name, info.path)
+                stays_dense(self.name, info.path, "not matched by include")
                 continue
             veto = exc(info.path, None) if exc is not None else None
             if veto is not None:
-                logger.info("%s: %s stays dense (%s)", self.name, info.path, veto)
+                stays_dense(self.name, info.path, str(veto))
                 continue
             chosen.append(info)
         chosen = self._select(list(layers), chosen)
@@ -183,8 +216,37 @@ class Method:
             logger.info("%s: %s sparse at %.4f", self.name, path, s)
         return plan
 
+    def explain(self, layers: Sequence[LayerInfo]) -> tuple[dict[str, float], dict[str, str]]:
+        """:meth:`plan` plus, for every layer left dense, why.
+
+        Args:
+          layers: every supported layer the model calls, in call order.
+
+        Returns:
+          ``(plan, reasons)``: the :meth:`plan` and ``path -> reason`` for each
+          dense layer (``"first layer"``, ``"excluded by ..."``, ``"NM(2, 4) does
+          not fit: ..."``).
+
+        Example:
+          >>> plan, why = swat(0.8).explain(layers)
+          >>> why["Conv_0"]
+          'first layer'
+        """
+        token = _REASONS.set({})
+        try:
+            plan = self.plan(layers)
+            reasons = _REASONS.get()
+        finally:
+            _REASONS.reset(token)
+        default = f"{self.name} makes no layer sparse" if not plan else f"not chosen by {self.name}"
+        return plan, {i.path: reasons.get(i.path, default) for i in layers if i.path not in plan}
+
     def _select(self, layers: list[LayerInfo], chosen: list[LayerInfo]) -> list[LayerInfo]:
-        """Method-specific filtering of the layers left by include/exclude."""
+        """Method-specific filtering of the layers left by include/exclude.
+
+        Report each layer dropped here with :func:`stays_dense` (its reason then
+        shows in :meth:`explain` and :func:`sparsejax.plan`).
+        """
         return chosen
 
     def sparsities(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
@@ -206,9 +268,19 @@ class Method:
         del plan
         return None
 
-    def refresh_shared(self, shared: State, sizes: Mapping[str, int]) -> State:
-        """Updates the shared state once per training step, before the layers run."""
-        del sizes
+    def refresh_shared(self, shared: State, sizes: Mapping[str, int],
+                       kernels: Optional[Mapping[str, Array]] = None,
+                       states: Optional[Mapping[str, State]] = None) -> State:
+        """Updates the shared state once per training step, before the layers run.
+
+        Args:
+          shared: the shared state.
+          sizes: sparse layer path -> kernel size.
+          kernels: sparse layer path -> its current kernel, when the adapter can
+            see every kernel before the first layer runs (linen); ``None`` otherwise.
+          states: sparse layer path -> its per-layer state, with ``kernels``.
+        """
+        del sizes, kernels, states
         return shared
 
     def policy_aux(self, info: LayerInfo, sparsity: float, state: State,
@@ -241,7 +313,7 @@ def _first_last(layers: list[LayerInfo], chosen: list[LayerInfo], dense_first: b
         drop[layers[-1].path] = "last"
     for c in chosen:
         if c.path in drop:
-            logger.info("%s: %s stays dense (%s layer)", name, c.path, drop[c.path])
+            stays_dense(name, c.path, f"{drop[c.path]} layer")
     return [c for c in chosen if c.path not in drop]
 
 
@@ -251,21 +323,41 @@ _STRUCTURES = {False: None, True: Channel((-2, -1)), "slice": Channel((-2, -1)),
 
 
 def momentum_budgets(sizes: Mapping[str, int], scores: Mapping[str, ArrayLike],
-                     sparsity: float, cap: float = MOMENTUM_DENSITY_CAP) -> dict[str, Array]:
+                     sparsity: float, cap: float = MOMENTUM_DENSITY_CAP,
+                     redistribution: str = "official") -> dict[str, Array]:
     """SWAT-M per-layer sparsities: non-zero budget ∝ mean |momentum|, capped.
 
-    The global budget ``(1 - sparsity) · Σ size`` is shared out in proportion to
-    each layer's score (mean |momentum| of its active weights); a layer whose
-    share would exceed ``cap · size`` gets exactly that and the residual is
-    re-shared among the others (at most ``len(sizes)`` rounds, unrolled, so it
-    runs under ``jit``). All-zero scores give the uniform split. Every layer
-    keeps at least one weight.
+    Every layer ``l`` first asks for ``ceil(m_l · (1 − sparsity) · Σ size)``
+    non-zeros, ``m_l`` its score (mean |momentum| of its active weights)
+    normalised to sum 1 over the layers. A layer asking for more than
+    ``cap · size`` is the overflow the two rules handle differently:
+
+    * ``"official"`` (default; the official code's ``sparsity_regrowth`` in
+      ``dynamic_sparsity.py``): that layer becomes fully **dense** (``size``
+      non-zeros, sparsity 0) and what it asked beyond ``size`` is the residual.
+      Rounds follow: while the residual exceeds the number of layers ``L`` (all
+      budgeted layers, capped ones included), every layer's count grows by the
+      same ``ceil(residual / L)``; a capped layer hands its share straight back
+      to the residual, a layer that now passes the cap becomes dense too. The
+      rounds stop when the residual is ``<= L`` (that remainder is dropped), when
+      the previous round's total already exceeded the global budget (the last
+      round stands, so the total may overshoot it by a few weights), or after
+      1000 rounds. Counts are integers (int32), as in the official code.
+    * ``"proportional"`` (sparsejax's earlier rule): the layer is held at exactly
+      ``cap · size`` and the budget left after the capped layers is re-shared in
+      proportion to the remaining layers' scores (at most ``L`` rounds), so the
+      total is exactly the global budget.
+
+    Both run under ``jit`` (the official rounds as a ``lax.while_loop``).
+    All-zero scores give the uniform split (the official code stops with
+    "Total Momentum was zero!"). Every layer keeps at least one weight.
 
     Args:
       sizes: layer path -> kernel size.
       scores: layer path -> non-negative score (traced scalars allowed).
       sparsity: global target in ``[0, 1)``.
       cap: density cap per layer (0.99 in SWAT-M).
+      redistribution: ``"official"`` or ``"proportional"`` (see above).
 
     Returns:
       Layer path -> float32 sparsity scalar.
@@ -274,29 +366,82 @@ def momentum_budgets(sizes: Mapping[str, int], scores: Mapping[str, ArrayLike],
       >>> s = momentum_budgets({"a": 100, "b": 100}, {"a": 3., "b": 1.}, 0.5)
       >>> [round(float(v), 4) for v in s.values()]
       [0.25, 0.75]
+      >>> s = momentum_budgets({"a": 10, "b": 100}, {"a": 1., "b": 1.}, 0.8)
+      >>> [round(float(v), 4) for v in s.values()]  # "a" asks for 11 > 9.9: dense
+      [0.0, 0.89]
 
     References:
-      Raihan & Aamodt, NeurIPS 2020 (SWAT-M); Dettmers & Zettlemoyer, "Sparse
-      Networks from Scratch: Faster Training without Losing Performance", 2019.
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (SWAT-M;
+      official code ``dynamic_sparsity.py``); Dettmers & Zettlemoyer, "Sparse
+      Networks from Scratch: Faster Training without Losing Performance", 2019
+      (momentum redistribution).
     """
+    if redistribution not in _REDISTRIBUTIONS:
+        raise ValueError(f"redistribution must be one of {_REDISTRIBUTIONS}, got "
+                         f"{redistribution!r}.")
     names = list(sizes)
     if not names:
         return {}
     size = jnp.asarray([sizes[n] for n in names], jnp.float32)
     score = jnp.maximum(jnp.stack([jnp.asarray(scores[n], jnp.float32) for n in names]), 0.0)
     score = jnp.where(jnp.sum(score) > 0, score, size)
-    budget = (1.0 - sparsity) * jnp.sum(size)
 
-    def share(capped):
-        left = budget - jnp.sum(jnp.where(capped, cap * size, 0.0))
-        free = jnp.sum(jnp.where(capped, 0.0, score))
-        return jnp.where(capped, cap * size, left * score / jnp.where(free > 0, free, 1.0))
+    if redistribution == "proportional":
+        budget = (1.0 - sparsity) * jnp.sum(size)
 
-    capped = jnp.zeros(len(names), bool)
-    for _ in range(len(names)):
-        capped = capped | (share(capped) > cap * size)
-    density = jnp.clip(share(capped) / size, 1.0 / size, cap)
-    return {n: 1.0 - density[i] for i, n in enumerate(names)}
+        def share(capped):
+            left = budget - jnp.sum(jnp.where(capped, cap * size, 0.0))
+            free = jnp.sum(jnp.where(capped, 0.0, score))
+            return jnp.where(capped, cap * size, left * score / jnp.where(free > 0, free, 1.0))
+
+        capped = jnp.zeros(len(names), bool)
+        for _ in range(len(names)):
+            capped = capped | (share(capped) > cap * size)
+        density = jnp.clip(share(capped) / size, 1.0 / size, cap)
+        return {n: 1.0 - density[i] for i, n in enumerate(names)}
+
+    # Official rounds, in integer counts. target is a host float (static sizes)
+    # when sparsity is; an integer total exceeds it iff it exceeds floor(target).
+    n_layers = len(names)
+    full = jnp.asarray([sizes[n] for n in names], jnp.int32)
+    target = (1.0 - sparsity) * float(sum(sizes[n] for n in names))
+    limit = jnp.floor(jnp.asarray(target, jnp.float32)).astype(jnp.int32) \
+        if not isinstance(target, float) else jnp.int32(math.floor(target))
+    ask = jnp.ceil(score / jnp.sum(score) * jnp.asarray(target, jnp.float32)).astype(jnp.int32)
+    over = cap * size
+
+    def cond(c):
+        _, _, residual, total, i = c
+        return (residual > 0) & (i < 1000) & (total <= limit)
+
+    def body(c):
+        count, extra, _, _, i = c
+        want = count + extra
+        capped = want.astype(jnp.float32) > over
+        count = jnp.where(capped, full, want)
+        residual = jnp.sum(jnp.where(capped, want - full, 0))
+        spread = residual > n_layers
+        extra = jnp.where(spread, (residual + n_layers - 1) // n_layers, extra)
+        return count, extra, jnp.where(spread, residual, 0), jnp.sum(count), i + 1
+
+    count, *_ = jax.lax.while_loop(cond, body, (ask, jnp.int32(0), jnp.int32(1),
+                                                jnp.int32(0), jnp.int32(0)))
+    dropped = (full - jnp.maximum(count, 1)).astype(jnp.float32)  # exact 0 for a dense layer
+    return {n: dropped[i] / size[i] for i, n in enumerate(names)}
+
+
+def _momentum_score(kernel: Array, prev_kernel: Array, threshold: Array) -> Array:
+    """Mean ``|kernel − prev_kernel|`` over the weights with ``|prev_kernel| >= threshold``.
+
+    With SGD the change is ``lr ·`` the momentum buffer, the same ``lr`` for every
+    layer, so after normalising over layers this is SWAT-M's mean |momentum| of
+    the active weights (official ``momentum_redistribution``).
+    """
+    new = jax.lax.stop_gradient(jnp.asarray(kernel, jnp.float32))
+    old = jnp.asarray(prev_kernel, jnp.float32)
+    active = jnp.abs(old) >= threshold
+    delta = jnp.where(active, jnp.abs(new - old), 0.0)
+    return jnp.sum(delta) / jnp.maximum(jnp.sum(active), 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,12 +452,14 @@ class SWAT(Method):
     distribution: str = "uniform"
     structured: Any = False
     period: int = 1
-    dense_first: bool = True
+    dense_first: Optional[bool] = None
     dense_last: bool = False
     sample_size: Optional[int] = None
     straight_through: bool = True
     pack_saved: bool = False
     remat_saved: bool = False
+    cache: str = "conv"
+    redistribution: str = "official"
 
     name: ClassVar[str] = "swat"
 
@@ -339,8 +486,16 @@ class SWAT(Method):
                 or self.period < 1:
             raise ValueError(f"swat(period=...) must be an int >= 1 (steps between exact top-K "
                              f"refreshes; 1 = exact top-K every step), got {self.period!r}.")
-        _check_bool(self.dense_first, "dense_first")
+        if self.dense_first is not None:
+            _check_bool(self.dense_first, "dense_first")
         _check_bool(self.dense_last, "dense_last")
+        if self.cache not in ("conv", "all"):
+            raise ValueError(f"swat(cache=...) must be 'conv' (with period > 1 only convolutions "
+                             f"reuse cached thresholds, as the official code) or 'all', got "
+                             f"{self.cache!r}.")
+        if self.redistribution not in _REDISTRIBUTIONS:
+            raise ValueError(f"swat(redistribution=...) must be 'official' or 'proportional' "
+                             f"(SWAT-M's re-share of capped budgets), got {self.redistribution!r}.")
         _check_bool(self.straight_through, "straight_through")
         _check_bool(self.pack_saved, "pack_saved")
         _check_bool(self.remat_saved, "remat_saved")
@@ -361,8 +516,20 @@ class SWAT(Method):
     def _momentum(self) -> bool:
         return self.distribution == "momentum"
 
+    @property
+    def first_dense(self) -> bool:
+        """Whether the first layer stays dense: ``dense_first``, or when it is ``None``
+        the official configs' choice (SWAT-U: dense; SWAT-ERK and SWAT-M: sparse)."""
+        if self.dense_first is not None:
+            return self.dense_first
+        return self.distribution == "uniform"
+
+    def _cached(self, info: LayerInfo) -> bool:
+        """Whether ``info`` reuses cached thresholds between refreshes."""
+        return self.period > 1 and (self.cache == "all" or info.kind == "conv")
+
     def _select(self, layers, chosen):
-        chosen = _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+        chosen = _first_last(layers, chosen, self.first_dense, self.dense_last, self.name)
         if self.structured is not False:
             for c in chosen:
                 if c.kind != "conv":
@@ -378,11 +545,13 @@ class SWAT(Method):
 
     def init_state(self, info, sparsity, kernel):
         state = super().init_state(info, sparsity, kernel)
-        if self.period > 1:
+        if self._cached(info):
             state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
                          a_threshold=jnp.zeros((), jnp.float32))
         if self._momentum:
+            # W_t and the threshold of step t: SWAT-M scores |W_{t+1} - W_t| on |W_t| >= it.
             state["prev_kernel"] = jnp.asarray(kernel)
+            state.setdefault("w_threshold", jnp.zeros((), jnp.float32))
         return state
 
     def init_shared(self, plan):
@@ -391,17 +560,28 @@ class SWAT(Method):
         return {"score": {p: jnp.zeros((), jnp.float32) for p in plan},
                 "sparsity": {p: jnp.asarray(s, jnp.float32) for p, s in plan.items()}}
 
-    def refresh_shared(self, shared, sizes):
+    def refresh_shared(self, shared, sizes, kernels=None, states=None):
         if not self._momentum:
             return shared
-        return {"score": shared["score"],
-                "sparsity": momentum_budgets(sizes, shared["score"], self.sparsity)}
+        score = shared["score"]
+        if kernels is not None and states is not None:
+            # The current step's momentum: W_{t+1} - W_t is the optimizer's last update.
+            score = {p: _momentum_score(kernels[p], states[p]["prev_kernel"],
+                                        states[p]["w_threshold"]) for p in sizes}
+        budgets = momentum_budgets(sizes, score, self.sparsity,
+                                   redistribution=self.redistribution)
+        # No update seen yet (the first step): keep the initial budgets, as the
+        # official code trains its first batch with them.
+        seen = sum(jnp.asarray(score[p], jnp.float32) for p in sizes) > 0
+        return {"score": score,
+                "sparsity": {p: jnp.where(seen, budgets[p], shared["sparsity"][p])
+                             for p in budgets}}
 
     def policy_aux(self, info, sparsity, state, shared, training):
         if not (training or self.sparse_eval):
             return None, None
         pattern = _STRUCTURES[self.structured]
-        cached = self.period > 1
+        cached = self._cached(info)
         kw = {}
         if pattern is not None and info.kind == "conv":
             w_rule = PatternRule(pattern, sparsity)
@@ -434,22 +614,23 @@ class SWAT(Method):
 
     def update(self, info, state, shared, stats, kernel):
         state = dict(state)
-        if self.period > 1:
-            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
-                         a_threshold=stats.a_threshold)
         if self._momentum:
-            k32 = jnp.asarray(kernel, jnp.float32)
-            delta = jnp.abs(k32 - state["prev_kernel"].astype(jnp.float32))
-            active = jnp.abs(k32) >= stats.w_threshold
-            score = jnp.sum(jnp.where(active, delta, 0.0)) / jnp.maximum(jnp.sum(active), 1)
+            # W_t - W_{t-1} on |W_{t-1}| >= its threshold: the previous step's momentum,
+            # used by refresh_shared only when the adapter passes no kernels (NNX).
+            score = _momentum_score(kernel, state["prev_kernel"], state["w_threshold"])
             state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
+            state["w_threshold"] = stats.w_threshold
             shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
             state["sparsity"] = shared["sparsity"][info.path]
+        if self._cached(info):
+            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
+                         a_threshold=stats.a_threshold)
         return state, shared
 
 
 def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | str = False,
-         period: int = 1, dense_first: bool = True, dense_last: bool = False,
+         period: int = 1, cache: str = "conv", dense_first: Optional[bool] = None,
+         dense_last: bool = False, redistribution: str = "official",
          include: Any = None, exclude: Any = None, sparse_eval: bool = True,
          sample_size: int | None = None, straight_through: bool = True,
          pack_saved: bool = False, remat_saved: bool = False) -> SWAT:
@@ -472,13 +653,20 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       distribution: ``"uniform"`` (SWAT-U); ``"erk"`` (SWAT-ERK: Erdős–Rényi-
         Kernel budgets via :func:`sparsejax.distributions.erk_sparsities`);
         ``"momentum"`` (SWAT-M: each step every layer's non-zero budget is
-        proportional to the mean |momentum| of its active weights, capped at 99%
-        density with the residual redistributed, see :func:`momentum_budgets`).
-        The momentum is read as the weight change between steps, ``|W_t −
-        W_{t−1}|`` (for SGD ``ΔW = −lr · momentum`` with one ``lr`` for every
-        layer, so the proportions are the momentum's); each layer keeps its
-        previous kernel in its state and the budgets computed from step ``t``'s
-        scores apply from step ``t + 1``. No optimizer plumbing is needed.
+        proportional to the mean |momentum| of its active weights; a layer over
+        99% density becomes dense and the excess is shared equally, see
+        :func:`momentum_budgets` and ``redistribution``). The momentum is read as
+        the optimizer's last update, ``|W_{t+1} − W_t|`` on the weights active
+        at step ``t`` (for SGD ``ΔW = −lr · momentum`` with one ``lr`` for every
+        layer, so the proportions are the momentum's); each layer keeps ``W_t``
+        and its threshold in its state, and the linen adapter scores every
+        layer with the current kernels before the first layer of step ``t + 1``
+        runs, so step ``t + 1`` uses the budgets of step ``t``'s momentum, as the
+        official code (which re-budgets right after ``optimizer.step()``). The
+        NNX adapter cannot see every kernel before its first layer runs and
+        scores ``|W_t − W_{t−1}|`` instead: one step behind. No optimizer
+        plumbing is needed. Budgets reach a cached layer (``period > 1``) at its
+        next refresh, as in the official conv layers.
       structured: ``False``: unstructured weights. ``True``/``"slice"``: score
         each (output filter, input channel) kernel slice of a conv by L1 and keep
         the top ``ceil((1 − s)·K·C)`` slices; ``"filter"``/``"channel"``: whole
@@ -487,18 +675,49 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         layers stay unstructured.
       period: recompute the exact thresholds every ``period`` steps and reuse the
         cached ones in between (the official ``topk_period``: 10–20 on CIFAR);
-        ``1`` = exact top-K every step. The realised sparsity between refreshes
-        is reported by the monitor. Layers that read one activation at the same
+        ``1`` = exact top-K every step. Which layers cache is ``cache``'s
+        choice. The realised sparsity between refreshes is reported by the
+        monitor. Refresh counter: each cached layer counts its own training calls
+        (the global step, for a layer called once per step) and refreshes when
+        ``count % period == 0``; the official code refreshes when the batch
+        index *within the epoch* is a multiple of ``period``, so its phase
+        restarts each epoch. On CIFAR-10 (391 batches per epoch) at period 20
+        that is 20 refreshes per epoch against 19.55 here (3,000 against 2,933
+        over 150 epochs) and a mean threshold age of 9.37 against 9.5 steps; at
+        period 10, 40 against 39.1. Both refresh at step 0 and keep the same
+        threshold between refreshes, so the difference is one shorter window
+        per epoch and no counter option is offered. Layers that read one activation at the same
         sparsity (a block's output feeding conv1 and the projection shortcut)
         share its cached threshold under ``jit``, so they save one copy of it
         (:class:`sparsejax.adapters.common.SharedActivations`). The cache is per
         layer: a layer called more than once per step (shared weights) advances
         its counter once per call and caches its last call's activation
         threshold, so keep such layers at ``period=1`` (or exclude them).
-      dense_first: keep the first layer (in call order) dense (official CIFAR
-        configs keep the first conv dense).
+      cache: with ``period > 1``, ``"conv"`` (default, the official code: its
+        conv layer reuses the cached weight and activation thresholds between
+        refreshes while its linear layer re-selects an exact top-K every batch)
+        caches convolutions only: Dense, DenseGeneral and Einsum layers select
+        exactly every step and keep no threshold state. ``"all"`` caches every
+        layer (cheaper selection, but a dense layer's kept fraction drifts
+        between refreshes: at period 2 one kept 10.6% of W and 21.9% of A at a
+        10% target).
+      dense_first: keep the first layer (in call order) dense. ``None``
+        (default) follows the official configs: dense for SWAT-U (the
+        ``unstructured_constant_*`` configs set ``sparsify_first_layer: False``),
+        sparse and inside the budget for SWAT-ERK and SWAT-M (every
+        ``unstructured_erdos_renyi_kernel_*`` and ``unstructured_momentum_*``
+        config sparsifies the first and the last layer). ``True`` keeps it dense
+        and outside the ERK / momentum budget.
       dense_last: keep the last layer dense (the CIFAR configs keep the last FC
         sparse, so the default is False).
+      redistribution: SWAT-M only: how the budget of layers over the 99% cap is
+        re-shared (:func:`momentum_budgets`). ``"official"`` (default, the
+        official ``sparsity_regrowth``): a layer over the cap becomes dense and
+        the excess is added in equal ``ceil(residual / #layers)`` shares, in
+        rounds, until the residual is at most one weight per layer.
+        ``"proportional"`` (sparsejax's earlier rule): the layer is held at 99%
+        density and the rest is re-shared in proportion to the scores, so the
+        total is exact. They agree while no layer reaches the cap.
       include: module-path rule of the layers to sparsify (default: all).
       exclude: module-path rule of layers to keep dense.
       sparse_eval: evaluate with the top-K weights (True) or dense (False).
@@ -538,15 +757,21 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
     Example:
       >>> method = swat(0.8, period=20)
       >>> model = sparsify(zoo.get_model("resnet18"), method)
+      >>> swat(0.9, distribution="erk")                    # first + last layer in the budget
+      >>> swat(0.9, distribution="momentum", period=20)    # SWAT-M as the official configs
 
     References:
-      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (and its
+      official code, github.com/AamirRaihan/SWAT); Evci et al., "Rigging the
+      Lottery: Making All Tickets Winners", ICML 2020 (ERK); Dettmers &
+      Zettlemoyer, "Sparse Networks from Scratch: Faster Training without Losing
+      Performance", 2019 (momentum redistribution).
     """
     return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
                 distribution=distribution, structured=structured, period=period,
                 dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
                 straight_through=straight_through, pack_saved=pack_saved,
-                remat_saved=remat_saved)
+                remat_saved=remat_saved, cache=cache, redistribution=redistribution)
 
 
 # ---------------------------------------------------------------------- STE
@@ -582,10 +807,10 @@ class STE(Method):
     def _select(self, layers, chosen):
         kept = []
         for c in chosen:
-            reason = self.pattern.ineligible(c.kernel_shape)
+            reason = self.pattern.along(c.contraction_axes).ineligible(c.kernel_shape)
             if reason:
-                logger.info("%s: %s stays dense (%r does not fit: %s)", self.name, c.path,
-                            self.pattern, reason)
+                stays_dense(self.name, c.path, f"{self.pattern!r} does not fit: {reason}",
+                            skipped=True)
             else:
                 kept.append(c)
         return kept
@@ -597,7 +822,8 @@ class STE(Method):
     def policy_aux(self, info, sparsity, state, shared, training):
         if not (training or self.sparse_eval):
             return None, None
-        rule = PatternRule(self.pattern, None if self.pattern.fixed_sparsity is not None
+        rule = PatternRule(self.pattern.along(info.contraction_axes),
+                           None if self.pattern.fixed_sparsity is not None
                            else sparsity)
         return Policy(weight=rule, weight_decay_pruned=float(self.decay),
                       straight_through=True), None
@@ -608,7 +834,11 @@ def ste(pattern: Pattern = NM(2, 4), *, sparsity: Optional[float] = None, decay:
     """STE / SR-STE: forward with the masked weight, dense gradient to the dense weight.
 
     Every step the mask is recomputed from the current dense weights (N:M groups
-    along the kernel's contraction axis by default); the backward passes the
+    along each layer's flattened contraction dimension, read from the layer:
+    the input axis of Dense / Conv kernels, axis 0 of a DenseGeneral ``(in,
+    heads, head_dim)``, axes ``(0, 1)`` of an attention output projection
+    ``(heads, head_dim, out)``, the contracted labels of an Einsum; see
+    :class:`sparsejax.patterns.NM`); the backward passes the
     gradient of the masked weight straight through to all of W. ``decay > 0``
     is SR-STE: ``λ · (1 − mask) · W`` is added to the gradient of the pruned
     weights. Layers that do not fit the pattern (e.g. a first conv with 3 input
@@ -705,7 +935,13 @@ def meprop(k: int | float, *, unified: bool = False, include: Any = None,
         error naming the layer) or a float in (0, 1) (the kept fraction of each
         layer's width, rounded up).
       unified: one shared set of ``k`` output columns for the whole batch, chosen
-        by ``Σ_batch |dY|``, so the backward runs as smaller dense GEMMs.
+        by ``Σ_batch |dY|``, so the backward runs as smaller dense GEMMs. On a
+        convolution the columns are output channels, shared by every example and
+        position: far more aggressive than per-example meProp, since only ``k``
+        filters get a gradient and ``dA`` passes through only those channels, so
+        in a deep residual net the early layers receive a small fraction of the
+        dense gradient and a learning rate tuned for dense training can overshoot
+        (use a smaller one, a larger ``k``, or per-example meProp there).
       include: module-path rule of the layers to sparsify.
       exclude: module-path rule of layers to keep dense.
 
@@ -719,7 +955,9 @@ def meprop(k: int | float, *, unified: bool = False, include: Any = None,
 
     References:
       Sun et al., "meProp: Sparsified Back Propagation for Accelerated Deep
-      Learning with Reduced Overfitting", ICML 2017.
+      Learning with Reduced Overfitting", ICML 2017; Sun et al., "Training
+      Simplification and Model Simplification for Deep Learning: A Minimal
+      Effort Back Propagation Method", IEEE TKDE 2018 (unified meProp).
     """
     return MeProp(include=include, exclude=exclude, k=k, unified=unified)
 

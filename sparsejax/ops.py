@@ -662,6 +662,42 @@ def _dot_cfg(dimension_numbers, precision, preferred_element_type, policy, where
     return _Cfg(_Dot(dn, _tuple(precision), preferred_element_type), policy, where)
 
 
+def forward_weight(w: ArrayLike, policy: Optional[Policy], aux: Optional[Aux] = None, *,
+                   where: Optional[str] = None) -> Array:
+    """The kernel ``W_s`` the forward of a sparse op under ``policy`` multiplies with.
+
+    The same selection as the op's forward (``policy.weight`` on ``w`` with the
+    ``w_*`` fields of ``aux``; a compacted channel rule keeps the same slices),
+    so a plain ``lax.dot_general`` / ``conv_general_dilated`` with ``W_s``
+    reproduces the op's forward output whenever the policy has no ``out`` rule
+    (DSG's, which masks outputs, not weights).
+
+    Args:
+      w: the kernel.
+      policy: the op's policy; ``None`` (a dense call) or a policy without a
+        ``weight`` rule returns ``w`` unchanged.
+      aux: the op's dynamic inputs.
+      where: layer name for error messages.
+
+    Returns:
+      ``where(mask, w, 0)`` (``w``'s dtype), or ``w``.
+
+    Example:
+      >>> forward_weight(jnp.array([[1.], [4.], [3.], [2.]]),
+      ...                Policy(weight=PatternRule(NM(2, 4)))).ravel().tolist()
+      [0.0, 4.0, 3.0, 0.0]
+
+    References:
+      Raihan & Aamodt, NeurIPS 2020 (SWAT's top-K forward weights); Mishra et
+      al., arXiv:2104.08378 (N:M).
+    """
+    w = jnp.asarray(w)
+    if policy is None or policy.weight is None:
+        return w
+    mask, _ = policy.weight.keep(w, _slot(Aux() if aux is None else aux, "w"), (), where)
+    return jnp.where(mask, w, jnp.zeros((), w.dtype))
+
+
 def sparse_dot_general_with_stats(
         lhs: ArrayLike, rhs: ArrayLike, dimension_numbers: DotDims,
         precision: lax.PrecisionLike = None, preferred_element_type: Optional[DTypeLike] = None,

@@ -6,9 +6,12 @@ a bool mask of the array's shape, always through the one selection routine
 :func:`sparsejax.select.select_topk`:
 
 * :class:`Unstructured` – individual entries by magnitude.
-* :class:`NM` – exactly ``n`` of every ``m`` consecutive entries along ``axis``
-  (default ``-2``: the contraction axis of Flax ``Dense`` ``(in, out)`` and
-  ``Conv`` ``(h, w, in, out)`` kernels, where sparse tensor cores group them).
+* :class:`NM` – exactly ``n`` of every ``m`` consecutive entries along the
+  kernel's flattened contraction (input) dimension, where sparse tensor cores
+  group them: derived from the layer by the adapters (``DenseGeneral`` /
+  ``Einsum`` kernels may contract several axes), from a per-path map at the
+  tree level, or from the kernel's rank for a bare array
+  (:func:`default_contraction_axes`); ``NM(n, m, axis=...)`` overrides it.
 * :class:`Channel` – whole slices indexed by ``axes`` (e.g. ``(-1,)`` output
   filters, ``(-2,)`` input channels, ``(-2, -1)`` SWAT's (filter, channel)
   kernel slices), scored by mean ``|w|`` (the L1 norm per entry).
@@ -28,10 +31,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sparsejax import select
@@ -47,12 +51,28 @@ class Pattern:
 
     supports_global = False
 
+    @property
+    def uses_contraction_axes(self) -> bool:
+        """Whether the pattern groups along each kernel's contraction axes (``NM(n, m)``)."""
+        return False
+
     def mask(self, x: ArrayLike, sparsity: ArrayLike, where: str | None = None) -> Array:
         """Bool mask of ``x``'s shape removing ``sparsity`` of it under this pattern."""
         raise NotImplementedError
 
     def ineligible(self, shape: tuple[int, ...]) -> Optional[str]:
         """Reason why a leaf of ``shape`` cannot take this pattern, or ``None``."""
+        return None
+
+    def along(self, axes: Any) -> "Pattern":
+        """This pattern for a layer whose contraction axes are ``axes`` (N:M binds them)."""
+        del axes
+        return self
+
+    def ambiguous(self, shape: tuple[int, ...], where: Optional[str] = None) -> Optional[str]:
+        """Why this pattern cannot tell how to apply to a bare leaf of ``shape`` (refused
+        rather than skipped by the tree level), or ``None``."""
+        del shape, where
         return None
 
     @property
@@ -86,27 +106,123 @@ class Unstructured(Pattern):
         return unit_mask.reshape(shape)
 
 
+Axes = Optional[Union[int, tuple[int, ...]]]
+
+
+def default_contraction_axes(shape: tuple[int, ...]) -> Optional[tuple[int, ...]]:
+    """The contraction axes of a bare kernel of ``shape`` (no layer information).
+
+    The documented rule of the tree-level functions when no per-path axes are
+    given: a rank-2 kernel is a Dense ``(in, out)`` (axis ``0``), a rank-4
+    kernel a 2-D Conv ``(h, w, in, out)`` (axis ``2``, the input channels at
+    each spatial position). Any other rank is ambiguous and gives ``None``:
+    a rank-3 kernel may be a DenseGeneral query ``(in, heads, head_dim)``
+    (contracting axis 0), an attention output projection ``(heads, head_dim,
+    out)`` (axes 0 and 1) or a 1-D Conv ``(w, in, out)`` (axis 1).
+
+    Args:
+      shape: the kernel's shape.
+
+    Returns:
+      The contraction axes (non-negative), or ``None`` when the rank does not
+      determine them.
+
+    Example:
+      >>> default_contraction_axes((64, 10)), default_contraction_axes((3, 3, 16, 32))
+      ((0,), (2,))
+      >>> default_contraction_axes((192, 3, 64)) is None
+      True
+
+    References:
+      Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378
+      (2:4 along the GEMM's K dimension); NVIDIA apex ASP.
+    """
+    if len(shape) == 2:
+        return (0,)
+    if len(shape) == 4:
+        return (2,)
+    return None
+
+
+def _canonical_axes(axis: Any) -> Axes:
+    if axis is None:
+        return None
+    if isinstance(axis, (list, tuple)):
+        axes = tuple(axis)
+        if not axes:
+            raise ValueError("NM(axis=()) needs at least one axis (or axis=None: the layer's "
+                             "contraction axes).")
+        if any(isinstance(a, bool) or not isinstance(a, int) for a in axes):
+            raise TypeError(f"NM(axis=...) needs an int or a tuple of ints, got {axis!r}.")
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"NM(axis={axis!r}) repeats an axis.")
+        return axes[0] if len(axes) == 1 else axes
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"NM(axis=...) needs an int, a tuple of ints or None, got {axis!r}.")
+    return axis
+
+
+def _resolve_axes(axis: Axes, ndim: int, where: Optional[str] = None) -> tuple[int, ...]:
+    """``axis`` as a tuple of distinct non-negative axes of a rank-``ndim`` array."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = tuple(normalize_axis(a, ndim, where) for a in axes)
+    if len(set(out)) != len(out):
+        raise ValueError(f"N:M axes {axis!r} name one axis twice for a rank-{ndim} array"
+                         f"{' (' + repr(where) + ')' if where else ''}.")
+    return out
+
+
+_AMBIGUOUS_FIX = ("pass the contraction axes: NM(n, m, axis=...) for one kernel, an axes map "
+                  "{path: axes} to compute_masks / prune / pruning (e.g. from "
+                  "sparsejax.contraction_axes(model, x)), or use the model-aware route "
+                  "sparsify(model, ste(NM(n, m)))")
+
+
 @dataclasses.dataclass(frozen=True)
 class NM(Pattern):
-    """Keep ``n`` of every ``m`` consecutive entries along ``axis``.
+    """Keep ``n`` of every ``m`` consecutive entries along the contraction dimension.
+
+    Groups run along the kernel's *flattened contraction (input) dimension*,
+    the GEMM's K where sparse tensor cores group 2:4: the contraction axes are
+    moved together (kept in kernel order) and flattened, groups of ``m``
+    consecutive entries are taken along them, separately for every output (and
+    batch / spatial) index, and the mask is reshaped back. For a Conv
+    ``(h, w, in, out)`` the groups run along ``in`` at each spatial position.
+
+    Which axes contract:
+
+    * ``axis=None`` (default): the layer's own contraction axes. The adapters
+      (:func:`sparsejax.sparsify`) derive them from the module (Dense /
+      Linear ``(in, out)`` -> ``(0,)``; DenseGeneral ``(in, heads, head_dim)``
+      -> ``(0,)``; DenseGeneral over ``axis=(-2, -1)`` with kernel
+      ``(heads, head_dim, out)`` -> ``(0, 1)``; Einsum -> the kernel labels
+      also in the input and not in the output; Conv -> the input-channel
+      axis). On a bare array (tree-level pruning without an axes map) the rule
+      is :func:`default_contraction_axes` (rank 2 -> axis 0, rank 4 -> axis 2);
+      other ranks are ambiguous and refused with a message naming the fix.
+    * ``axis=int`` or ``tuple``: an explicit override, used for every kernel.
 
     Args:
       n: kept entries per group, ``0 < n <= m``.
       m: group size.
-      axis: grouped axis; ``-2`` is the input (contraction) axis of Flax Dense
-        and Conv kernels.
+      axis: ``None`` (the contraction axes, see above), an axis or a tuple of
+        axes flattened in the given order.
 
     Example:
       >>> NM(2, 4).mask(jnp.array([[1.], [4.], [3.], [2.]]), None).ravel().tolist()
       [False, True, True, False]
+      >>> w = jnp.arange(16.).reshape(2, 2, 4)   # (heads, head_dim, out), K = 4
+      >>> int(NM(2, 4, axis=(0, 1)).mask(w).sum())
+      8
 
     References:
-      Mishra et al. 2021, arXiv:2104.08378; NVIDIA apex ASP.
+      Mishra et al., "Accelerating Sparse Deep Neural Networks",
+      arXiv:2104.08378 (2:4 along the contraction dimension); NVIDIA apex ASP.
     """
 
     n: int = 2
     m: int = 4
-    axis: int = -2
+    axis: Axes = None
 
     def __post_init__(self):
         if not (isinstance(self.n, int) and isinstance(self.m, int)):
@@ -114,21 +230,67 @@ class NM(Pattern):
         if self.m <= 0 or not 0 < self.n <= self.m:
             raise ValueError(f"NM needs 0 < n <= m and m > 0, got n={self.n}, m={self.m} "
                              "(2:4 is NM(2, 4)).")
+        object.__setattr__(self, "axis", _canonical_axes(self.axis))
 
     @property
     def fixed_sparsity(self) -> float:
         return 1.0 - self.n / self.m
 
+    @property
+    def uses_contraction_axes(self) -> bool:
+        return self.axis is None
+
+    def along(self, axes: Axes) -> "NM":
+        """This pattern for a layer whose contraction axes are ``axes``.
+
+        An explicit ``axis`` wins; ``axes=None`` (unknown) leaves the pattern as is.
+        """
+        if self.axis is not None or axes is None:
+            return self
+        return dataclasses.replace(self, axis=axes)
+
+    def axes_for(self, shape: tuple[int, ...], where: Optional[str] = None) -> tuple[int, ...]:
+        """The grouped axes of a kernel of ``shape`` (non-negative, in flattening order).
+
+        Raises:
+          ValueError: ``axis=None`` and the rank is ambiguous (the message names
+            ``where`` and the fix), or an axis is out of range.
+        """
+        if self.axis is None:
+            axes = default_contraction_axes(tuple(shape))
+            if axes is None:
+                raise ValueError(self.ambiguous(shape, where))
+            return axes
+        return _resolve_axes(self.axis, len(shape), where)
+
+    def ambiguous(self, shape: tuple[int, ...], where: Optional[str] = None) -> Optional[str]:
+        """Why the contraction axes of a bare kernel of ``shape`` are unknown, or ``None``."""
+        if self.axis is not None or len(shape) < 2 or default_contraction_axes(tuple(shape)):
+            return None
+        label = f"{where!r} " if where else ""
+        return (f"{self!r}: the contraction axes of the rank-{len(shape)} kernel {label}"
+                f"{tuple(shape)} are ambiguous (e.g. (in, heads, head_dim) contracts axis 0, "
+                f"(heads, head_dim, out) axes (0, 1), a 1-D conv (w, in, out) axis 1); "
+                + _AMBIGUOUS_FIX + ".")
+
     def ineligible(self, shape):
-        if not -len(shape) <= self.axis < len(shape):
+        if self.axis is None and len(shape) < 2:
+            return f"a rank-{len(shape)} leaf has no axis to group along"
+        if self.ambiguous(shape):
+            return self.ambiguous(shape)
+        if self.axis is not None and any(not -len(shape) <= a < len(shape) for a in
+                                         ((self.axis,) if isinstance(self.axis, int) else self.axis)):
             return f"rank {len(shape)} has no axis {self.axis}"
-        size = shape[self.axis]
+        axes = self.axes_for(shape)
+        size = math.prod(shape[a] for a in axes)
         if size % self.m:
-            return f"axis {self.axis} has length {size}, not divisible by m={self.m}"
+            what = f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes} (flattened)"
+            return f"{what} has length {size}, not divisible by m={self.m}"
         return None
 
     def mask(self, x, sparsity=None, where=None):
-        return nm_mask(x, self.n, self.m, self.axis, where=where)
+        x = jnp.asarray(x)
+        return nm_mask(x, self.n, self.m, self.axes_for(x.shape, where), where=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,20 +405,24 @@ class Block(Pattern):
         return self.expand(m, x.shape)
 
 
-def nm_mask(x: ArrayLike, n: int, m: int, axis: int = -2, *,
+def nm_mask(x: ArrayLike, n: int, m: int, axis: Axes = None, *,
             where: str | None = None) -> Array:
     """Bool mask with exactly ``n`` True in every group of ``m`` along ``axis``.
 
-    Groups are ``m`` consecutive entries along ``axis``; inside each group an
-    entry's rank is the number of entries with a larger magnitude (or equal and
-    earlier), computed with ``m`` vectorised comparisons, never a sort. NaNs are
-    never kept (a group with more than ``m - n`` NaNs keeps fewer than ``n``).
+    Groups are ``m`` consecutive entries along ``axis``, or, for a tuple of
+    axes, along those axes flattened in the given order (the flattened
+    contraction dimension of a DenseGeneral / Einsum kernel); inside each group
+    an entry's rank is the number of entries with a larger magnitude (or equal
+    and earlier), computed with ``m`` vectorised comparisons, never a sort. NaNs
+    are never kept (a group with more than ``m - n`` NaNs keeps fewer than ``n``).
 
     Args:
-      x: floating array with ``x.shape[axis] % m == 0``.
+      x: floating array whose grouped size is divisible by ``m``.
       n: kept entries per group.
       m: group size.
-      axis: grouped axis (default ``-2``, the contraction axis of Flax kernels).
+      axis: grouped axis or tuple of axes; ``None`` (default) applies the
+        bare-kernel rule :func:`default_contraction_axes` (rank 2 -> 0, rank 4
+        -> 2, other ranks refused).
       where: parameter path used in error messages.
 
     Returns:
@@ -269,16 +435,17 @@ def nm_mask(x: ArrayLike, n: int, m: int, axis: int = -2, *,
     References:
       Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021.
     """
-    NM(n, m, axis)  # validates n, m
     x = jnp.asarray(x)
-    ax = normalize_axis(axis, x.ndim, where)
-    if x.shape[ax] % m:
+    axes = NM(n, m, axis).axes_for(x.shape, where)  # validates n, m and the axes
+    size = math.prod(x.shape[a] for a in axes)
+    if size % m:
+        what = f"axis {axis}" if len(axes) == 1 else f"axes {axes} (flattened length {size})"
         raise ValueError(
-            f"N:M {n}:{m} needs axis {axis} of length divisible by {m}"
+            f"N:M {n}:{m} needs {what} of length divisible by {m}"
             f"{' for ' + repr(where) if where else ''}, got shape {x.shape}. Pick the "
-            "contraction axis (-2 for Flax kernels), another m, or let the tree-level "
-            "functions skip the layer (strict=False).")
-    return _nm_keep(x, n, m, ax)
+            "contraction axes, another m, or let the tree-level functions skip the layer "
+            "(strict=False).")
+    return _nm_keep(x, n, m, axes)
 
 
 @jax.jit
@@ -290,12 +457,25 @@ def _topk_keep(x: Array, k: ArrayLike) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _nm_keep(x: Array, n: int, m: int, ax: int) -> Array:
+def _nm_keep(x: Array, n: int, m: int, axes: tuple[int, ...]) -> Array:
     # Jitted: called eagerly (one-shot pruning, host tools) it would otherwise
     # dispatch and compile dozens of small ops per new shape.
+    shape = x.shape
+    if len(axes) > 1:
+        # Several contraction axes: bring them together (in flattening order) at
+        # the first one's place and flatten them; no copy when already adjacent.
+        first = min(axes)
+        rest = [a for a in range(x.ndim) if a not in axes]
+        perm = rest[:first] + list(axes) + rest[first:]
+        moved = jnp.transpose(x, perm) if perm != list(range(x.ndim)) else x
+        mshape = moved.shape
+        flat = moved.reshape(mshape[:first] + (-1,) + mshape[first + len(axes):])
+        keep = _nm_keep(flat, n, m, (first,)).reshape(mshape)
+        return jnp.transpose(keep, list(np.argsort(perm))) if perm != list(range(x.ndim)) \
+            else keep
+    (ax,) = axes
     # Split the grouped axis in place into (groups, m): no transposed copy.
     keys = select.magnitude_keys(x)
-    shape = keys.shape
     g = keys.reshape(shape[:ax] + (shape[ax] // m, m) + shape[ax + 1:])
     gax = ax + 1
     idx = jnp.arange(m).reshape((1,) * gax + (m,) + (1,) * (g.ndim - gax - 1))
@@ -313,7 +493,16 @@ def topk_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
     Args:
       x: floating array of any shape.
       sparsity: fraction removed in [0, 1); a Python float or a traced scalar
-        (a schedule value under ``jit``: no recompilation per value).
+        (a schedule value under ``jit``: no recompilation per value). A
+        concrete value outside ``[0, 1)`` (or NaN) raises ``ValueError``. A
+        traced value cannot raise inside ``jit`` and is clamped into ``[0, 1)``
+        (see :func:`sparsejax.select.keep_count`): negative or NaN removes
+        nothing (all True), ``>= 1`` keeps the minimum (``ceil(x.size /
+        10_000)`` entries, at least one), never an all-False mask. The same
+        holds for :func:`channel_mask` / :func:`block_mask` (counted in
+        channels / blocks). Use :func:`sparsejax.transform.pruning` (which
+        raises for such values) or :func:`sparsejax.schedules.check_schedule`
+        to catch them.
 
     Returns:
       A bool array of ``x``'s shape; ties go to the lowest flat index, NaNs are
@@ -322,6 +511,8 @@ def topk_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
     Example:
       >>> topk_mask(jnp.array([[0.1, -5.], [3., 0.2]]), 0.5).tolist()
       [[False, True], [True, False]]
+      >>> jax.jit(topk_mask)(jnp.array([1., 2.]), jnp.float32(1.5)).tolist()  # clamped
+      [False, True]
 
     References:
       Han et al., "Learning both Weights and Connections for Efficient Neural
@@ -331,10 +522,16 @@ def topk_mask(x: ArrayLike, sparsity: ArrayLike) -> Array:
 
 
 def channel_mask(x: ArrayLike, sparsity: ArrayLike, axes: int | tuple[int, ...] = -1) -> Array:
-    """Shortcut for ``Channel(axes).mask(x, sparsity)``."""
+    """Shortcut for ``Channel(axes).mask(x, sparsity)``.
+
+    Out-of-range traced sparsities are clamped as in :func:`topk_mask`.
+    """
     return Channel(axes).mask(x, sparsity)
 
 
 def block_mask(x: ArrayLike, sparsity: ArrayLike, shape: tuple[int, ...] = (4, 4)) -> Array:
-    """Shortcut for ``Block(shape).mask(x, sparsity)``."""
+    """Shortcut for ``Block(shape).mask(x, sparsity)``.
+
+    Out-of-range traced sparsities are clamped as in :func:`topk_mask`.
+    """
     return Block(shape).mask(x, sparsity)

@@ -101,12 +101,20 @@ def keep_count(sparsity: ArrayLike, size: int) -> Array | int:
     arithmetic, so it agrees with the Python value on that grid (float32 alone
     would be off by one for tensors of millions of entries).
 
+    Out-of-range traced values cannot raise inside ``jit``; they are clamped
+    into ``[0, 1)``: a negative value or NaN removes nothing (``size`` kept), a
+    value ``>= 1`` removes all but the minimum (``ceil(size / 10_000)`` kept,
+    at least 1), never everything. Python values are checked by the callers
+    (:func:`sparsejax.validate.check_sparsity`). :func:`sparsejax.transform.pruning`
+    additionally raises for such a value (see its docstring).
+
     Args:
       sparsity: fraction removed, in [0, 1).
       size: number of entries (or of weighted units) to select from.
 
     Returns:
-      The kept count, clipped to ``[0, size]``.
+      The kept count, clipped to ``[0, size]`` (``[1, size]`` for a traced
+      sparsity and ``size >= 1``).
 
     Example:
       >>> keep_count(0.8, 10)
@@ -115,8 +123,10 @@ def keep_count(sparsity: ArrayLike, size: int) -> Array | int:
     if isinstance(sparsity, (int, float)):
         return max(0, min(size, math.ceil(round((1.0 - float(sparsity)) * size, 9))))
     grid = 10_000
-    p = grid - jnp.round(jnp.asarray(sparsity, jnp.float32) * grid).astype(jnp.int32)
-    p = jnp.clip(p, 0, grid)
+    s = jnp.asarray(sparsity, jnp.float32)
+    s = jnp.where(jnp.isnan(s), 0.0, jnp.clip(s, 0.0, 1.0))  # NaN / < 0: remove nothing
+    p = grid - jnp.round(s * grid).astype(jnp.int32)
+    p = jnp.clip(p, 1, grid)  # >= 1 (or rounding to 1): keep the minimum, never nothing
     a, b = divmod(size, grid)
     return jnp.clip(p * a + (p * b + grid - 1) // grid, 0, size).astype(jnp.int32)
 

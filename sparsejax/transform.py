@@ -7,7 +7,11 @@ bool ``masks`` (the params' structure, ``None`` for untouched leaves) and
 update it emits is ``where(mask, update, -param)``, so
 ``optax.apply_updates`` returns masked params: a pruned weight is exactly 0
 after every step whatever momentum, Adam or weight decay did upstream, and the
-training loop needs no extra call. Masks are refreshed inside ``jit`` (a
+training loop needs no extra call. That holds only when ``pruning`` is last:
+with ``check=True`` (the default) each update verifies that the params it gets
+are exactly 0 where the previous masks prune, and raises, naming the fix,
+when a later transform rescaled its updates (``optax.chain(pruning(0.8),
+optax.sgd(0.1))`` is caught at the second update). Masks are refreshed inside ``jit`` (a
 ``lax.cond``), from the *post-update* candidate ``params + updates``, so a
 weight pruned at step ``t`` is already 0 after step ``t``. Checkpointing and
 sharding of masks come with the optimizer state.
@@ -51,11 +55,14 @@ Gradual pruning (Zhu & Gupta) from scratch, masks refreshed every 100 steps::
                                                end_step=20000, exclude="head"))
 
 ASP 2:4 (NVIDIA apex): one-shot N:M masks on the trained weights, then retrain
-with the same optimizer and fixed masks; layers whose input axis is not
-divisible by 4 are skipped (logged)::
+with the same optimizer and fixed masks; groups run along each kernel's
+contraction axes (pass ``axes=sparsejax.contraction_axes(model, x)`` for
+DenseGeneral / Einsum kernels, see :func:`sparsejax.tree.compute_masks`);
+layers whose contraction size is not divisible by 4 are skipped (logged)::
 
   tx = optax.chain(optax.sgd(0.1, momentum=0.9), pruning(None, pattern=NM(2, 4),
-                                                          update_every=None))
+                                                          update_every=None,
+                                                          axes=sj.contraction_axes(model, x)))
 
 References:
   Han et al., "Learning both Weights and Connections for Efficient Neural
@@ -72,13 +79,16 @@ from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
+from sparsejax import paths
 from sparsejax.patterns import Pattern, Unstructured
 from sparsejax.paths import PathRule
+from sparsejax.schedules import check_schedule
 from sparsejax.tree import compute_masks
-from sparsejax.validate import check_sparsity
+from sparsejax.validate import check_sparsity, is_concrete
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -117,11 +127,54 @@ def _check_step(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _raise_if(flag: Array, error: Callable[..., Exception], *operands: Array) -> None:
+    """Raises ``error(*operands)`` when ``flag`` holds, eagerly or from inside ``jit``.
+
+    Concrete values raise here; traced ones raise from a ``jax.debug.callback``
+    in a ``lax.cond`` branch taken only when ``flag`` holds (JAX then raises a
+    runtime error whose message contains this error's).
+    """
+    if is_concrete(flag):
+        if bool(flag):
+            raise error(*(np.asarray(o) for o in operands))
+        return
+
+    def fail(*values):
+        raise error(*values)
+
+    lax.cond(flag, lambda ops: jax.debug.callback(fail, *ops), lambda ops: None, operands)
+
+
+def _chain_error(names: list[str]) -> Callable[..., Exception]:
+    def error(step, counts):
+        counts = np.asarray(counts).reshape(-1)
+        worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
+                 if c > 0][:3]
+        return ValueError(
+            f"pruning: at step {int(step)} the params hold {int(counts.sum())} non-zero weights "
+            f"that its masks prune ({', '.join(worst)}): a transform after pruning in the chain "
+            "changed its updates (an optimizer, a learning rate, weight decay), or the params "
+            "were changed outside the optimizer, so pruned weights are not kept at exactly 0. "
+            "Put pruning last in the chain: optax.chain(optax.sgd(...), sparsejax.pruning(...)). "
+            "If the params are changed between steps on purpose, pass pruning(..., check=False).")
+    return error
+
+
+def _sparsity_error(step, value) -> Exception:
+    return ValueError(
+        f"pruning: the sparsity schedule returns {np.float32(value)!s} at step {int(step)}; a sparsity "
+        "must be in [0, 1) (the masks of that step were computed with it clamped into [0, 1): "
+        "NaN or < 0 prune nothing, >= 1 keeps the minimum). Fix the schedule (e.g. jnp.clip(s, "
+        "0.0, 0.99)) or stop pruning before that step (end_step=...).")
+
+
 def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unstructured(),
             distribution: str = "uniform", update_every: int | None = 1, begin_step: int = 0,
             end_step: int | None = None, include: PathRule | None = None,
             exclude: PathRule | None = None, strict: bool = False,
-            q: ArrayLike | dict | None = None) -> optax.GradientTransformationExtraArgs:
+            q: ArrayLike | dict | None = None,
+            axes: dict | None = None,
+            check: bool = True) -> optax.GradientTransformationExtraArgs:
     """Magnitude pruning that keeps pruned weights exactly 0; place it last in a chain.
 
     Args:
@@ -144,11 +197,39 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
       strict: raise instead of skipping (and logging) leaves the pattern does not
         fit.
       q: Han's quality parameter(s): masks ``|W| > q · std(W)`` per layer.
+      axes: ``{leaf path: contraction axes}`` for N:M (see
+        :func:`sparsejax.tree.compute_masks`), e.g.
+        ``sparsejax.contraction_axes(model, x)``; needed for kernels whose rank
+        does not determine them (attention ``DenseGeneral`` / ``Einsum``), which
+        are otherwise refused.
+      check: verify at every update that the params it receives hold exact
+        zeros wherever the previous update's masks prune (true exactly when
+        ``pruning`` is last in the chain and its updates were applied
+        unchanged), and that a schedule's value at a mask refresh is in
+        ``[0, 1)``; raise otherwise (see Raises). Costs one reduction per
+        pruned leaf and one scalar branch per step; ``False`` skips both (e.g.
+        when params are changed between steps on purpose).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
       ``params`` and returns ``where(mask, update, -param)`` for pruned leaves
       (untouched leaves pass through).
+
+    Raises:
+      ValueError: at construction, for a schedule whose value is NaN or outside
+        ``[0, 1)`` at some step of ``[0, end_step)`` (``end_step=None``: the
+        first ``2**20`` steps; see :func:`sparsejax.schedules.check_schedule`),
+        naming the step and value. At update, with ``check=True``: when pruning
+        is not last in the chain (e.g. ``optax.chain(pruning(0.8),
+        optax.sgd(0.1))``, detected at the second update: the first update's
+        pruned weights are not 0), naming the step and the layers; or when the
+        schedule's value at a refresh step is NaN or outside ``[0, 1)``
+        (beyond the range checked at construction), naming the step and value.
+        Eager calls raise the ``ValueError`` itself; under ``jit`` it is raised
+        from a ``jax.debug.callback``, so JAX reports it as a runtime error
+        (``jax.errors.JaxRuntimeError``) whose message contains it. Such an
+        out-of-range sparsity is also clamped into ``[0, 1)`` for the masks
+        (:func:`sparsejax.select.keep_count`), so they stay meaningful.
 
     Example:
       >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
@@ -181,7 +262,12 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
     if end_step is not None:
         end_step = _check_step(end_step, "end_step", begin_step + 1)
     options = dict(pattern=pattern, distribution=distribution, include=include,
-                   exclude=exclude, strict=strict, q=q)
+                   exclude=exclude, strict=strict, q=q, axes=axes)
+    if not isinstance(check, bool):
+        raise TypeError(f"pruning(check=...) must be True or False, got {check!r}.")
+    if schedule is not None:  # hand-written schedules too: refuse NaN / >= 1 before training
+        check_schedule(schedule, 0, None if end_step is None else end_step - 1,
+                       steps=(begin_step,), where="pruning's sparsity schedule")
 
     # A constant sparsity with update_every=None from step 0: init computed the
     # masks (or the sparsity is 0) and no later step can refresh them, so the
@@ -228,10 +314,26 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
             raise ValueError("pruning needs the params: call tx.update(grads, opt_state, params) "
                              "(flax TrainState and nnx.Optimizer pass them).")
         count = state.count
+        if check:
+            # Pruning last in the chain => the params it gets are the previous step's
+            # masked ones: every pruned weight exactly 0 (non-finite ones: divergence).
+            found = jax.tree.map(
+                lambda m, p: None if m is None else jnp.sum(
+                    ~m & (p != 0) & jnp.isfinite(p), dtype=jnp.int32),
+                state.masks, params, is_leaf=lambda x: x is None)
+            pairs = [(n, c) for n, c in paths.flatten(found)[0] if c is not None]
+            if pairs:
+                counts = jnp.stack([c for _, c in pairs])
+                _raise_if((count > 0) & jnp.any(counts > 0), _chain_error([n for n, _ in pairs]),
+                          count, counts)
         if masks_fixed_at_init:
             masks, mask_step = state.masks, state.mask_step
         else:
             refresh = should_refresh(count, state.mask_step)
+            if check and schedule is not None:
+                value = jnp.asarray(schedule(count), jnp.float32)
+                _raise_if(refresh & ~((value >= 0.0) & (value < 1.0)), _sparsity_error, count,
+                          value)
             candidate = optax.apply_updates(params, updates)
             masks = lax.cond(refresh, lambda c: masks_at(c, count), lambda c: state.masks, candidate)
             mask_step = jnp.where(refresh, count, state.mask_step)

@@ -9,10 +9,20 @@ all selection goes through :func:`sparsejax.select.select_topk`.
 A mask tree has the params' structure with a bool array (the leaf's shape) for
 every pruned leaf and ``None`` for untouched leaves (biases, norms, skipped
 layers).
+
+N:M on a bare parameter tree: the groups run along each kernel's contraction
+(input) axes, which a params tree does not record. Pass them per path
+(``axes={"block1/attention/query/kernel": (0,), ...}``, built from the model
+by :func:`sparsejax.contraction_axes`); otherwise the rank decides
+(:func:`sparsejax.patterns.default_contraction_axes`: rank 2 ``(in, out)`` ->
+axis 0, rank 4 Conv ``(h, w, in, out)`` -> axis 2) and a selected kernel of
+any other rank is refused with an error naming its path, since e.g. ``(in,
+heads, head_dim)`` and ``(heads, head_dim, out)`` contract different axes.
 """
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any, Mapping
 
@@ -64,30 +74,73 @@ def _check_arguments(sparsity, pattern, distribution, q) -> None:
         check_sparsity(sparsity, f"sparsity (distribution={distribution!r})")
 
 
-def _eligible(params, include, exclude, pattern, strict) -> dict[str, Array]:
+AxesMap = Mapping[str, Any]
+
+
+def _check_axes(axes: AxesMap | None, leaves: Mapping[str, Any]) -> dict[str, Any]:
+    """Validates a ``{leaf path: contraction axes}`` map against the params' paths."""
+    if axes is None:
+        return {}
+    if not isinstance(axes, Mapping):
+        raise TypeError(f"axes must be a mapping {{parameter path: contraction axes}} (e.g. "
+                        f"sparsejax.contraction_axes(model, x)), got {type(axes).__name__}.")
+    unknown = [p for p in axes if p not in leaves]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(leaves), n=3, cutoff=0.5)
+        raise ValueError(f"axes names {unknown[0]!r}, which is not a leaf of the params"
+                         f"{'; close matches: ' + str(close) if close else ''}. Paths are "
+                         "relative to the tree given (the 'params' collection, not the whole "
+                         "variables dict).")
+    return dict(axes)
+
+
+def _eligible(params, include, exclude, pattern, strict,
+              axes: AxesMap | None = None) -> tuple[dict[str, Array], dict[str, Pattern]]:
     leaves = leaf_paths(params)
-    out = {}
+    mapped = axes is not None
+    axes = _check_axes(axes, leaves)
+    out, patterns, ambiguous = {}, {}, []
     for path in selected_paths(params, include, exclude):
         leaf = leaves[path]
-        reason = pattern.ineligible(tuple(jnp.shape(leaf)))
+        shape = tuple(jnp.shape(leaf))
+        if mapped and pattern.uses_contraction_axes and path not in axes:
+            # The model's map lists every supported layer's kernel: this leaf is none
+            # (a bias, a class token, a position embedding), so it has no contraction axes.
+            logger.warning("skipped %s %s: %s groups along contraction axes and the axes map has "
+                           "none for it (not a kernel of a supported layer)", path, shape, pattern)
+            continue
+        pat = pattern.along(axes[path]) if path in axes else pattern
+        why = pat.ambiguous(shape, path)
+        if why is not None:
+            ambiguous.append((path, why))
+            continue
+        reason = pat.ineligible(shape)
         if reason is not None:
             if strict:
-                raise ValueError(f"{pattern!r} cannot prune {path!r}: {reason}. Exclude the layer "
+                raise ValueError(f"{pat!r} cannot prune {path!r}: {reason}. Exclude the layer "
                                  f"(exclude={path!r}), pick a pattern that fits its shape, or pass "
                                  "strict=False to skip it with a logged reason.")
-            logger.warning("skipped %s %s: %s doesn't fit (%s)", path, tuple(jnp.shape(leaf)),
-                           pattern, reason)
+            logger.warning("skipped %s %s: %s doesn't fit (%s)", path, shape, pat, reason)
             continue
         check_finite(leaf, path)
         out[path] = jnp.asarray(leaf)
-    return out
+        patterns[path] = pat
+    if ambiguous:
+        # Refused, not skipped: pruning (or silently keeping) a kernel along a guessed
+        # axis is the wrong answer this rule exists to prevent.
+        names = [p for p, _ in ambiguous]
+        raise ValueError(f"cannot prune {names[:6]}{' ...' if len(names) > 6 else ''} "
+                         f"({len(names)} leaves): {ambiguous[0][1]} Or exclude them "
+                         f"(exclude={names[0]!r}).")
+    return out, patterns
 
 
 def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
                   pattern: Pattern = Unstructured(), distribution: str = "uniform",
                   include: PathRule | None = None, exclude: PathRule | None = None,
                   strict: bool = False,
-                  q: ArrayLike | Mapping[str, ArrayLike] | None = None) -> Any:
+                  q: ArrayLike | Mapping[str, ArrayLike] | None = None,
+                  axes: AxesMap | None = None) -> Any:
     """Magnitude masks for every selected leaf of ``params``.
 
     Works eagerly and under ``jit``: ``sparsity`` (and a scalar ``q``) may be
@@ -114,6 +167,17 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
       q: Han's rule instead of a target: keep ``|W| > q · std(W)`` per layer; a
         scalar or a mapping path-regex -> q (first match wins). Unstructured
         pattern and ``distribution="uniform"`` only.
+      axes: ``{leaf path: contraction axes}`` for N:M (``NM(n, m)`` without an
+        explicit ``axis``): the groups run along those kernel axes, flattened.
+        Build it from the model with :func:`sparsejax.contraction_axes`; given a
+        map, N:M prunes only the selected leaves it lists (biases, embeddings and
+        other leaves without contraction axes are skipped with a warning).
+        Without a map every selected leaf follows the bare-kernel rule
+        (:func:`sparsejax.patterns.default_contraction_axes`): rank 2 ``(in,
+        out)`` -> axis 0, rank 4 Conv ``(h, w, in, out)`` -> axis 2; a selected
+        leaf of any other rank (e.g. an attention kernel ``(in, heads,
+        head_dim)`` or ``(heads, head_dim, out)``) is ambiguous and raises
+        ``ValueError`` naming the path, even with ``strict=False``.
 
     Returns:
       A tree with ``params``' structure: a bool array of the leaf's shape for
@@ -130,19 +194,20 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
       "Rigging the Lottery", ICML 2020 (ERK); Mishra et al. 2021 (N:M).
     """
     _check_arguments(sparsity, pattern, distribution, q)
-    leaves = _eligible(params, include, exclude, pattern, strict)
-    return _as_tree(params, _layer_masks(leaves, sparsity, pattern, distribution, q))
+    leaves, patterns = _eligible(params, include, exclude, pattern, strict, axes)
+    return _as_tree(params, _layer_masks(leaves, sparsity, pattern, distribution, q, patterns))
 
 
 def _layer_masks(leaves: Mapping[str, Array], sparsity, pattern, distribution,
-                 q) -> dict[str, Array]:
+                 q, patterns: Mapping[str, Pattern] | None = None) -> dict[str, Array]:
     if not leaves:
         warnings.warn("compute_masks selected no leaf to prune (see the 'sparsejax' logger "
                       "at INFO level for why); every mask is None.", stacklevel=3)
     if q is not None:
         return han_masks(leaves, q)
     if pattern.fixed_sparsity is not None or distribution == "uniform":
-        return {p: pattern.mask(x, sparsity, where=p) for p, x in leaves.items()}
+        patterns = patterns or {}
+        return {p: patterns.get(p, pattern).mask(x, sparsity, where=p) for p, x in leaves.items()}
     if distribution == "erk":
         per_layer = erk_sparsities({p: x.shape for p, x in leaves.items()}, sparsity)
         return {p: pattern.mask(x, per_layer[p], where=p) for p, x in leaves.items()}
@@ -210,7 +275,8 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
           pattern: Pattern = Unstructured(), distribution: str = "uniform",
           include: PathRule | None = None, exclude: PathRule | None = None,
           strict: bool = False,
-          q: ArrayLike | Mapping[str, ArrayLike] | None = None) -> tuple[Any, Any]:
+          q: ArrayLike | Mapping[str, ArrayLike] | None = None,
+          axes: AxesMap | None = None) -> tuple[Any, Any]:
     """One-shot magnitude pruning of a trained parameter tree (outside ``jit``).
 
     Validates everything on the host first (sparsity in ``[0, 1)``, finite
@@ -222,8 +288,9 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
 
     Args:
       params: trained parameter pytree (concrete arrays).
-      sparsity, pattern, distribution, include, exclude, strict, q: as in
-        :func:`compute_masks`.
+      sparsity, pattern, distribution, include, exclude, strict, q, axes: as in
+        :func:`compute_masks` (``axes``: the contraction axes per path for N:M,
+        e.g. ``sparsejax.contraction_axes(model, x)``; rank-3 kernels need it).
 
     Returns:
       ``(pruned_params, masks)``.
@@ -240,9 +307,10 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
             raise TypeError(f"prune() runs on concrete params, {path!r} is traced; inside jit "
                             "use compute_masks + apply_masks.")
     _check_arguments(sparsity, pattern, distribution, q)
-    leaves = _eligible(params, include, exclude, pattern, strict)
+    leaves, patterns = _eligible(params, include, exclude, pattern, strict, axes)
     # One compiled program with the host sparsity as a constant (exact keep counts)
     # instead of op-by-op dispatch of every layer's selection loops.
-    layer_masks = jax.jit(lambda lv: _layer_masks(lv, sparsity, pattern, distribution, q))
+    layer_masks = jax.jit(lambda lv: _layer_masks(lv, sparsity, pattern, distribution, q,
+                                                  patterns))
     masks = _as_tree(params, layer_masks(leaves))
     return apply_masks(params, masks), masks

@@ -179,8 +179,10 @@ def _sgd_loop(model, v, x, c, steps, lr=0.05):
 
 
 def test_period_reuses_cached_thresholds_between_refreshes():
+    # Dense layers cache only with cache="all" (the official code, the default
+    # cache="conv", re-selects them exactly every step: test_swat_official.py).
     x, c = _setup()
-    model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False))
+    model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False, cache="all"))
     v = model.init(jax.random.key(0), x)
     history, traces = _sgd_loop(model, v, x, c, 7)
     assert len(traces) == 1  # no recompilation across steps
@@ -233,7 +235,7 @@ def test_layers_reading_one_activation_share_its_cached_threshold(api):
     # Under jit the second reader of h uses the first reader's cached threshold
     # (and stores it), so the two saved copies of h are one value for XLA.
     x, c = _setup()
-    method = methods.swat(0.5, period=3, dense_first=False)
+    method = methods.swat(0.5, period=3, dense_first=False, cache="all")
     if api == "linen":
         model = sparsify(Fork(), method)
         v = model.init(jax.random.key(0), x)
@@ -266,7 +268,8 @@ def test_layers_reading_one_activation_share_its_cached_threshold(api):
 def test_shared_activation_record_keeps_no_tracer_alive():
     # The NNX model's record outlives every trace; it must not hold a trace's tracers.
     x, c = _setup()
-    model = sparsify(NNXFork(nnx.Rngs(0)), methods.swat(0.5, period=3, dense_first=False), x)
+    model = sparsify(NNXFork(nnx.Rngs(0)),
+                     methods.swat(0.5, period=3, dense_first=False, cache="all"), x)
     step = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * c)))
     with jax.checking_leaks():
         step(model)
@@ -275,7 +278,8 @@ def test_shared_activation_record_keeps_no_tracer_alive():
 
 def test_sparsified_nnx_model_pickles_and_copies_after_a_step():
     x, c = _setup()
-    model = sparsify(NNXFork(nnx.Rngs(0)), methods.swat(0.5, period=3, dense_first=False), x)
+    model = sparsify(NNXFork(nnx.Rngs(0)),
+                     methods.swat(0.5, period=3, dense_first=False, cache="all"), x)
     nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) * c)))(model)
     model.eval()  # read-only state: the calls below change nothing
     want = model(x)
@@ -289,7 +293,7 @@ def test_sparsified_nnx_model_pickles_and_copies_after_a_step():
 
 def test_layers_reading_different_activations_keep_their_own_thresholds():
     x, c = _setup()
-    model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False))
+    model = sparsify(MLP(), methods.swat(0.5, period=3, dense_first=False, cache="all"))
     v = model.init(jax.random.key(0), x)
     for name, t in (("Dense_0", 0.2), ("Dense_1", 0.7)):
         v["sparsity"][name].update(step=jnp.int32(1), a_threshold=jnp.float32(t))
@@ -323,8 +327,11 @@ def test_cached_thresholds_keep_one_saved_copy_of_a_shared_activation():
 
 
 def test_momentum_budgets_update_and_keep_global_budget():
+    # redistribution="proportional" keeps the total exact; the official default rounds
+    # every layer's share up (test_swat_official.py checks it by hand).
     x, c = _setup()
-    model = sparsify(MLP(), methods.swat(0.6, distribution="momentum", dense_first=False))
+    model = sparsify(MLP(), methods.swat(0.6, distribution="momentum", dense_first=False,
+                                         redistribution="proportional"))
     v = model.init(jax.random.key(0), x)
     history, traces = _sgd_loop(model, v, x, c, 4)
     assert len(traces) == 1
@@ -638,7 +645,7 @@ def test_nnx_stacked_layers_train_like_separate_layers():
     # Layers stacked by nnx.vmap and run by nnx.scan keep one state per layer
     # (stacked the same way), so they train exactly like separate modules.
     x, c = _setup()
-    method = methods.swat(0.5, period=2, dense_first=False)
+    method = methods.swat(0.5, period=2, dense_first=False, cache="all")
     stacked = _Stacked(nnx.Rngs(0))
     separate = sparsify(_Unstacked(stacked), method, x)
     stacked = sparsify(stacked, method, x)

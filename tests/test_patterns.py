@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sparsejax.patterns import (NM, Block, Channel, Unstructured, block_mask, channel_mask,
-                                nm_mask)
+                                nm_mask, topk_mask)
+from sparsejax.select import keep_count
 
 PROPS = settings(max_examples=30, deadline=None)
 
@@ -158,3 +159,27 @@ def test_sparsity_errors_name_the_path():
         Unstructured().mask(jnp.ones((2, 2)), 1.0, where="Dense_0/kernel")
     with pytest.raises(ValueError, match="'Dense_0/kernel'"):
         Channel((-1,)).mask(jnp.ones((2, 2)), -0.1, where="Dense_0/kernel")
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_traced_out_of_range_sparsity_is_clamped(bad):
+    # Documented in topk_mask: traced values cannot raise inside jit; NaN / < 0 remove
+    # nothing, >= 1 keeps the minimum (one entry here), never an all-False mask.
+    # Before: 1.5 gave an all-False mask and NaN an arbitrary one.
+    x = jnp.arange(1.0, 101.0)
+    s = jnp.float32(bad)
+    keep = jax.jit(topk_mask)(x, s)
+    want = 1 if bad >= 1 else 100
+    assert int(keep.sum()) == want
+    if bad >= 1:
+        assert bool(keep[-1])  # the largest magnitude
+    assert int(jax.jit(channel_mask)(jnp.ones((3, 10)), s).sum()) == (3 if bad >= 1 else 30)
+    assert int(jax.jit(block_mask, static_argnums=2)(jnp.ones((4, 8)), s, (2, 2)).sum()) == \
+        (4 if bad >= 1 else 32)
+    assert int(keep_count(s, 100)) == want
+
+
+def test_concrete_out_of_range_sparsity_still_raises():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            topk_mask(jnp.ones(4), bad)

@@ -97,3 +97,32 @@ def test_validation_errors(make, match):
 def test_type_errors(make):
     with pytest.raises(TypeError):
         make()
+
+
+def test_schedule_rounding_to_one_in_float32_is_refused_at_construction():
+    # 0.99999999 < 1 passes the Python check, but the float32 the schedule returns
+    # is 1.0, which removes every weight. Before: accepted silently.
+    with pytest.raises(ValueError, match="returns 1.0 at step 0"):
+        schedules.constant(0.99999999)
+    with pytest.raises(ValueError, match="returns 1.0 at step 5"):
+        schedules.one_shot(0.99999999, 5)
+    with pytest.raises(ValueError, match="returns 1.0 at step 100"):
+        schedules.iterative([(0, 0.5), (100, 0.99999999)])
+    with pytest.raises(ValueError, match="returns 1.0 at step 10"):
+        schedules.polynomial(0.99999999, 0, 10)
+
+
+def test_check_schedule_names_the_first_bad_step_and_value():
+    ramp = lambda t: jnp.asarray(t, jnp.float32) / 50.0
+    with pytest.raises(ValueError, match="returns 1.0 at step 50"):
+        schedules.check_schedule(ramp, 0, 100)
+    assert schedules.check_schedule(ramp, 0, 49) is ramp
+    with pytest.raises(ValueError, match="returns -0.5 at step 0"):
+        schedules.check_schedule(lambda t: jnp.float32(-0.5) + 0 * t, 0, 10)
+    nan_late = lambda t: jnp.where(jnp.asarray(t) >= 10**6, jnp.nan, 0.5)
+    with pytest.raises(ValueError, match="returns nan at step 1000000"):
+        schedules.check_schedule(nan_late, 0, 2 * 10**6, steps=[10**6])
+    # not vmappable (host Python on the step): evaluated step by step
+    host = lambda t: 0.5 if int(t) < 3 else 1.5
+    with pytest.raises(ValueError, match="returns 1.5 at step 3"):
+        schedules.check_schedule(host, 0, 10)

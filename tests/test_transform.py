@@ -310,10 +310,9 @@ def test_argument_errors(kwargs, error, match):
         pruning(s, **kwargs)
 
 
-def test_invalid_schedule_value_raises_at_init():
-    tx = pruning(lambda step: 1.5 + 0 * jnp.asarray(step, jnp.float32))
-    with pytest.raises(ValueError, match="schedule at step 0"):
-        tx.init(PARAMS)
+def test_invalid_schedule_value_raises_at_construction():
+    with pytest.raises(ValueError, match="returns 1.5 at step 0"):
+        pruning(lambda step: 1.5 + 0 * jnp.asarray(step, jnp.float32))
 
 
 def test_state_is_a_pruning_state_namedtuple():
@@ -330,3 +329,95 @@ def test_han_q_rule_prunes_once_from_the_given_weights():
     for n in KERNELS:
         np.testing.assert_array_equal(masks[n]["kernel"], want[n]["kernel"])
     assert_pruned_exactly(params, masks)
+
+
+# ------------------------------------------- guards: chain order, traced sparsity
+def _run(tx, steps, jit=True):
+    state = tx.init(PARAMS)
+    params = PARAMS
+
+    def step(params, state):
+        grads = jax.grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step) if jit else step
+    for _ in range(steps):
+        params, state = step(params, state)
+        jax.block_until_ready(params)
+    return params, state
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_pruning_first_in_the_chain_raises(jit):
+    # Before: optax.chain(pruning(0.8), sgd) silently trained to sparsity ~0.001.
+    tx = optax.chain(pruning(0.8), optax.sgd(0.1))
+    with pytest.raises(Exception, match="Put pruning last in the chain") as info:
+        _run(tx, 3, jit=jit)
+    assert "at step 1" in str(info.value) and "Dense_0/kernel" in str(info.value)
+    if not jit:
+        assert info.type is ValueError
+
+
+@pytest.mark.parametrize("later", [optax.add_decayed_weights(1e-2), optax.scale(0.5)],
+                         ids=["weight_decay", "scale"])
+def test_a_transform_after_pruning_raises(later):
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9), pruning(0.8), later)
+    with pytest.raises(Exception, match="Put pruning last in the chain"):
+        _run(tx, 3)
+
+
+def test_pruning_last_keeps_pruned_weights_exactly_zero_over_many_steps():
+    tx = optax.chain(optax.add_decayed_weights(1e-3), optax.adam(1e-2),
+                     pruning(schedules.polynomial(0.8, 0, 40, frequency=5), update_every=5,
+                             end_step=41))
+    params, state = _run(tx, 60)
+    masks = get_masks(state)
+    for name in KERNELS:
+        w, m = params[name]["kernel"], masks[name]["kernel"]
+        assert float(jnp.max(jnp.abs(jnp.where(m, 0.0, w)))) == 0.0
+        assert abs(float(1 - m.mean()) - 0.8) < 0.01
+
+
+def test_check_false_skips_the_chain_check():
+    _run(optax.chain(pruning(0.8, check=False), optax.sgd(0.1)), 3)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_traced_out_of_range_schedule_value_raises_under_jit(bad):
+    # Before: a value beyond the checked range was used silently (1.5 pruned every
+    # weight, NaN gave garbage masks). Construction checks the first 2**20 steps;
+    # a value after them is caught by the traced guard at the refresh.
+    far = 1 << 21
+    sched = lambda t: jnp.where(jnp.asarray(t) >= far, jnp.float32(bad), jnp.float32(0.5))
+    tx = optax.chain(optax.sgd(0.1), pruning(sched, update_every=1))
+    state = tx.init(PARAMS)
+    state = (state[0], state[1]._replace(count=jnp.int32(far), mask_step=jnp.int32(far - 1)))
+    params = jax.tree.map(lambda m, p: p if m is None else jnp.where(m, p, 0.0),
+                          state[1].masks, PARAMS, is_leaf=lambda x: x is None)  # as after a step
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    with pytest.raises(Exception, match=f"returns {bad!r} at step {far}"):
+        jax.block_until_ready(step(jax.tree.map(jnp.zeros_like, params), state, params))
+
+
+@pytest.mark.parametrize("bad,kept", [(-0.1, 1.0), (1.5, None), (float("nan"), 1.0)])
+def test_traced_out_of_range_sparsity_is_clamped_for_the_masks(bad, kept):
+    far = 1 << 21
+    sched = lambda t: jnp.where(jnp.asarray(t) >= far, jnp.float32(bad), jnp.float32(0.5))
+    tx = pruning(sched, update_every=1, check=False)
+    state = tx.init(PARAMS)._replace(count=jnp.int32(far), mask_step=jnp.int32(far - 1))
+    _, state = jax.jit(lambda g, s, p: tx.update(g, s, p))(
+        jax.tree.map(jnp.zeros_like, PARAMS), state, PARAMS)
+    for name in KERNELS:
+        m = state.masks[name]["kernel"]
+        want = kept if kept is not None else 1 / m.size  # >= 1: keeps the minimum, one entry
+        assert float(m.mean()) == pytest.approx(want)
+
+
+def test_user_schedule_checked_over_its_range_at_construction():
+    # Before: only step 0 was checked; a ramp reaching 1 at step 400 was accepted.
+    with pytest.raises(ValueError, match="returns 1.0 at step 400"):
+        pruning(lambda t: jnp.asarray(t, jnp.float32) / 400.0, end_step=1000)
+    with pytest.raises(ValueError, match="returns nan at step 7"):
+        pruning(lambda t: jnp.where(jnp.asarray(t) == 7, jnp.nan, 0.5))
+    pruning(lambda t: jnp.asarray(t, jnp.float32) / 400.0, end_step=400)  # never reaches 1

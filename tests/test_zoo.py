@@ -187,3 +187,36 @@ def test_invalid_architecture_arguments_raise_clear_errors():
         zoo.get_model("resnet18", stem="tiny").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="6n \\+ 4"):
         zoo.WideResNet(depth=15).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_vgg16_official_classifier_is_the_swat_codes_16_layer_vgg16():
+    # SWAT's CIFAR VGG-16 (official models/vgg.py, cfg "VGG16"): 13 conv3x3 with these
+    # output channels, then Linear 512->4096, ReLU, Dropout, 4096->4096, ReLU, Dropout,
+    # 4096->10.
+    from sparsejax import costs
+
+    convs = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    fcs = [(512, 4096), (4096, 4096), (4096, 10)]
+    want = sum(3 * 3 * cin * cout for cin, cout in zip([3] + convs[:-1], convs)) + \
+        sum(i * o for i, o in fcs)
+    assert want == 33_625_792  # "33.6M weights"
+    model = zoo.VGG16(classifier="official")
+    layers = costs.linear_layers(model, (32, 32, 3))
+    assert [l.kind for l in layers] == ["conv"] * 13 + ["dense"] * 3
+    assert [l.kernel_shape for l in layers[13:]] == fcs
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+               if jax.tree_util.keystr(path[-1:]) == "['kernel']"]
+    assert len(kernels) == 16
+    assert sum(int(np.prod(k.shape)) for k in kernels) == want
+    # Dropout is active in training (needs a "dropout" rng) and off in evaluation.
+    small = zoo.VGG16(width=8, classifier="official")
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    v = _cheap_init(small, x)
+    run = lambda k: small.apply(v, x, train=True, rngs={"dropout": jax.random.key(k)},
+                                mutable=["batch_stats"])[0]
+    y1, y2 = run(1), run(2)
+    assert y1.shape == (4, 10) and not np.allclose(y1, y2)
+    np.testing.assert_array_equal(small.apply(v, x), small.apply(v, x))
+    with pytest.raises(ValueError, match="classifier"):
+        zoo.VGG16(classifier="mlp").init(jax.random.key(0), x)

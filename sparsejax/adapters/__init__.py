@@ -23,8 +23,10 @@ def sparsify(model: Any, method: Method, *example_args: Any,
       model: a ``flax.linen.Module`` (unbound) or a ``flax.nnx.Module``.
       method: a :mod:`sparsejax.methods` value (``swat``, ``ste``, ``meprop``,
         ``dsg``, ``dense``).
-      *example_args: NNX only, optional: example inputs used to find the layers'
-        call order (first/last layer rules); without them the graph order is used.
+      *example_args: NNX only: example inputs used to find the layers' call
+        order (first/last layer rules). Needed when the method's plan depends on
+        the order (``swat`` with ``dense_first``, ``meprop``, ``dsg``): without
+        them that raises; order-free methods (``ste``...) use the graph order.
       monitor: activation-monitor settings. Linen: sampling settings (metrics
         are sown whenever ``"sparsity_metrics"`` is mutable). NNX: ``True`` or a
         :class:`~sparsejax.monitor.MonitorConfig` turns the metrics on.

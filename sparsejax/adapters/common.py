@@ -12,9 +12,12 @@ the layers that read one activation tensor save one masked copy of it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
 import weakref
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -178,16 +181,85 @@ def einsum_out_features(einsum_str: str, kernel_shape: tuple[int, ...]) -> int:
     return math.prod(n for c, n in zip(rhs, kernel_shape) if c in out)
 
 
-def sparse_einsum(einsum_str: str, inputs: Array, kernel: Array, *, precision: Any,
-                  preferred_element_type: Any, dot: Callable[..., Array], where: str) -> Array:
-    """``jnp.einsum(einsum_str, inputs, kernel)`` with its contraction run by ``dot``.
-
-    ``jnp.einsum`` may pass the operands to ``dot_general`` in either order; the
-    call is normalised so that ``dot(lhs=activation, rhs=kernel, ...)`` always
-    holds (and the output transposed back), identified by the kernel's shape.
+def einsum_contraction_axes(einsum_str: str, kernel_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Kernel axes an einsum contracts with its input: labels in both operands, not in the output.
 
     Args:
       einsum_str: a two-operand explicit equation, the kernel second.
+      kernel_shape: the kernel's shape (checked against the kernel's labels).
+
+    Returns:
+      The contraction axes of the kernel, in kernel order (N:M groups run
+      along them, flattened).
+
+    Example:
+      >>> einsum_contraction_axes("btd,dhk->bthk", (8, 2, 4))
+      (0,)
+      >>> einsum_contraction_axes("bthk,hkd->btd", (2, 4, 8))
+      (0, 1)
+
+    References:
+      Mishra et al., arXiv:2104.08378 (2:4 along the contraction dimension).
+    """
+    inputs, out = einsum_str.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+    if "." in rhs:
+        raise ValueError(f"einsum {einsum_str!r}: an ellipsis in the kernel operand is not "
+                         "supported by the sparse adapters; write the kernel dims explicitly.")
+    if len(rhs) != len(kernel_shape):
+        raise ValueError(f"einsum {einsum_str!r}: the kernel operand {rhs!r} names "
+                         f"{len(rhs)} dims, the kernel has shape {tuple(kernel_shape)}.")
+    return tuple(i for i, c in enumerate(rhs) if c in lhs and c not in out)
+
+
+def _einsum_labels(einsum_str: str, lhs_ndim: int, rhs_ndim: int,
+                   where: str) -> tuple[str, str, str]:
+    """``(lhs, rhs, out)`` labels of a two-operand explicit einsum, ellipses expanded."""
+    spec = einsum_str.replace(" ", "")
+    if "->" not in spec or spec.count(",") != 1:
+        raise ValueError(f"{where}: the sparse adapter needs a two-operand explicit einsum "
+                         f"('inputs,kernel->output'), got {einsum_str!r}.")
+    inputs, out = spec.split("->")
+    lhs, rhs = inputs.split(",")
+    if "." in rhs:
+        raise ValueError(f"{where}: einsum {einsum_str!r}: an ellipsis in the kernel operand is "
+                         "not supported by the sparse adapters; write the kernel dims explicitly.")
+    if "..." in lhs:
+        free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec]
+        ell = "".join(free[:lhs_ndim - (len(lhs) - 3)])
+        lhs, out = lhs.replace("...", ell), out.replace("...", ell)
+    if len(lhs) != lhs_ndim or len(rhs) != rhs_ndim or "." in lhs + out:
+        raise ValueError(f"{where}: einsum {einsum_str!r} does not match the operand ranks "
+                         f"({lhs_ndim}, {rhs_ndim}).")
+    for name, labels in (("input", lhs), ("kernel", rhs), ("output", out)):
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: einsum {einsum_str!r} repeats a label in the {name} "
+                             "(a diagonal), which the sparse adapter does not run; exclude the "
+                             "layer.")
+    if any(c not in lhs + rhs for c in out):
+        raise ValueError(f"{where}: einsum {einsum_str!r}: an output label is in no operand.")
+    if any(c not in lhs and c not in out for c in rhs):
+        raise ValueError(f"{where}: einsum {einsum_str!r} sums a kernel dim on its own (it is "
+                         "neither contracted nor kept); the sparse adapter needs every kernel dim "
+                         "contracted or kept. Exclude the layer.")
+    return lhs, rhs, out
+
+
+def sparse_einsum(einsum_str: str, inputs: Array, kernel: Array, *, precision: Any,
+                  preferred_element_type: Any, dot: Callable[..., Array], where: str) -> Array:
+    """``jnp.einsum(einsum_str, inputs, kernel)`` as one ``dot(lhs=activation, rhs=kernel)``.
+
+    The equation is turned into ``dot_general`` dimension numbers directly
+    (labels in both operands and not in the output contract, labels in both and
+    in the output are batch dims; input-only labels absent from the output are
+    summed first), so ``dot`` always gets the activation as ``lhs`` and the
+    kernel, unreshaped, as ``rhs``, and it runs in the caller's trace (not
+    inside ``jnp.einsum``'s internal ``jit``, where the adapters could not
+    update the layer's state).
+
+    Args:
+      einsum_str: a two-operand explicit equation, the kernel second (an
+        ellipsis is allowed in the input and output).
       inputs: the activation.
       kernel: the kernel.
       precision: as ``jnp.einsum``.
@@ -198,33 +270,69 @@ def sparse_einsum(einsum_str: str, inputs: Array, kernel: Array, *, precision: A
 
     Returns:
       The einsum's result.
+
+    Example:
+      >>> sparse_einsum("bi,io->bo", jnp.ones((2, 3)), jnp.ones((3, 4)), precision=None,
+      ...               preferred_element_type=None, dot=jax.lax.dot_general, where="e").shape
+      (2, 4)
     """
-    kshape = tuple(kernel.shape)
-    if tuple(inputs.shape) == kshape:
-        raise ValueError(f"{where}: the einsum input and kernel have the same shape {kshape}, "
-                         "so the sparse adapter cannot tell them apart inside jnp.einsum; "
-                         "exclude the layer.")
+    inputs, kernel = jnp.asarray(inputs), jnp.asarray(kernel)
+    lhs, rhs, out = _einsum_labels(einsum_str, inputs.ndim, kernel.ndim, where)
+    summed = tuple(i for i, c in enumerate(lhs) if c not in rhs and c not in out)
+    if summed:
+        inputs = jnp.sum(inputs, axis=summed)
+        lhs = "".join(c for c in lhs if c in rhs or c in out)
+    contract = [c for c in lhs if c in rhs and c not in out]
+    batch = [c for c in lhs if c in rhs and c in out]
+    dims = ((tuple(lhs.index(c) for c in contract), tuple(rhs.index(c) for c in contract)),
+            (tuple(lhs.index(c) for c in batch), tuple(rhs.index(c) for c in batch)))
+    y = dot(inputs, kernel, dims, precision, preferred_element_type)
+    order = batch + [c for c in lhs if c not in rhs] + [c for c in rhs if c not in lhs]
+    perm = tuple(order.index(c) for c in out)
+    return y if perm == tuple(range(len(perm))) else jnp.transpose(y, perm)
 
-    def dg(a, b, dims, precision=None, preferred_element_type=None, **kw):
-        if kw.get("out_sharding") is not None:
-            raise NotImplementedError(f"{where}: sparse einsum does not take out_sharding.")
-        if tuple(b.shape) == kshape:
-            return dot(a, b, dims, precision, preferred_element_type)
-        if tuple(a.shape) != kshape:
-            raise ValueError(f"{where}: jnp.einsum reshaped the kernel before contracting "
-                             f"(equation {einsum_str!r}); the sparse adapter needs every kernel "
-                             "dim contracted or kept. Exclude the layer.")
-        (ac, bc), (ab, bb) = dims
-        y = dot(b, a, ((bc, ac), (bb, ab)), precision, preferred_element_type)
-        nb = len(ab)
-        n_b_free = b.ndim - len(bc) - nb
-        n_a_free = a.ndim - len(ac) - nb
-        perm = (tuple(range(nb)) + tuple(range(nb + n_b_free, nb + n_b_free + n_a_free))
-                + tuple(range(nb, nb + n_b_free)))
-        return jnp.transpose(y, perm)
 
-    return jnp.einsum(einsum_str, inputs, kernel, precision=precision,
-                      preferred_element_type=preferred_element_type, _dot_general=dg)
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences the ``"sparsejax"`` logger and warnings (for trial plans)."""
+    log = logging.getLogger("sparsejax")
+    drop = lambda record: False
+    log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.removeFilter(drop)
+
+
+def order_dependence(method: Method, layers: Sequence[LayerInfo]) -> list[str]:
+    """The layers whose sparse / dense choice changes with their call order.
+
+    ``method``'s plan is computed for ``layers`` as given, reversed and rotated
+    by one; a method whose rule uses the order (``swat``'s ``dense_first`` /
+    ``dense_last``, ``meprop``'s and ``dsg``'s dense last layer) gives different
+    plans whenever the order matters on *this* model. Nothing is logged.
+
+    Args:
+      method: the method.
+      layers: the layers, in any order.
+
+    Returns:
+      The paths whose sparsity differs between the orders (empty: the plan does
+      not depend on the order).
+
+    Example:
+      >>> order_dependence(swat(0.8), [LayerInfo("a", "dense", (4, 4), 4),
+      ...                              LayerInfo("b", "dense", (4, 4), 4)])
+      ['a', 'b']
+    """
+    layers = list(layers)
+    if len(layers) < 2:
+        return []
+    with _quiet():
+        plans = [method.plan(order) for order in (layers, layers[::-1], layers[1:] + layers[:1])]
+    return [l.path for l in layers if len({p.get(l.path) for p in plans}) > 1]
 
 
 def no_layers_error(found: dict[str, str], supported: str) -> ValueError:

@@ -92,6 +92,30 @@ def _out_features(module: nn.Module, kernel_shape: tuple[int, ...], args, kwargs
     return math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats)
 
 
+def _contraction_axes(module: nn.Module, kernel_shape: tuple[int, ...], args,
+                      kwargs) -> tuple[int, ...]:
+    """The kernel axes ``module`` contracts with its input (non-negative, kernel order)."""
+    ndim = len(kernel_shape)
+    if isinstance(module, nn.Einsum):
+        return common.einsum_contraction_axes(_einsum_str(module, args, kwargs), kernel_shape)
+    if isinstance(module, nn.Conv):
+        return (ndim - 2,)  # (*spatial, in / groups, out): the input channels per position
+    if isinstance(module, nn.DenseGeneral):
+        # kernel = batch dims + contracted input dims + features (flax DenseGeneral).
+        n_axis = len(module.axis) if isinstance(module.axis, (tuple, list)) else 1
+        n_batch = len(module.batch_dims) if isinstance(module.batch_dims, (tuple, list)) else 1
+        return tuple(range(n_batch, n_batch + n_axis))
+    return (0,)  # nn.Dense (in, out)
+
+
+def _layer_info(module: nn.Module, path: str, kernel_shape: tuple[int, ...], args,
+                kwargs) -> LayerInfo:
+    """The :class:`LayerInfo` of a supported layer called with ``(args, kwargs)``."""
+    return LayerInfo(path, _kind(module), kernel_shape,
+                     _out_features(module, kernel_shape, args, kwargs),
+                     _contraction_axes(module, kernel_shape, args, kwargs))
+
+
 def _einsum_str(module: nn.Einsum, args, kwargs) -> str:
     given = args[1] if len(args) > 1 else kwargs.get("einsum_str")
     return nn.module.merge_param("einsum_str", module.einsum_str, given).replace(" ", "")
@@ -143,6 +167,56 @@ def _lookup(tree: Any, path: str) -> Any:
     for part in path.split("/"):
         tree = tree[part]
     return tree
+
+
+def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("params",)
+             ) -> tuple[list[LayerInfo], dict[str, str], dict[str, str]]:
+    """The layers ``model(*args, **kwargs)`` calls, from an abstract init (no FLOPs).
+
+    Args:
+      model: an unbound linen module.
+      args: example positional inputs of ``model``.
+      kwargs: example keyword inputs.
+      rng_names: the RNG streams the model's init needs (``"params"``,
+        ``"dropout"``...).
+
+    Returns:
+      ``(layers, found, no_hook)``: the supported layers in call order (each
+      path once), ``path -> type name`` of every module called (in the order
+      the calls returned), and ``path -> type name`` of the layers the adapter
+      cannot make sparse (``nn.ConvTranspose``, ``nn.ConvLocal``: logged at
+      WARNING).
+    """
+    layers: dict[str, LayerInfo] = {}
+    found: dict[str, str] = {}
+    no_hook: dict[str, str] = {}
+
+    def record(next_fun, a, kw, ctx):
+        mod = ctx.module
+        y = next_fun(*a, **kw)
+        if ctx.method_name != "__call__":
+            return y
+        path = _path(mod)
+        found.setdefault(path, type(mod).__name__)
+        if isinstance(mod, _NO_HOOK):
+            if path not in no_hook:
+                logger.warning("sparsify: %s (%s) has no dot_general/conv hook and stays dense",
+                               path, type(mod).__name__)
+            no_hook[path] = type(mod).__name__
+        elif isinstance(mod, _SUPPORTED) and path not in layers:
+            shape = tuple(mod.get_variable("params", "kernel").shape)
+            layers[path] = _layer_info(mod, path, shape, a, kw)
+        return y
+
+    model = model.clone(parent=None, _deep_clone=True)
+
+    def abstract_init():
+        rngs = {name: jax.random.key(0) for name in rng_names}
+        with nn.intercept_methods(record):
+            return model.init(rngs, *args, **kwargs)
+
+    jax.eval_shape(abstract_init)
+    return list(layers.values()), found, no_hook
 
 
 class Sparsified(nn.Module):
@@ -204,8 +278,12 @@ class Sparsified(nn.Module):
         if training and shared_init and not initializing:
             sizes = {p: math.prod(s) for p, s in shapes.items()}
             value = dict(shared_var.value)
+            # Every kernel is visible here, before the first layer runs (SWAT-M scores
+            # the current step's update W_{t+1} - W_t with them).
+            kernels = {p: _lookup(params, p)["kernel"] for p in shapes}
             refreshed = self.method.refresh_shared(
-                {k: v for k, v in value.items() if k != "num_sparse_layers"}, sizes)
+                {k: v for k, v in value.items() if k != "num_sparse_layers"}, sizes,
+                kernels=kernels, states=nodes)
             shared_var.value = {**value, **refreshed}
         interceptor = self._interceptor(sparsities, initializing,
                                         shared_var if shared_init else None, training)
@@ -214,34 +292,8 @@ class Sparsified(nn.Module):
 
     def _discover(self, args, kwargs) -> tuple[list[LayerInfo], dict[str, str]]:
         """Lists the supported layers in call order with an abstract init of the model."""
-        layers: dict[str, LayerInfo] = {}
-        found: dict[str, str] = {}
-
-        def record(next_fun, a, kw, ctx):
-            mod = ctx.module
-            y = next_fun(*a, **kw)
-            if ctx.method_name != "__call__":
-                return y
-            path = _path(mod)
-            found.setdefault(path, type(mod).__name__)
-            if isinstance(mod, _NO_HOOK):
-                logger.info("sparsify: %s (%s) has no dot_general/conv hook and stays dense", path,
-                            type(mod).__name__)
-            elif isinstance(mod, _SUPPORTED) and path not in layers:
-                shape = tuple(mod.get_variable("params", "kernel").shape)
-                layers[path] = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, a, kw))
-            return y
-
-        model = self.model.clone(parent=None, _deep_clone=True)
-        rng_names = list(self.scope.rngs) or ["params"]
-
-        def abstract_init():
-            rngs = {name: jax.random.key(0) for name in rng_names}
-            with nn.intercept_methods(record):
-                return model.init(rngs, *args, **kwargs)
-
-        jax.eval_shape(abstract_init)
-        return list(layers.values()), found
+        layers, found, _ = discover(self.model, args, kwargs, list(self.scope.rngs) or ["params"])
+        return layers, found
 
     def _interceptor(self, sparsities, initializing, shared_var, training):
         method = self.method
@@ -262,7 +314,7 @@ class Sparsified(nn.Module):
 
             def sparse_op(lhs, rhs, *op_args, **op_kwargs):
                 shape = tuple(rhs.shape)
-                info = LayerInfo(path, _kind(mod), shape, _out_features(mod, shape, args, kwargs))
+                info = _layer_info(mod, path, shape, args, kwargs)
                 if initializing:
                     values = method.init_state(info, sparsities[path], rhs)
                     vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)

@@ -22,7 +22,9 @@ layers (SWAT-ERK, SWAT-M) raise for them.
 
 Layer paths are the graph paths (``"conv1"``, ``"blocks/0/conv"``). Call order
 (for ``dense_first`` / ``dense_last``) comes from an abstract call with the
-example inputs given to :func:`sparsify`; without them the graph order is used.
+example inputs given to :func:`sparsify`; without them the graph order is used
+only when the method's plan does not depend on the order, otherwise
+:func:`sparsify` raises and asks for example inputs.
 """
 
 from __future__ import annotations
@@ -79,16 +81,24 @@ def _stack_shape(layer: nnx.Module) -> tuple[int, ...]:
 def _info(path: str, layer: nnx.Module) -> LayerInfo:
     shape = tuple(layer.kernel.shape)[len(_stack_shape(layer)):]
     if isinstance(layer, nnx.Conv):
-        return LayerInfo(path, "conv", shape, int(layer.out_features))
+        # (*spatial, in / groups, out): N:M along the input channels per position.
+        return LayerInfo(path, "conv", shape, int(layer.out_features), (len(shape) - 2,))
     if isinstance(layer, nnx.Einsum):
         if layer.einsum_str is None:
             raise ValueError(f"nnx.Einsum {path!r} gets its einsum_str at call time; the sparse "
                              "adapter needs it at construction (Einsum(einsum_str=...)).")
         return LayerInfo(path, "einsum", shape,
-                         common.einsum_out_features(layer.einsum_str, shape))
+                         common.einsum_out_features(layer.einsum_str, shape),
+                         common.einsum_contraction_axes(layer.einsum_str, shape))
     feats = layer.out_features
+    contraction = (0,)  # nnx.Linear (in, out)
+    if isinstance(layer, nnx.LinearGeneral):
+        # kernel = batch_axis dims + in_features + out_features (nnx.LinearGeneral).
+        n_batch = len(layer.batch_axis)
+        contraction = tuple(range(n_batch, n_batch + len(layer.in_features)))
     return LayerInfo(path, "dense", shape,
-                     math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats))
+                     math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats),
+                     contraction)
 
 
 class SharedState(nnx.Module):
@@ -168,8 +178,9 @@ class SparseOp(nnx.Module):
         return self._run(self.op, lhs, rhs, tuple(rest), kwargs)
 
 
-def _layers(model: nnx.Module) -> tuple[dict[str, nnx.Module], dict[str, str]]:
-    layers, found = {}, {}
+def _layers(model: nnx.Module) -> tuple[dict[str, nnx.Module], dict[str, str], dict[str, str]]:
+    """``(supported layers, path -> type of every module, path -> type of no-hook layers)``."""
+    layers, found, no_hook = {}, {}, {}
     for path, node in nnx.iter_graph(model):
         if not isinstance(node, nnx.Module) or node is model or isinstance(node, SparseOp):
             continue
@@ -180,8 +191,9 @@ def _layers(model: nnx.Module) -> tuple[dict[str, nnx.Module], dict[str, str]]:
                 raise ValueError(f"{name!r} is already sparsified; call sparsify once per model.")
             layers[name] = node
         elif isinstance(node, nnx.ConvTranspose):
-            logger.info("sparsify: %s (ConvTranspose) has no conv hook and stays dense", name)
-    return layers, found
+            logger.warning("sparsify: %s (ConvTranspose) has no conv hook and stays dense", name)
+            no_hook[name] = type(node).__name__
+    return layers, found, no_hook
 
 
 def _call_order(model: nnx.Module, layers: dict[str, nnx.Module], args, kwargs) -> list[str]:
@@ -191,7 +203,8 @@ def _call_order(model: nnx.Module, layers: dict[str, nnx.Module], args, kwargs) 
     for path, layer in layers.items():
         field = _field(layer)
         saved[path] = getattr(layer, field)
-        original = saved[path]
+        # nnx.LinearGeneral's dot_general defaults to None (meaning lax.dot_general).
+        original = saved[path] if saved[path] is not None else jax.lax.dot_general
 
         def record(*a, _path=path, _orig=original, **kw):
             if _path not in order:
@@ -207,6 +220,37 @@ def _call_order(model: nnx.Module, layers: dict[str, nnx.Module], args, kwargs) 
     return order + [p for p in layers if p not in order]
 
 
+def layer_order(model: nnx.Module, method: Method, layers: dict[str, nnx.Module], args: tuple,
+                kwargs: dict) -> list[str]:
+    """The layers' call order: from an abstract call with the example inputs.
+
+    Without example inputs the graph order (attribute paths, sorted) is used,
+    but only when ``method``'s plan does not depend on the order
+    (:func:`sparsejax.adapters.common.order_dependence`); otherwise the graph
+    order could silently make the wrong layer dense (with attributes ``stem,
+    body, classifier`` it puts ``body`` first), so this raises.
+
+    Raises:
+      ValueError: no example inputs and the plan depends on the order; the
+        message names the layers concerned and says to pass example inputs.
+    """
+    if args or kwargs:
+        return _call_order(model, layers, args, kwargs)
+    order = list(layers)
+    moving = common.order_dependence(method, [_info(p, layers[p]) for p in order])
+    if moving:
+        raise ValueError(
+            f"sparsify: {method.name} chooses layers by their call order (first / last layer "
+            f"dense), which decides {moving} here, and an NNX model's call order is only known "
+            "from a call: pass example inputs, sparsify(model, method, x) or "
+            "sparsejax.plan(model, method, x), e.g. x = jnp.zeros((1, *input_shape)) "
+            f"(without them the attribute order {order} would be used, which is not the call "
+            "order in general).")
+    logger.info("sparsify: no example inputs; %s's plan does not depend on the call order, "
+                "graph order %s used", method.name, order)
+    return order
+
+
 def sparsify(model: nnx.Module, method: Method, *example_args: Any,
              monitor: MonitorConfig | bool | None = None, **example_kwargs: Any) -> nnx.Module:
     """Makes an NNX model train with ``method`` by swapping its layers' ops in place.
@@ -214,9 +258,12 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
     Args:
       model: a ``flax.nnx.Module``.
       method: a :mod:`sparsejax.methods` value.
-      *example_args: optional example inputs; an abstract call
-        (``nnx.eval_shape``) finds the layers' call order. Without them the graph
-        order (sorted attribute paths) stands in for the call order.
+      *example_args: example inputs; an abstract call (``nnx.eval_shape``)
+        finds the layers' call order. Without them the graph order (sorted
+        attribute paths) is used only if the method's plan does not depend on
+        the order (``ste``, ``swat(dense_first=False)``...); ``swat``'s default
+        ``dense_first``, ``meprop`` and ``dsg`` (dense last layer) raise, asking
+        for example inputs (see :func:`layer_order`).
       monitor: ``True`` or a :class:`~sparsejax.monitor.MonitorConfig`: every
         sparse layer keeps the latest monitor metrics in :class:`SparsityMetric`
         variables (``nnx.state(model, SparsityMetric)``).
@@ -227,7 +274,8 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
 
     Raises:
       ValueError: when the model has no supported layer (the message lists the
-        layer types found) or a layer already carries a custom op.
+        layer types found), a layer already carries a custom op, or the method
+        needs the call order and no example inputs were given.
 
     Example:
       >>> model = sparsify(CNN(rngs=nnx.Rngs(0)), swat(0.8), jnp.zeros((1, 28, 28, 1)))
@@ -236,16 +284,12 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
     if not isinstance(method, Method):
         raise TypeError(f"sparsify(method) needs a sparsejax.methods.Method, got {method!r}.")
     config = MonitorConfig() if monitor is True else (monitor or None)
-    layers, found = _layers(model)
+    layers, found, _ = _layers(model)
     if not layers:
         raise common.no_layers_error(found, _SUPPORTED_NAMES)
     if isinstance(method, Dense):
         return model
-    if example_args or example_kwargs:
-        order = _call_order(model, layers, example_args, example_kwargs)
-    else:
-        order = list(layers)
-        logger.info("sparsify: no example inputs, using graph order %s as call order", order)
+    order = layer_order(model, method, layers, example_args, example_kwargs)
     infos = [_info(p, layers[p]) for p in order]
     for p in order:
         field = _field(layers[p])
