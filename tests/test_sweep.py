@@ -46,7 +46,33 @@ def test_interrupted_sweep_resumes_and_skips_finished_members(tmp_path, monkeypa
     table = open(os.path.join(workdir, "results.md")).read()
     assert "| dense " in table and "| mag50 " in table and "50.0%" in table
     csv_lines = open(os.path.join(workdir, "results.csv")).read().splitlines()
-    assert csv_lines[0].startswith("name,method,accuracy,weight_sparsity") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("name,method,variant,n,seeds,accuracy,accuracy_std")
+    assert len(csv_lines) == 3
+
+
+def test_seeds_run_every_member_per_seed_and_tables_report_mean_std(tmp_path):
+    base, workdir = _base(), str(tmp_path)
+    with tfds.testing.mock_data(num_examples=64):
+        summaries = sweep.run_sweep(base, MEMBERS, workdir, seeds=2)
+    assert [(s["name"], s["seed"]) for s in summaries] == [
+        ("dense", 0), ("dense", 1), ("mag50", 0), ("mag50", 1)]
+    assert sorted(d for d in os.listdir(workdir) if d[0].isdigit()) == [
+        "00_dense_seed0", "00_dense_seed1", "01_mag50_seed0", "01_mag50_seed1"]
+    table = open(os.path.join(workdir, "results.md")).read()
+    dense = next(l for l in table.splitlines() if l.startswith("| dense "))
+    assert "| 2 " in dense and " ± " in dense
+    runs = open(os.path.join(workdir, "runs.csv")).read().splitlines()
+    assert len(runs) == 5 and runs[1].startswith("dense,0,") and runs[2].startswith("dense,1,")
+    # One job per run: member-major, each line carrying --seeds.
+    lines = sweep.sweep_commands("experiments/default.py", "runs/d", 2, seeds=3)
+    assert len(lines) == 6 and all("--seeds=3" in l for l in lines)
+    assert lines[4].endswith("--sweep_index=4")
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True])
+def test_bad_seed_counts_are_refused(tmp_path, seeds):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        sweep.run_sweep(_base(), MEMBERS, str(tmp_path), seeds=seeds)
 
 
 def test_sweep_member_with_unknown_key_names_it():

@@ -495,6 +495,31 @@ class StreamingDataset(Dataset):
                        for key, value in batch.items()}
 
 
+def _prepare_once(builder: Any, make_builder: Any, download_config: Any) -> Any:
+    """``builder.download_and_prepare``, by process 0 first in a multi-process job.
+
+    TFDS builds into a temporary directory and renames it, so two processes
+    preparing the same ``data_dir`` at once collide. Process 0 prepares, all
+    processes wait for it, then the others open a fresh builder (one made before
+    the data existed keeps empty split info) and prepare too: a no-op where process
+    0's copy is visible (a shared ``data_dir``), a local build where it is not.
+
+    Returns:
+      The builder to read from.
+    """
+    processes = jax.process_count() if jax.distributed.is_initialized() else 1
+    if processes == 1 or jax.process_index() == 0:
+        builder.download_and_prepare(download_config=download_config)
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"sparsejax: prepared {builder.name}")
+        if jax.process_index() != 0:
+            builder = make_builder()
+            builder.download_and_prepare(download_config=download_config)
+    return builder
+
+
 def _resolve_augmentation(augment: bool | Augmentation | None, train: bool,
                           spec: _Spec) -> Augmentation | None:
     if isinstance(augment, Augmentation):
@@ -558,11 +583,13 @@ def load(name: str, *, split: str = "train", batch_size: int,
     if train is None:
         train = split.startswith("train")
     augmentation = _resolve_augmentation(augment, train, spec)
-    builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir),
-                           try_gcs=False)
+    make_builder = functools.partial(
+        tfds.builder, name, data_dir=None if data_dir is None else os.fspath(data_dir),
+        try_gcs=False)
+    builder = make_builder()
     if download or name in OFFLINE_BUILDERS:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        builder = _prepare_once(builder, make_builder,
+                                tfds.download.DownloadConfig(try_download_gcs=False))
     splits = builder.info.splits
     num_train = splits["train"].num_examples if "train" in splits else None
     num_test = splits[spec.test_split].num_examples if spec.test_split in splits else None

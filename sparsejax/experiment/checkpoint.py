@@ -27,13 +27,56 @@ import numpy as np
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
 
 
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (process 0 of a multi-process job).
+
+    True in a single-process run. Does not touch a JAX backend before
+    ``jax.distributed.initialize`` (so it is safe to call at any time).
+
+    Returns:
+      ``True`` on process 0 (or without ``jax.distributed``), else ``False``.
+
+    Example:
+      >>> if is_main_process():
+      ...     print("results in", workdir)
+    """
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process of a multi-process job reaches this point.
+
+    Nothing happens in a single-process run. Every process must call it with the
+    same ``name``, in the same order (it is a collective over all devices).
+
+    Args:
+      name: a label of the barrier (the same on every process).
+
+    Example:
+      >>> write_json(path, summary)      # process 0 writes ...
+      >>> sync_processes("summary")      # ... and nobody reads it before that
+    """
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"sparsejax: {name}")
+
+
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (temporary file, then ``os.replace``).
+
+    In a multi-process job only process 0 writes (see :func:`is_main_process`); the
+    others return without touching the file, so every process can run the same code.
 
     Args:
       path: destination file; its directory must exist.
       text: the full contents.
+
+    Example:
+      >>> write_text(os.path.join(workdir, "results.md"), table)
     """
+    if not is_main_process():
+        return
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
@@ -47,20 +90,85 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes ``data`` as indented JSON atomically (see :func:`write_text`)."""
+    """Writes ``data`` as indented JSON atomically (see :func:`write_text`; process 0 only).
+
+    Args:
+      path: destination file; its directory must exist.
+      data: a JSON-serialisable value.
+
+    Example:
+      >>> write_json(os.path.join(workdir, "summary.json"), {"accuracy": 0.95})
+    """
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """Reads a JSON-lines file (``[]`` if it does not exist)."""
+    """Reads a JSON-lines file (``[]`` if it does not exist).
+
+    Raises:
+      ValueError: a line is not JSON (the message names the file, the line and the fix).
+    """
     if not os.path.exists(path):
         return []
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path} line {number} is not valid JSON ({error.msg}); delete that line "
+                    "(or the file), or pass --overwrite to start the run over.") from None
+    return records
+
+
+def read_json(path: str, what: str = "file") -> Any:
+    """Reads a JSON file of a run directory.
+
+    Args:
+      path: the file.
+      what: what the file is, for the message (``"config.json"``).
+
+    Returns:
+      The parsed data.
+
+    Raises:
+      ValueError: the file is not valid JSON or cannot be read; the message names
+        it and the fix (delete it or ``--overwrite``).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        reason = f"line {error.lineno}: {error.msg}" if isinstance(
+            error, json.JSONDecodeError) else "not UTF-8 text"
+        raise ValueError(f"{path} is corrupted ({reason}); delete it, pass --overwrite to "
+                         "start the run over, or use another --workdir.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a {what}; remove it, pass --overwrite, "
+                         "or use another --workdir.") from None
+    except PermissionError:
+        raise ValueError(f"{path} cannot be read (permission denied); fix its permissions "
+                         "or use another --workdir.") from None
 
 
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-    """Appends one JSON record as a line (a single ``write`` of a complete line)."""
+    """Appends one JSON record as a line (a single ``write`` of a complete line).
+
+    In a multi-process job only process 0 appends (see :func:`is_main_process`), so a
+    record is logged once however many processes run the loop.
+
+    Args:
+      path: the JSON-lines file (created if missing).
+      record: a JSON-serialisable mapping.
+
+    Example:
+      >>> append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"step": 10, "loss": 0.3})
+    """
+    if not is_main_process():
+        return
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -83,22 +191,30 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], *, overwrite: bool 
 
     Raises:
       ValueError: the workdir holds a run with a different config and neither
-        ``overwrite`` nor ``resume`` was given; the message lists the differing keys.
+        ``overwrite`` nor ``resume`` was given (the message lists the differing
+        keys); or the workdir cannot be created or written, or its ``config.json``
+        is corrupted (the message names the path and the fix).
     """
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     path = os.path.join(workdir, "config.json")
     existing = None
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            existing = json.load(f)
     if overwrite:
-        for name in RUN_FILES:
-            target = os.path.join(workdir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.remove(target)
-        existing = None
+        try:
+            for name in RUN_FILES:
+                target = os.path.join(workdir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                elif os.path.lexists(target):
+                    os.remove(target)
+        except OSError as error:
+            raise ValueError(f"Cannot delete the previous run in workdir {workdir!r} for "
+                             f"--overwrite: {_os_reason(error)}; delete it by hand or use "
+                             "another --workdir.") from None
+    elif os.path.lexists(path):
+        existing = read_json(path, "config file")
+        if not isinstance(existing, dict):
+            raise ValueError(f"{path} does not hold a config (a JSON object); delete it, pass "
+                             "--overwrite to start the run over, or use another --workdir.")
     if existing is not None and existing != config and not resume:
         keys = sorted(_differences(existing, config))
         raise ValueError(
@@ -107,10 +223,47 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], *, overwrite: bool 
             "--workdir, pass --overwrite to delete that run, or --resume to continue it "
             "with the new config.")
     if existing != config:
-        write_json(path, config)
+        try:
+            write_json(path, config)
+        except OSError as error:
+            raise ValueError(f"Cannot write {path}: {_os_reason(error)}; use a writable "
+                             "--workdir or fix its permissions.") from None
     if existing is None:
         return "new"
     return "same" if existing == config else "changed"
+
+
+def make_workdir(workdir: str) -> None:
+    """Creates ``workdir`` (and its parents) if needed and checks it is a writable directory.
+
+    Raises:
+      ValueError: ``workdir`` or one of its parents is a file, or it cannot be
+        created or written (permissions, read-only file system); one line naming
+        the path and the fix.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"Workdir {workdir!r} is a file, not a directory; pass another "
+                         "--workdir or remove the file.")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"Cannot create workdir {workdir!r}: {parent!r} is a file, not a "
+                         "directory; pass another --workdir or move that file.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create workdir {workdir!r}: {_os_reason(error)}; pass a "
+                         "--workdir you may write to or fix the permissions.") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f"Workdir {workdir!r} is not writable; pass a --workdir you may "
+                         "write to or fix its permissions (chmod u+w).")
+
+
+def _os_reason(error: OSError) -> str:
+    """An ``OSError`` as ``reason ('path')`` without the errno prefix."""
+    reason = error.strerror or str(error)
+    return f"{reason} ({error.filename!r})" if error.filename else reason
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> Iterable[str]:
@@ -123,6 +276,12 @@ def _differences(a: Any, b: Any, prefix: str = "") -> Iterable[str]:
 
 class Checkpointer:
     """Orbax checkpoints of one training phase (``<workdir>/checkpoints/phase<i>_<name>``).
+
+    Multi-process jobs (``jax.distributed``): every process creates the
+    checkpointer and calls :meth:`save`, :meth:`restore` and :meth:`close` with its
+    global arrays, in the same order; orbax writes each array once and lets process
+    0 write the metadata and commit the step. The directory must be on a file
+    system that all processes share.
 
     Args:
       directory: the phase's checkpoint directory.

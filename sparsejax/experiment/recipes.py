@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+import math
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -40,6 +42,8 @@ import optax
 
 from sparsejax import schedules
 from sparsejax import costs
+from sparsejax.distributions import DISTRIBUTIONS
+from sparsejax.experiment.config import ConfigError, nearest
 from sparsejax.summary import summary
 from sparsejax.patterns import NM, Pattern, Unstructured
 from sparsejax.transform import pruning
@@ -116,7 +120,25 @@ class Phase:
 
 
 def _rule(regex: str) -> str | None:
+    """``exclude`` as a path rule (``""`` = none); an invalid regex is a config error."""
+    if not isinstance(regex, str):
+        raise ConfigError(f"config.method.exclude must be a regex string, got {regex!r}.")
+    try:
+        re.compile(regex)
+    except re.error as error:
+        raise ConfigError(f"config.method.exclude={regex!r} is not a valid regular expression "
+                          f"({error}); e.g. 'head' or 'conv1|fc3'.") from None
     return regex or None
+
+
+def _check(ok: bool, field: str, value: Any, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.method.{field} must be {want}, got {value!r}.")
+
+
+def _check_distribution(distribution: str) -> None:
+    _check(distribution in DISTRIBUTIONS, "distribution", distribution,
+           f"one of {', '.join(DISTRIBUTIONS)}")
 
 
 def dense(ctx: "Context") -> list[Phase]:
@@ -151,6 +173,11 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
     """
     if iterations < 1:
         raise ValueError(f"config.method.iterations must be >= 1, got {iterations}.")
+    _check(isinstance(iterations, int), "iterations", iterations, "an int >= 1")
+    _check(retrain_epochs >= 0, "retrain_epochs", retrain_epochs, ">= 0 (0: the main length)")
+    _check(retrain_lr_scale > 0, "retrain_lr_scale", retrain_lr_scale, "positive")
+    _check(q >= 0, "q", q, ">= 0 (0: prune to the target sparsity)")
+    _check_distribution(distribution)
     steps = ctx.epochs_to_steps(retrain_epochs) if retrain_epochs > 0 else ctx.main_steps
     phases = [Phase("dense", ctx.main_steps)]
     for i in range(1, iterations + 1):
@@ -162,19 +189,40 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
     return phases
 
 
-def _asp_eligible(path: str, leaf: Any) -> bool:
-    """ASP's layer rule: kernels with ``out % 8 == 0`` and ``in % 16 == 0``."""
-    del path
-    shape = getattr(leaf, "shape", ())
-    return len(shape) >= 2 and shape[-1] % 8 == 0 and shape[-2] % 16 == 0
+def _asp_eligible(axes: Mapping[str, tuple[int, ...]] | None) -> Callable[[str, Any], bool]:
+    """ASP's layer rule: kernels with ``out % 8 == 0`` and ``in % 16 == 0``.
+
+    ``in`` is the flattened contraction size and ``out`` the size of the axes after
+    the last contraction axis, read from ``axes`` (the model's
+    :func:`sparsejax.contraction_axes`); without a map, or for a leaf it does not
+    list, the bare-kernel rule: ``in`` = axis -2, ``out`` = axis -1.
+    """
+
+    def eligible(path: str, leaf: Any) -> bool:
+        shape = tuple(getattr(leaf, "shape", ()))
+        if axes is not None and path in axes:
+            contracted = axes[path]
+            size_in = math.prod(shape[a] for a in contracted)
+            size_out = math.prod(shape[max(contracted) + 1:])
+            return size_in % 16 == 0 and size_out % 8 == 0
+        if axes is not None:
+            return False  # Not a layer kernel (a bias, a norm scale, an embedding).
+        return len(shape) >= 2 and shape[-1] % 8 == 0 and shape[-2] % 16 == 0
+
+    return eligible
 
 
 def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "") -> list[Phase]:
     """NVIDIA ASP: train dense → one-shot N:M magnitude masks → retrain, same schedule.
 
-    N:M groups run along the kernel's input axis (``axis=-2``); as in ASP only
-    kernels with ``out % 8 == 0`` and ``in % 16 == 0`` are pruned (the first conv
-    of an RGB network is skipped), biases and norms never.
+    N:M groups run along each kernel's contraction axes, flattened, read from the
+    model (``ctx.axes``, :func:`sparsejax.contraction_axes`: an attention
+    query ``(in, heads, head_dim)`` groups along ``in``, its output projection
+    ``(heads, head_dim, out)`` along ``heads × head_dim``); as in ASP only kernels
+    with ``out % 8 == 0`` and ``in % 16 == 0`` are pruned (the first conv of an
+    RGB network is skipped), biases and norms never. Without ``ctx.axes`` the
+    bare-tree rule of :func:`sparsejax.tree.compute_masks` applies (Dense
+    ``(in, out)``: axis 0, Conv ``(h, w, in, out)``: axis 2; other ranks refused).
 
     Args:
       ctx: recipe context.
@@ -189,8 +237,8 @@ def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "") -> list[Ph
       Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378;
       NVIDIA apex ``apex.contrib.sparsity``.
     """
-    tx = pruning(None, pattern=NM(n, m, axis=-2), update_every=None, include=_asp_eligible,
-                 exclude=_rule(exclude))
+    tx = pruning(None, pattern=NM(n, m), update_every=None, include=_asp_eligible(ctx.axes),
+                 exclude=_rule(exclude), axes=ctx.axes)
     return [Phase("dense", ctx.main_steps),
             Phase("retrain", ctx.main_steps, pruning=tx, cost="masked")]
 
@@ -216,6 +264,10 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
     References:
       Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878.
     """
+    _check(0 <= begin < end <= 1, "begin/end", (begin, end),
+           "fractions of training with 0 <= begin < end <= 1")
+    _check(isinstance(frequency, int) and frequency >= 1, "frequency", frequency, "an int >= 1")
+    _check_distribution(distribution)
     total = ctx.main_steps
     t0, t1 = int(begin * total), max(int(end * total), int(begin * total) + 1)
     sched = schedules.polynomial(sparsity, begin_step=t0, end_step=t1, frequency=frequency)
@@ -242,7 +294,9 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
       distribution: ``"uniform"`` (SWAT-U), ``"erk"`` (SWAT-ERK), ``"momentum"`` (SWAT-M).
       structured: ``"none"``, ``"slice"`` (kernel slices), ``"filter"`` or ``"channel"``.
       period: steps between exact top-K threshold refreshes (official: 10–20 on CIFAR).
-      dense_first: keep the first layer dense (official CIFAR configs).
+      dense_first: keep the first layer dense (the official SWAT-U configs; the
+        official ERK and momentum configs sparsify it: ``experiments/swat.py``
+        sets False for them).
       dense_last: keep the last layer dense.
       exclude: regex of module paths kept dense.
       saved: how the activation saved for dW is kept: ``"masked"`` (a masked dense
@@ -369,10 +423,14 @@ class Context:
     Attributes:
       main_steps: steps of the main (dense-length) phase.
       steps_per_epoch: training batches per epoch.
+      axes: ``{kernel path: contraction axes}`` of the model
+        (:func:`sparsejax.contraction_axes`), for N:M pruning; ``None`` when the
+        model is not known (config validation): the bare-kernel rule.
     """
 
     main_steps: int
     steps_per_epoch: int
+    axes: Optional[Mapping[str, tuple[int, ...]]] = None
 
     def epochs_to_steps(self, epochs: float) -> int:
         """``epochs`` of training as a number of steps (at least 1)."""
@@ -399,24 +457,72 @@ def parse_pattern(text: str) -> Pattern:
         return Unstructured()
     parts = text.split(":")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
-        return NM(int(parts[0]), int(parts[1]), axis=-2)
+        return NM(int(parts[0]), int(parts[1]))  # along each layer's contraction axes
     raise ValueError(f"Unknown pattern {text!r}; use 'unstructured' or 'N:M' such as '2:4'.")
 
 
-def build_phases(config: ml_collections.ConfigDict, main_steps: int,
+def method_fields(name: str) -> list[str]:
+    """The valid ``config.method`` fields of recipe ``name``: ``"name"`` and its arguments.
+
+    Raises:
+      ConfigError: an unknown recipe (the message lists the valid ones).
+
+    Example:
+      >>> method_fields("dsg")
+      ['name', 'sparsity', 'epsilon', 'exclude']
+    """
+    if name not in RECIPES:
+        match = nearest(str(name), RECIPES)
+        hint = f" Did you mean {match!r}?" if match else ""
+        raise ConfigError(f"Unknown method {name!r}; valid names: "
+                          f"{', '.join(sorted(RECIPES))}.{hint}")
+    return ["name"] + [p for p in inspect.signature(RECIPES[name]).parameters if p != "ctx"]
+
+
+def check_method(config: ml_collections.ConfigDict, main_steps: int,
                  steps_per_epoch: int) -> list[Phase]:
+    """Validates ``config.method`` by building its phases (cheap: no data, no model).
+
+    Args:
+      config: the run config.
+      main_steps: steps of the main phase (an estimate is fine).
+      steps_per_epoch: training batches per epoch (an estimate is fine).
+
+    Returns:
+      The phases (discarded by :func:`sparsejax.experiment.config.validate`).
+
+    Raises:
+      ConfigError: one line naming ``config.method``, what is wrong and the fix.
+    """
+    try:
+        return build_phases(config, main_steps, steps_per_epoch)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        text = " ".join(str(error).split())
+        raise ConfigError(
+            f"Invalid config.method for recipe {config.method.name!r}: {text} Fix it in the "
+            "config file or with --config.method.<field>=...") from None
+
+
+def build_phases(config: ml_collections.ConfigDict, main_steps: int,
+                 steps_per_epoch: int,
+                 axes: Optional[Mapping[str, tuple[int, ...]]] = None) -> list[Phase]:
     """The phases of ``config.method`` (``name`` + the recipe's arguments).
 
     Args:
       config: the run config.
       main_steps: steps of the main phase.
       steps_per_epoch: training batches per epoch.
+      axes: the model's ``{kernel path: contraction axes}``
+        (:func:`sparsejax.contraction_axes`), used by N:M pruning recipes.
 
     Returns:
       The recipe's phases, in order.
 
     Raises:
-      ValueError: unknown method name or argument (the message lists the valid ones).
+      ValueError: unknown method name or argument (a ``ConfigError``; the message
+        names the nearest valid one) or a bad argument value.
 
     Example:
       >>> config.method = ml_collections.ConfigDict({"name": "magnitude", "sparsity": 0.8})
@@ -425,15 +531,16 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
     """
     kwargs = config.method.to_dict()
     name = kwargs.pop("name")
-    if name not in RECIPES:
-        raise ValueError(f"Unknown method {name!r}; valid names: {', '.join(sorted(RECIPES))}.")
-    recipe = RECIPES[name]
-    valid = [p for p in inspect.signature(recipe).parameters if p != "ctx"]
+    valid = method_fields(name)[1:]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"Method {name!r} has no argument(s) {', '.join(unknown)}; valid "
-                         f"config.method fields: name, {', '.join(valid)}.")
-    phases = recipe(Context(main_steps, steps_per_epoch), **kwargs)
+        hints = [f"method.{key}" + (f" (did you mean 'method.{match}'?)"
+                                    if (match := nearest(key, valid)) else "")
+                 for key in unknown]
+        raise ConfigError(f"Method {name!r} has no argument(s) {', '.join(hints)}; valid "
+                          f"config.method fields: name, {', '.join(valid)}.")
+    recipe = RECIPES[name]
+    phases = recipe(Context(main_steps, steps_per_epoch, axes), **kwargs)
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"Recipe {name!r} produced duplicate phase names {names}.")

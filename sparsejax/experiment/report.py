@@ -5,11 +5,16 @@ sparsity (of the weights the forward pass multiplies with, over the linear
 layers' kernels, counted with :func:`sparsejax.summary.summary`) and the
 training-FLOP estimate of :mod:`sparsejax.costs`:
 
-* ``step_flop_reduction``: ``1 -`` (FLOPs of one step of the last phase) /
-  (FLOPs of a dense step), the saving while the method is active;
-* ``train_flop_reduction``: ``1 -`` (FLOPs of the whole recipe, every phase) /
-  (FLOPs of dense training of the main length). Prune → retrain recipes spend
-  *more* than dense training (a negative reduction): they retrain after it.
+* ``step_flops_ratio``: (FLOPs of one step of the last phase) / (FLOPs of a
+  dense step), the cost while the method is active (``step_flop_reduction`` is
+  ``1 -`` it);
+* ``train_flops_ratio``: (FLOPs of the whole recipe, every phase) / (FLOPs of
+  dense training of the main length). Prune → retrain recipes spend *more* than
+  dense training (a ratio above 1): they retrain after it.
+
+Tables and plots group the runs of one name (the seeds of a sweep member) and
+report mean ± sample std over the ``n`` seeds (:func:`group_runs`); the note
+under each says what one test example is worth.
 
 References:
   SPECS §3 (SWAT's cost model, [derived]); Raihan & Aamodt, NeurIPS 2020.
@@ -27,17 +32,24 @@ import jax
 import ml_collections
 
 from sparsejax import costs
+from sparsejax.experiment import config as config_lib
 
+# Per-run numbers summarised over the seeds of a group (mean, std, n).
+STATS = ("accuracy", "loss", "weight_sparsity", "step_flops_ratio", "train_flops_ratio",
+         "wall_time_s")
+# Method arguments that place a run on a curve (the x axis) rather than name a variant.
+LEVEL_ARGS = frozenset({"sparsity", "k", "keep", "final_sparsity"})
 COLUMNS = (
-    ("name", "run"), ("method", "method"), ("accuracy", "test accuracy"),
-    ("weight_sparsity", "weight sparsity"), ("step_flop_reduction", "step FLOP reduction"),
-    ("train_flop_reduction", "train FLOP reduction"), ("wall_time_s", "time (s)"))
+    ("name", "run"), ("method", "method"), ("variant", "variant"), ("n", "n"),
+    ("accuracy", "test accuracy (mean ± std)"), ("weight_sparsity", "weight sparsity"),
+    ("step_flops_ratio", "step FLOPs (× dense)"),
+    ("train_flops_ratio", "training FLOPs (× dense)"), ("wall_time_s", "time (s)"))
 
 
 def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                 densities: Sequence[Mapping[str, float]], layers: Sequence[costs.Layer],
                 main_steps: int, evaluation: Mapping[str, float],
-                wall_time: float) -> dict[str, Any]:
+                wall_time: float, num_test_examples: int | None = None) -> dict[str, Any]:
     """Builds the ``summary.json`` record of a finished run.
 
     Args:
@@ -49,9 +61,13 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       main_steps: steps of the main phase (the dense reference length).
       evaluation: final ``{"accuracy", "loss"}``.
       wall_time: seconds spent by this process.
+      num_test_examples: size of the evaluated split (one example is worth
+        ``1 / num_test_examples`` of accuracy).
 
     Returns:
-      A JSON-ready dict (see the module docstring for the FLOP fields).
+      A JSON-ready dict (see the module docstring for the FLOP fields); it holds
+      the whole ``config`` so that tables can check that the runs they group are
+      comparable.
     """
     dense_step = costs.step_flops(layers, "dense", {})
     total, phase_rows = 0.0, []
@@ -73,7 +89,7 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                   for l in layers]
     train_ratio = total / (dense_step * main_steps)
     return {
-        "name": config.name, "method": config.method.name,
+        "name": config.name, "seed": config.seed, "method": config.method.name,
         "method_args": {k: v for k, v in config.method.to_dict().items() if k != "name"},
         "model": config.model.name, "dataset": config.dataset.name,
         "accuracy": evaluation["accuracy"], "loss": evaluation["loss"],
@@ -84,37 +100,168 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
         "dense_step_flops_per_example": dense_step,
         "steps": sum(p.num_steps for p in phases), "phases": phase_rows, "layers": layer_rows,
         "devices": jax.device_count(), "wall_time_s": wall_time,
+        "num_test_examples": num_test_examples, "config": config_lib.to_dict(config),
     }
 
 
-def _cell(key: str, value: Any) -> str:
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def _comparable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What must agree between the seeds of one group: the config without seed and name."""
+    config = row.get("config") or {"method": {"name": row.get("method"),
+                                              **row.get("method_args", {})},
+                                   "model": {"name": row.get("model")},
+                                   "dataset": {"name": row.get("dataset")}}
+    return {k: v for k, v in _flat(config).items() if k not in ("seed", "name")}
+
+
+def _differing(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None) -> list[str]:
+    flats = [_comparable(row) for row in rows]
+    keys = sorted(set().union(*flats)) if keys is None else keys
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def group_runs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Groups run summaries by run name (the seeds of one sweep member) into statistics.
+
+    Every group gets ``mean``/``std``/``n`` of :data:`STATS` (``std`` is the sample
+    standard deviation, 0 for one run), its ``seeds``, and a ``variant`` label: the
+    method arguments, other than the sparsity level (:data:`LEVEL_ARGS`), that
+    differ between groups of the same method (e.g. ``distribution=erk``). Runs with
+    the same method and variant form one series of a plot.
+
+    Args:
+      rows: run summaries (``summary.json`` records), in table order.
+
+    Returns:
+      One dict per group, in order of first appearance: ``name``, ``method``,
+      ``variant``, ``n``, ``seeds``, ``method_args``, ``model``, ``dataset``,
+      ``num_test_examples`` and ``<stat>`` (the mean) and ``<stat>_std`` for each stat.
+
+    Raises:
+      ValueError: runs of one group differ in anything but their seed, a seed repeats
+        within a group, or runs of different models / datasets / test splits would share
+        one table (the message names the differing keys).
+
+    Example:
+      >>> groups = group_runs([summary_seed0, summary_seed1])
+      >>> groups[0]["accuracy"], groups[0]["accuracy_std"], groups[0]["n"]
+      (0.97, 0.004, 2)
+    """
+    import numpy as np
+
+    if rows:
+        mixed = _differing(rows, ["model.name", "model.kwargs", "dataset.name"])
+        sizes = {row.get("num_test_examples") for row in rows}
+        if mixed or len(sizes) > 1:
+            raise ValueError(
+                "Runs of different setups cannot share one results table: they differ in "
+                f"{', '.join(mixed + (['num_test_examples'] if len(sizes) > 1 else []))}. "
+                "Write one table per model and dataset.")
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_name.setdefault(str(row["name"]), []).append(row)
+    groups = []
+    for name, members in by_name.items():
+        differing = _differing(members)
+        if differing:
+            raise ValueError(f"Runs named {name!r} differ in {', '.join(differing)} (not only "
+                             "their seed): give each configuration its own name.")
+        seeds = [row.get("seed") for row in members]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"Runs named {name!r} repeat seed(s) {seeds}: each seed of a "
+                             "group must be a separate run.")
+        group: dict[str, Any] = {
+            "name": name, "method": members[0]["method"], "n": len(members), "seeds": seeds,
+            "method_args": members[0].get("method_args", {}),
+            "model": members[0].get("model"), "dataset": members[0].get("dataset"),
+            "num_test_examples": members[0].get("num_test_examples")}
+        for key in STATS:
+            values = np.asarray([float(row[key]) for row in members if key in row])
+            if len(values):
+                group[key] = float(values.mean())
+                group[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        groups.append(group)
+    for method in {g["method"] for g in groups}:
+        same = [g for g in groups if g["method"] == method]
+        keys = sorted({k for g in same for k in g["method_args"] if k not in LEVEL_ARGS})
+        varying = [k for k in keys
+                   if len({repr(g["method_args"].get(k)) for g in same}) > 1]
+        for g in same:
+            g["variant"] = ", ".join(f"{k}={g['method_args'].get(k)}" for k in varying)
+    return groups
+
+
+def _cell(key: str, group: Mapping[str, Any]) -> str:
+    value = group.get(key, "")
+    if key == "accuracy" and isinstance(value, float):
+        spread = f" ± {100 * group['accuracy_std']:.2f}" if group["n"] > 1 else ""
+        return f"{100 * value:.2f}{spread}%"
+    if key.endswith("flops_ratio") and isinstance(value, float):
+        return f"{value:.3f}×"
+    if key == "wall_time_s" and isinstance(value, float):
+        return f"{value:.1f}"
     if isinstance(value, float):
-        if key == "wall_time_s":
-            return f"{value:.1f}"
-        return f"{100 * value:.1f}%" if key != "accuracy" else f"{100 * value:.2f}%"
+        return f"{100 * value:.1f}%"
     return str(value)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A markdown results table (one row per run summary; see :data:`COLUMNS`).
+    """A markdown results table: one row per group of seeds (see :func:`group_runs`).
+
+    Accuracy is the mean ± sample standard deviation over the group's ``n`` seeds;
+    FLOPs are multiples of dense training (below 1 saves compute).
+
+    Args:
+      rows: run summaries.
+
+    Returns:
+      The table, with a note of what one test example is worth.
 
     Example:
       >>> print(markdown_table([summary]))
-      | run | method | test accuracy | weight sparsity | ...
+      | run | method | variant | n | test accuracy (mean ± std) | ...
     """
+    groups = group_runs(rows)
     head = [title for _, title in COLUMNS]
-    body = [[_cell(key, row.get(key, "")) for key, _ in COLUMNS] for row in rows]
+    body = [[_cell(key, g) for key, _ in COLUMNS] for g in groups]
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), rule] + [line(r) for r in body])
+    table = "\n".join([line(head), rule] + [line(r) for r in body])
+    examples = groups[0].get("num_test_examples") if groups else None
+    if examples:
+        table += (f"\n\n{groups[0]['model']} on {groups[0]['dataset']}: {examples} test "
+                  f"examples, one example = {100 / examples:.2f} accuracy points.")
+    return table
 
 
 def csv_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The results as CSV with raw numbers (fractions, not percentages)."""
+    """The grouped results as CSV with raw numbers (fractions; ``_std`` columns)."""
+    groups = group_runs(rows)
+    keys = ["name", "method", "variant", "n", "seeds"] + [
+        k for stat in STATS for k in (stat, f"{stat}_std")] + ["model", "dataset",
+                                                             "num_test_examples"]
     out = io.StringIO()
-    keys = [key for key, _ in COLUMNS] + ["loss", "step_flops_ratio", "train_flops_ratio",
-                                          "steps", "model", "dataset"]
+    writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for group in groups:
+        writer.writerow({k: (" ".join(map(str, group[k])) if k == "seeds" else group.get(k, ""))
+                         for k in keys})
+    return out.getvalue()
+
+
+def runs_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every run (every seed) as one CSV line: the raw data behind :func:`csv_table`."""
+    keys = ["name", "seed", "method", *STATS, "model", "dataset", "num_test_examples"]
+    out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -122,11 +269,36 @@ def csv_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    """Writes a PNG: accuracy vs weight sparsity and vs step-FLOP reduction, per method.
+def accuracy_limits(groups: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """The accuracy axis (in %) of a results plot: every error bar visible, not exaggerated.
 
-    Runs of the same method are joined by a line (sorted by the x value); every
-    point is labelled with its run name. matplotlib is imported lazily (Agg backend).
+    The range covers every mean ± std with a margin, and spans at least 2 points and
+    at least 20 test examples, so that a one-example difference never fills the plot.
+
+    Args:
+      groups: output of :func:`group_runs`.
+
+    Returns:
+      ``(low, high)`` in accuracy percent, clipped to [0, 100].
+    """
+    lows = [100 * (g["accuracy"] - g.get("accuracy_std", 0.0)) for g in groups]
+    highs = [100 * (g["accuracy"] + g.get("accuracy_std", 0.0)) for g in groups]
+    low, high = min(lows), max(highs)
+    examples = groups[0].get("num_test_examples") or 0
+    span = max(high - low, 2.0, 20 * 100 / examples if examples else 0.0)
+    middle, half = (low + high) / 2, 0.6 * span
+    low, high = max(0.0, middle - half), min(100.0, middle + half)
+    return low, high
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Writes a PNG: accuracy vs weight sparsity and vs training FLOPs, with error bars.
+
+    One series per method *and* variant (SWAT-U and SWAT-ERK are separate lines),
+    joined in order of the x value; error bars are ±1 sample std over the seeds.
+    Every series has a legend entry; a series of one point is also labelled with
+    its run name. The note under the plot says what one test example is
+    worth. matplotlib is imported lazily (Agg backend).
 
     Args:
       rows: run summaries.
@@ -137,23 +309,37 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({row["method"] for row in rows})
-    for ax, key, label in ((axes[0], "weight_sparsity", "weight sparsity"),
-                           (axes[1], "step_flop_reduction", "training FLOP reduction per step")):
-        for method in methods:
-            points = sorted((row[key], row["accuracy"], row["name"]) for row in rows
-                            if row["method"] == method)
-            xs, ys = [100 * p[0] for p in points], [100 * p[1] for p in points]
-            ax.plot(xs, ys, "o-", label=method)
-            for x, y, (_, _, name) in zip(xs, ys, points):
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
-        ax.set_xlabel(f"{label} (%)")
+    groups = group_runs(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    series: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for group in groups:
+        series.setdefault((group["method"], group["variant"]), []).append(group)
+    low, high = accuracy_limits(groups)
+    for ax, key, label in ((axes[0], "weight_sparsity", "weight sparsity (%)"),
+                           (axes[1], "train_flops_ratio", "training FLOPs (× dense)")):
+        scale = 100.0 if key == "weight_sparsity" else 1.0
+        for (method, variant), members in series.items():
+            members = sorted(members, key=lambda g: g[key])
+            xs = [scale * g[key] for g in members]
+            ys = [100 * g["accuracy"] for g in members]
+            errs = [100 * g.get("accuracy_std", 0.0) for g in members]
+            name = method + (f" ({variant})" if variant else "")
+            ax.errorbar(xs, ys, yerr=errs, fmt="o-", capsize=3, label=name)
+            if len(members) == 1:
+                ax.annotate(members[0]["name"], (xs[0], ys[0]), textcoords="offset points",
+                            xytext=(5, -10), fontsize=7)
+        ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(low, high)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else "")
+    axes[0].legend(fontsize=7, loc="best")
+    title = f"{groups[0]['model']} on {groups[0]['dataset']}" if groups else ""
+    ns = sorted({g["n"] for g in groups})
+    examples = groups[0].get("num_test_examples") if groups else None
+    note = f"error bars: ±1 std over n = {'/'.join(map(str, ns))} seeds"
+    if examples:
+        note += f"; one test example = {100 / examples:.2f} points"
+    fig.suptitle(f"{title}\n{note}", fontsize=10)
     fig.tight_layout()
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".tmp-" + os.path.basename(path))
     fig.savefig(tmp, dpi=110, format="png")
@@ -162,7 +348,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
 
 
 def write_results(rows: Sequence[Mapping[str, Any]], directory: str) -> str:
-    """Writes ``results.md``, ``results.csv`` and ``results.png`` to ``directory``.
+    """Writes ``results.md``, ``results.csv`` (groups), ``runs.csv`` and ``results.png``.
 
     Args:
       rows: run summaries (e.g. the finished members of a sweep).
@@ -171,15 +357,16 @@ def write_results(rows: Sequence[Mapping[str, Any]], directory: str) -> str:
     Returns:
       The markdown table.
     """
-    from sparsejax.experiment.checkpoint import write_text
+    from sparsejax.experiment.checkpoint import is_main_process, write_text
 
     table = markdown_table(rows)
     write_text(os.path.join(directory, "results.md"), table + "\n")
     write_text(os.path.join(directory, "results.csv"), csv_table(rows))
-    if rows:
+    write_text(os.path.join(directory, "runs.csv"), runs_csv(rows))
+    if rows and is_main_process():  # One writer in a multi-process job.
         plot(rows, os.path.join(directory, "results.png"))
     return table
 
 
-__all__ = ["COLUMNS", "csv_table", "markdown_table", "plot",
-           "run_summary", "write_results"]
+__all__ = ["COLUMNS", "LEVEL_ARGS", "STATS", "accuracy_limits", "csv_table", "group_runs",
+           "markdown_table", "plot", "run_summary", "runs_csv", "write_results"]

@@ -8,8 +8,20 @@ collections and pruning masks on to the next one.
 
 Data parallelism uses ``jax.sharding``: a 1-D mesh ``("data",)`` over all devices,
 batches sharded along it, params and optimizer state replicated; ``jax.jit``
-propagates the shardings (gradients are all-reduced by XLA). On several hosts set
-``config.distributed = True`` to call ``jax.distributed.initialize()`` first.
+propagates the shardings (gradients are all-reduced by XLA).
+
+Several processes (hosts) run the same loop on one global mesh after
+:func:`initialize_distributed` (``launch.py --coordinator_address=... --num_processes=N
+--process_id=i``, or ``--config.distributed=True`` where JAX detects the cluster:
+SLURM, Open MPI, Cloud TPU, Kubernetes). Every array the loop creates is a global
+array made by a jitted function with explicit ``out_shardings`` (nothing is
+``device_put`` from one process's memory onto the global mesh); host reads take
+replicated values only; every process saves and restores the orbax checkpoints
+(orbax writes each array once); ``config.json``, ``metrics.jsonl`` and
+``summary.json`` are written by process 0 alone (the others compute the same
+values and skip the writes). The workdir must be on a file system all processes
+share. ``tests/test_multihost.py`` checks that 2 processes, killed after a
+checkpoint and resumed, end bitwise equal to 1 process with the same 2-device mesh.
 
 Per-step metric sums and the first non-finite step live in the (checkpointed)
 train state, so logging needs a host sync only every ``log_every_steps`` and a
@@ -24,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import os
@@ -37,16 +50,99 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sparsejax.experiment import checkpoint as ckpt_lib
 from sparsejax.experiment import config as config_lib
 from sparsejax import costs
 from sparsejax.experiment import recipes, report
+from sparsejax.adapters.weights import contraction_axes
 from sparsejax.transform import get_masks
 from sparsejax.tree import apply_masks
 
 State = dict[str, Any]
+
+_NO_CLUSTER = (
+    "jax.distributed found no cluster to join: pass --coordinator_address=HOST:PORT (process "
+    "0's host and a free port, the same on every process), --num_processes=N and "
+    "--process_id=I (0..N-1, one per process) to launch.py, or start one process per host "
+    "under SLURM (srun) or Open MPI (mpirun) with --config.distributed=True.")
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins the processes of a multi-host job (``jax.distributed.initialize``).
+
+    Must run before anything touches a JAX backend (``jax.devices()``, any
+    computation). Values left ``None`` are detected by JAX where it knows the
+    cluster (SLURM, Open MPI, Cloud TPU, Kubernetes; ``$JAX_COORDINATOR_ADDRESS``
+    also sets the address). A second call is a no-op.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0's coordinator service,
+        identical on every process.
+      num_processes: number of processes of the job.
+      process_id: this process's index, ``0 .. num_processes - 1``.
+
+    Raises:
+      ValueError: nothing given and no cluster detected (the message says which
+        flags or environment to set), or inconsistent values.
+
+    Example:
+      >>> initialize_distributed("10.0.0.1:1234", num_processes=2, process_id=0)  # host 0
+      >>> jax.process_count()  # 2; jax.devices() now lists both hosts' devices
+      2
+    """
+    if jax.distributed.is_initialized():
+        return
+    if coordinator_address is not None and not coordinator_address.rpartition(":")[2].isdigit():
+        raise ValueError(f"--coordinator_address={coordinator_address!r} needs a port: use "
+                         "HOST:PORT, e.g. 10.0.0.1:1234 (process 0's host).")
+    if num_processes is not None and process_id is not None and not (
+            0 <= process_id < num_processes):
+        raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1} "
+                         f"(--num_processes={num_processes}): one id per process.")
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except ValueError as error:
+        # JAX: "coordinator_address should be defined." / "... must be defined."
+        unset = None in (coordinator_address, num_processes, process_id)
+        if unset and "defined" in str(error):
+            raise ValueError(_NO_CLUSTER) from None
+        raise
+
+
+def _on_main_process(fn: Callable[[], Any], what: str) -> Any:
+    """Runs ``fn`` on process 0 alone and gives its JSON-able result to every process.
+
+    An exception raised by ``fn`` is raised on every process (the same built-in
+    type and message), so no process waits for a result that never comes.
+    """
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return fn()
+    payload, failure = None, None
+    if jax.process_index() == 0:
+        try:
+            payload = {"result": fn()}
+        except Exception as error:  # Re-raised below, on every process.
+            failure = error
+            payload = {"error": type(error).__name__, "message": str(error)}
+    data = json.dumps(payload).encode() if payload is not None else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buffer = np.zeros(size, np.uint8)
+    if payload is not None:
+        buffer[:] = np.frombuffer(data, np.uint8)
+    message = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))))
+    if failure is not None:
+        raise failure
+    if "error" in message:
+        kind = getattr(builtins, message["error"], None)
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            kind = RuntimeError
+        raise kind(f"{message['message']} (raised on process 0 while {what})")
+    return message["result"]
 
 
 def make_mesh() -> Mesh:
@@ -289,8 +385,12 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
     schedule = make_schedule(config, phase.num_steps, main_steps, train_ds.steps_per_epoch,
                              phase.lr_scale)
     tx = make_optimizer(config, phase, schedule)
-    state = _initial_state(model, tx, phase, previous, config, train_ds, index)
-    state = jax.device_put(state, replicated)
+    # Built by one jitted function with out_shardings: global arrays on every process
+    # (a device_put of process-local arrays onto a multi-process mesh is not one).
+    build = functools.partial(_initial_state, model, tx, phase, config=config,
+                              image_shape=train_ds.info.image_shape, index=index)
+    state = jax.jit(lambda prev: build(previous=prev), out_shardings=replicated)(previous)
+    zero_metrics = jax.jit(_zero_metrics, out_shardings=replicated)
     checkpointer = ckpt_lib.Checkpointer(_phase_dir(workdir, index, phase))
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     label = _format_phase(index, len(phases), phase)
@@ -301,7 +401,7 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
         progress.tick(start)
     step_fn = jax.jit(functools.partial(_train_step, model=model, tx=tx,
                                         label_smoothing=config.optimizer.label_smoothing),
-                      donate_argnums=0)
+                      donate_argnums=0, out_shardings=replicated)
     log_every = config.log_every_steps or phase.num_steps
     eval_every = config.eval_every_steps or phase.num_steps
     ckpt_every = config.checkpoint_every_steps or phase.num_steps
@@ -316,7 +416,7 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
         end = step == phase.num_steps
         if step % log_every == 0 or end or step % ckpt_every == 0:
             state = _log_train(state, step, label, phase, schedule, data_offset, metrics_path,
-                               progress, config.batch_size, replicated)
+                               progress, config.batch_size, zero_metrics)
         if step % eval_every == 0 or end:
             result = evaluate(model, state, test_ds)
             logging.info("%s step %d/%d: test accuracy %.4f, loss %.4f", label, step,
@@ -331,14 +431,15 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
 
 
 def _initial_state(model: nn.Module, tx: optax.GradientTransformation, phase: recipes.Phase,
-                   previous: State | None, config: ml_collections.ConfigDict, train_ds: Any,
-                   index: int) -> State:
+                   previous: State | None, config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, ...], index: int) -> State:
     """Phase 0 initialises the model; later phases take the previous params and
-    collections (a method's fresh ``sparsity`` state is initialised when it changes)."""
+    collections (a method's fresh ``sparsity`` state is initialised when it changes).
+    Traceable: :func:`run_phase` jits it with the state's ``out_shardings``."""
     if previous is None or phase.method is not None:
         # XLA:CPU compiles RngBitGenerator-based initialisers ~5x faster than threefry ones.
         key = jax.random.fold_in(jax.random.key(config.seed, impl="rbg"), index)
-        sample = jnp.zeros((1, *train_ds.info.image_shape), jnp.float32)
+        sample = jnp.zeros((1, *image_shape), jnp.float32)
         variables = dict(jax.jit(functools.partial(model.init, train=False))(
             {"params": key, "dropout": key}, sample))
         params = variables.pop("params")
@@ -361,8 +462,9 @@ def _initial_state(model: nn.Module, tx: optax.GradientTransformation, phase: re
 
 def _log_train(state: State, step: int, label: str, phase: recipes.Phase,
                schedule: optax.Schedule, data_offset: int, metrics_path: str,
-               progress: _Progress, batch_size: int, replicated: NamedSharding) -> State:
-    m = jax.device_get(state["metrics"])
+               progress: _Progress, batch_size: int,
+               zero_metrics: Callable[[], dict[str, jax.Array]]) -> State:
+    m = jax.device_get(state["metrics"])  # Replicated: every process reads its own copy.
     bad = int(m["first_nonfinite"])
     if bad >= 0:
         raise FloatingPointError(
@@ -373,13 +475,14 @@ def _log_train(state: State, step: int, label: str, phase: recipes.Phase,
     rate = progress.throughput()
     record = {"type": "train", "phase": phase.name, "step": data_offset + step,
               "phase_step": step, "loss": float(m["loss_sum"]) / max(int(m["steps"]), 1),
-              "accuracy": float(m["correct"]) / max(int(m["count"]), 1), "learning_rate": float(schedule(step - 1))}
+              "accuracy": float(m["correct"]) / max(int(m["count"]), 1),
+              "learning_rate": float(schedule(step - 1))}
     ckpt_lib.append_jsonl(metrics_path, record)
     logging.info("%s step %d/%d (%.0f%%): loss %.4f, accuracy %.4f, lr %.4g | %.1f steps/s, "
                  "%.0f examples/s | ETA %s", label, step, phase.num_steps,
                  100 * step / phase.num_steps, record["loss"], record["accuracy"],
                  record["learning_rate"], rate, rate * batch_size, progress.eta(rate))
-    return {**state, "metrics": jax.device_put(_zero_metrics(), replicated)}
+    return {**state, "metrics": zero_metrics()}
 
 
 def _phase_dir(workdir: str, index: int, phase: recipes.Phase) -> str:
@@ -417,6 +520,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir holding the same config is resumed from its checkpoints; if it is
     finished, its summary is returned without training.
 
+    With several JAX processes every process calls this with the same config and
+    workdir (on a shared file system): process 0 checks and writes the run files,
+    all of them train, checkpoint and evaluate together, and all return the summary.
+
     Args:
       config: run configuration (see :func:`sparsejax.experiment.config.base_config`).
       workdir: run directory (created).
@@ -437,19 +544,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     from sparsejax import data, zoo
 
+    if config.distributed:
+        # Before anything touches a backend (launch.py has already joined with its flags);
+        # validate() may (building a recipe evaluates its sparsity schedule).
+        initialize_distributed()
     config_lib.validate(config)
-    if config.distributed and not jax.distributed.is_initialized():
-        # Must run before anything touches a backend (jax.devices(), process_count()).
-        jax.distributed.initialize()
-    status = ckpt_lib.prepare_workdir(workdir, config_lib.to_dict(config),
-                                      overwrite=overwrite, resume=resume)
     summary_path = os.path.join(workdir, "summary.json")
-    if status == "same" and os.path.exists(summary_path):
+
+    def prepare() -> bool:
+        """Process 0 alone creates or checks the workdir; True if the run is finished."""
+        status = ckpt_lib.prepare_workdir(workdir, config_lib.to_dict(config),
+                                          overwrite=overwrite, resume=resume)
+        if status == "same" and os.path.exists(summary_path):
+            return True
+        if os.path.exists(summary_path):
+            os.remove(summary_path)
+        return False
+
+    if _on_main_process(prepare, f"preparing the workdir {workdir!r}"):
         logging.info("%s is finished (summary.json exists); not training again.", workdir)
-        with open(summary_path, encoding="utf-8") as f:
-            return json.load(f)
-    if os.path.exists(summary_path):
-        os.remove(summary_path)
+        return ckpt_lib.read_json(summary_path, "summary file")
     started = time.perf_counter()
     mesh = make_mesh()
     check_batch_sizes(config, mesh.size)
@@ -465,12 +579,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     base_model = zoo.get_model(config.model.name, num_classes=train_ds.info.num_classes,
                                **config.model.kwargs.to_dict())
     main_steps = config.num_steps or max(1, round(config.num_epochs * train_ds.steps_per_epoch))
-    phases = recipes.build_phases(config, main_steps, train_ds.steps_per_epoch)
+    # The model's contraction axes: N:M recipes group along them (attention kernels too).
+    axes = contraction_axes(base_model, jnp.zeros((1, *train_ds.info.image_shape)), train=False)
+    phases = recipes.build_phases(config, main_steps, train_ds.steps_per_epoch, axes)
     progress = _Progress(sum(p.num_steps for p in phases), 0, config.batch_size)
     logging.info("Run %r: %s on %s, %d phase(s): %s; %d device(s).", config.name,
                  config.model.name, ds.name, len(phases),
                  ", ".join(f"{p.name} ({p.num_steps} steps)" for p in phases), mesh.size)
-    _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), _resume_point(workdir, phases))
+    resume_point = _resume_point(workdir, phases)
+    # Every process has seen the same checkpoints before any process writes one.
+    ckpt_lib.sync_processes("resume point")
+    if ckpt_lib.is_main_process():
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), resume_point)
     layers = costs.linear_layers(base_model, train_ds.info.image_shape)
     state, offset, densities, final = None, 0, [], None
     for index, phase in enumerate(phases):
@@ -484,8 +604,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         final = evaluate(phases[-1].model(base_model), state, test_ds)
     summary = report.run_summary(config=config, phases=phases, densities=densities,
                                  layers=layers, main_steps=main_steps, evaluation=final,
-                                 wall_time=time.perf_counter() - started)
-    ckpt_lib.write_json(summary_path, summary)
+                                 wall_time=time.perf_counter() - started,
+                                 num_test_examples=test_ds.num_examples)
+    ckpt_lib.write_json(summary_path, summary)  # Process 0 writes; the others computed it too.
+    ckpt_lib.sync_processes("summary written")  # All return once summary.json exists.
     logging.info("Run %r finished: accuracy %.4f, weight sparsity %.3f, training FLOPs %.3f of "
                  "dense.", config.name, summary["accuracy"], summary["weight_sparsity"],
                  summary["train_flops_ratio"])
