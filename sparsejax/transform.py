@@ -208,7 +208,9 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         unchanged), and that a schedule's value at a mask refresh is in
         ``[0, 1)``; raise otherwise (see Raises). Costs one reduction per
         pruned leaf and one scalar branch per step; ``False`` skips both (e.g.
-        when params are changed between steps on purpose).
+        when params are changed between steps on purpose, or for a step
+        serialized with ``jax.export``, which cannot serialize the check's host
+        callback).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
