@@ -54,7 +54,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 
 def sweep(arg: str = "") -> list[dict]:
-    """Dense, magnitude 80%, ASP 2:4, SWAT-U 80%, meProp k = 20% (smoke: no retraining)."""
+    """Dense, magnitude 80%, ASP 2:4, SWAT-U 80%, meProp k = 20% (smoke: short retraining)."""
     retrain_epochs = 0.0 if config_lib.parse_arg(arg, smoke=False).smoke else 10.0
     return [
         {"name": "dense", "method": {"name": "dense"}},

@@ -69,7 +69,10 @@ def test_every_recipe_smoke_runs_end_to_end_on_mock_data(tmp_path, arg, model,
         assert json.load(f) == config_lib.to_dict(config)
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     evals = [r for r in records if r["type"] == "eval"]
-    assert [r["phase"] for r in evals] == [p.name for p in phases]
+    assert [r["phase"] for r in evals if r["phase_step"] > 0] == [p.name for p in phases]
+    # Phases after the first that start by pruning are evaluated right after it.
+    starts = [r["phase"] for r in evals if r["phase_step"] == 0]
+    assert starts == [p.name for p in phases[1:] if p.pruning is not None]
     assert all(np.isfinite(r["loss"]) for r in records)
     if expected_sparsity is not None:
         assert summary["weight_sparsity"] == pytest.approx(expected_sparsity, abs=0.01)
@@ -90,6 +93,35 @@ def test_asp_prunes_eligible_kernels_two_of_four_with_the_same_schedule(tmp_path
     assert summary["phases"][1]["steps"] == summary["phases"][0]["steps"]  # Same schedule.
     # Training costs dense + half-dense retraining on the pruned layers.
     assert summary["train_flop_reduction"] < 0
+
+
+def test_accuracy_right_after_pruning_is_measured_on_the_pruned_untrained_weights(
+        tmp_path, monkeypatch):
+    """ASP: the retrain phase is evaluated before its first step, on exactly 2:4 weights."""
+    config = _smoke("asp.py:smoke", TINY_MLP)
+    seen = []
+    original = train.evaluate
+
+    def spy(model, state, dataset):
+        out = original(model, state, dataset)
+        seen.append((int(state["step"]), jax.device_get(state["params"]), out))
+        return out
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    with tfds.testing.mock_data(num_examples=64):
+        summary = train.train_and_evaluate(config, str(tmp_path))
+    # Calls: the dense phase's end, the retrain phase's start (step 0), its end.
+    assert [step for step, _, _ in seen] == [4, 0, 4]
+    _, params, after = seen[1]
+    groups = np.asarray(params["fc1"]["kernel"]).T.reshape(-1, 4)
+    assert ((groups != 0).sum(-1) == 2).all()      # pruned, not yet retrained
+    assert summary["accuracy_after_pruning"] == after["accuracy"]
+    assert summary["phases"][1]["accuracy_after_pruning"] == after["accuracy"]
+    assert summary["phases"][0]["accuracy_after_pruning"] is None
+    # The pruned weights are the dense phase's weights with the smallest 2 of 4 zeroed.
+    dense = np.abs(np.asarray(seen[0][1]["fc1"]["kernel"])).T.reshape(-1, 4)
+    kept = np.abs(np.asarray(params["fc1"]["kernel"])).T.reshape(-1, 4)
+    np.testing.assert_array_equal(np.sort(kept, -1)[:, 2:], np.sort(dense, -1)[:, 2:])
 
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXPERIMENTS) if f.endswith(".py")))

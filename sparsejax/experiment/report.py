@@ -35,13 +35,14 @@ from sparsejax import costs
 from sparsejax.experiment import config as config_lib
 
 # Per-run numbers summarised over the seeds of a group (mean, std, n).
-STATS = ("accuracy", "loss", "weight_sparsity", "step_flops_ratio", "train_flops_ratio",
-         "wall_time_s")
+STATS = ("accuracy", "accuracy_after_pruning", "loss", "weight_sparsity", "step_flops_ratio",
+         "train_flops_ratio", "wall_time_s")
 # Method arguments that place a run on a curve (the x axis) rather than name a variant.
 LEVEL_ARGS = frozenset({"sparsity", "k", "keep", "final_sparsity"})
 COLUMNS = (
     ("name", "run"), ("method", "method"), ("variant", "variant"), ("n", "n"),
-    ("accuracy", "test accuracy (mean ± std)"), ("weight_sparsity", "weight sparsity"),
+    ("accuracy", "test accuracy (mean ± std)"),
+    ("accuracy_after_pruning", "right after pruning"), ("weight_sparsity", "weight sparsity"),
     ("step_flops_ratio", "step FLOPs (× dense)"),
     ("train_flops_ratio", "training FLOPs (× dense)"), ("wall_time_s", "time (s)"))
 
@@ -49,7 +50,8 @@ COLUMNS = (
 def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                 densities: Sequence[Mapping[str, float]], layers: Sequence[costs.Layer],
                 main_steps: int, evaluation: Mapping[str, float],
-                wall_time: float, num_test_examples: int | None = None) -> dict[str, Any]:
+                wall_time: float, num_test_examples: int | None = None,
+                pruned: Sequence[Mapping[str, float] | None] | None = None) -> dict[str, Any]:
     """Builds the ``summary.json`` record of a finished run.
 
     Args:
@@ -63,6 +65,9 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       wall_time: seconds spent by this process.
       num_test_examples: size of the evaluated split (one example is worth
         ``1 / num_test_examples`` of accuracy).
+      pruned: per phase, ``{"accuracy", "loss"}`` of the model right after the
+        phase's pruning, before any retraining (``None`` for phases that do not
+        start by pruning). The last one is also ``accuracy_after_pruning``.
 
     Returns:
       A JSON-ready dict (see the module docstring for the FLOP fields); it holds
@@ -71,7 +76,8 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
     """
     dense_step = costs.step_flops(layers, "dense", {})
     total, phase_rows = 0.0, []
-    for phase, final in zip(phases, densities):
+    pruned = list(pruned) if pruned is not None else [None] * len(phases)
+    for phase, final, after in zip(phases, densities, pruned):
         ratio = phase.mean_sparsity_ratio
         mean = {k: 1.0 - (1.0 - d) * ratio for k, d in final.items()}
         args = phase.cost_arguments(layers)
@@ -80,7 +86,8 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
         total += step * phase.num_steps
         phase_rows.append({"name": phase.name, "steps": phase.num_steps,
                            "lr_scale": phase.lr_scale, "cost_model": phase.cost,
-                           "step_flops_ratio": final_step / dense_step})
+                           "step_flops_ratio": final_step / dense_step,
+                           "accuracy_after_pruning": after["accuracy"] if after else None})
     densities = densities[-1]
     sizes = {l.kernel: math.prod(l.kernel_shape) for l in layers}
     kept = sum(densities.get(k, 1.0) * n for k, n in sizes.items())
@@ -88,7 +95,8 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                    "density": densities.get(l.kernel, 1.0), "forward_flops": l.forward_flops}
                   for l in layers]
     train_ratio = total / (dense_step * main_steps)
-    return {
+    after_pruning = [after for after in pruned if after]
+    return {**({"accuracy_after_pruning": after_pruning[-1]["accuracy"]} if after_pruning else {}),
         "name": config.name, "seed": config.seed, "method": config.method.name,
         "method_args": {k: v for k, v in config.method.to_dict().items() if k != "name"},
         "model": config.model.name, "dataset": config.dataset.name,
@@ -201,8 +209,8 @@ def group_runs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _cell(key: str, group: Mapping[str, Any]) -> str:
     value = group.get(key, "")
-    if key == "accuracy" and isinstance(value, float):
-        spread = f" ± {100 * group['accuracy_std']:.2f}" if group["n"] > 1 else ""
+    if key.startswith("accuracy") and isinstance(value, float):
+        spread = f" ± {100 * group[key + '_std']:.2f}" if group["n"] > 1 else ""
         return f"{100 * value:.2f}{spread}%"
     if key.endswith("flops_ratio") and isinstance(value, float):
         return f"{value:.3f}×"
@@ -216,7 +224,8 @@ def _cell(key: str, group: Mapping[str, Any]) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A markdown results table: one row per group of seeds (see :func:`group_runs`).
 
-    Accuracy is the mean ± sample standard deviation over the group's ``n`` seeds;
+    Accuracy is the mean ± sample standard deviation over the group's ``n`` seeds
+    (also right after pruning, before retraining, for prune → retrain recipes);
     FLOPs are multiples of dense training (below 1 saves compute).
 
     Args:

@@ -243,6 +243,12 @@ def _zero_metrics() -> dict[str, jax.Array]:
             "first_nonfinite": jnp.full((), -1, jnp.int32)}
 
 
+def _no_eval() -> dict[str, jax.Array]:
+    """The ``pruned_eval`` of a state that was not evaluated right after pruning (NaN)."""
+    return {"accuracy": jnp.full((), jnp.nan, jnp.float32),
+            "loss": jnp.full((), jnp.nan, jnp.float32)}
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
     targets = jax.nn.one_hot(labels, logits.shape[-1])
     if smoothing:
@@ -282,7 +288,7 @@ def _train_step(state: State, batch: dict[str, jax.Array], data_step: jax.Array,
                                             state["step"], m["first_nonfinite"])}
     return {"step": state["step"] + 1, "params": params,
             "collections": {**state["collections"], **updates}, "opt_state": opt_state,
-            "rng": state["rng"], "metrics": metrics}
+            "rng": state["rng"], "metrics": metrics, "pruned_eval": state["pruned_eval"]}
 
 
 def _eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *,
@@ -406,6 +412,17 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
     eval_every = config.eval_every_steps or phase.num_steps
     ckpt_every = config.checkpoint_every_steps or phase.num_steps
     step = int(state["step"])
+    if start is None and index > 0 and phase.pruning is not None:
+        # The accuracy of the freshly pruned model (before any retraining): kept in the
+        # (checkpointed, replicated) state so a resumed run reports it too.
+        pruned = evaluate(model, state, test_ds)
+        logging.info("%s: test accuracy right after pruning %.4f, loss %.4f", label,
+                     pruned["accuracy"], pruned["loss"])
+        ckpt_lib.append_jsonl(metrics_path, {
+            "type": "eval", "phase": phase.name, "phase_index": index, "step": data_offset,
+            "phase_step": 0, **pruned})
+        values = {k: jnp.float32(v) for k, v in pruned.items()}
+        state = {**state, "pruned_eval": jax.jit(lambda: values, out_shardings=replicated)()}
     progress.throughput()
     result = None
     while step < phase.num_steps:
@@ -457,7 +474,7 @@ def _initial_state(model: nn.Module, tx: optax.GradientTransformation, phase: re
     return {"step": jnp.zeros((), jnp.int32), "params": params, "collections": collections,
             "opt_state": opt_state,
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1 << 20)),
-            "metrics": _zero_metrics()}
+            "metrics": _zero_metrics(), "pruned_eval": _no_eval()}
 
 
 def _log_train(state: State, step: int, label: str, phase: recipes.Phase,
@@ -592,20 +609,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if ckpt_lib.is_main_process():
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), resume_point)
     layers = costs.linear_layers(base_model, train_ds.info.image_shape)
-    state, offset, densities, final = None, 0, [], None
+    state, offset, densities, pruned, final = None, 0, [], [], None
     for index, phase in enumerate(phases):
         state, final = run_phase(
             index=index, phases=phases, base_model=base_model, previous=state, config=config,
             workdir=workdir, train_ds=train_ds, test_ds=test_ds, main_steps=main_steps,
             data_offset=offset, replicated=replicated, progress=progress)
         densities.append(phase.densities(state, layers))  # The next phase donates `state`.
+        after = {k: float(v) for k, v in jax.device_get(state["pruned_eval"]).items()}
+        pruned.append(None if np.isnan(after["accuracy"]) else after)
         offset += phase.num_steps
     if final is None:
         final = evaluate(phases[-1].model(base_model), state, test_ds)
     summary = report.run_summary(config=config, phases=phases, densities=densities,
                                  layers=layers, main_steps=main_steps, evaluation=final,
                                  wall_time=time.perf_counter() - started,
-                                 num_test_examples=test_ds.num_examples)
+                                 num_test_examples=test_ds.num_examples, pruned=pruned)
     ckpt_lib.write_json(summary_path, summary)  # Process 0 writes; the others computed it too.
     ckpt_lib.sync_processes("summary written")  # All return once summary.json exists.
     logging.info("Run %r finished: accuracy %.4f, weight sparsity %.3f, training FLOPs %.3f of "
