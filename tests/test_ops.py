@@ -312,13 +312,20 @@ def test_flax_linen_and_nnx_layers():
     dense_l = nn.Dense(4, dot_general=functools.partial(sparse_dot_general, policy=pol))
     conv_l = nn.Conv(4, (3, 3), conv_general_dilated=functools.partial(sparse_conv_general_dilated,
                                                                        policy=pol))
+    x_s = x * np_topk(x, 0.5)  # the activation SWAT saves for dW
     for layer in (dense_l, conv_l):
         p = layer.init(jax.random.key(0), x)
         k = p["params"]["kernel"]
         y = layer.apply(p, x)
-        ref = (x @ (k * np_topk(k, 0.5)) if layer is dense_l else conv(x, k * np_topk(k, 0.5)))
-        np.testing.assert_allclose(y - p["params"]["bias"], ref, **TOL)
-        jax.grad(lambda p_: jnp.sum(layer.apply(p_, x)))(p)
+        op = (lambda a, w: a @ w) if layer is dense_l else conv
+        np.testing.assert_allclose(y - p["params"]["bias"], op(x, k * np_topk(k, 0.5)), **TOL)
+        # dW from the sparse saved activation (straight-through: every entry of W gets it),
+        # the bias gradient from the dense dY.
+        grads = jax.grad(lambda p_: jnp.sum(layer.apply(p_, x)))(p)["params"]
+        want = jax.grad(lambda w: jnp.sum(op(x_s, w)))(k)
+        np.testing.assert_allclose(grads["kernel"], want, **TOL)
+        assert not np.allclose(want, jax.grad(lambda w: jnp.sum(op(x, w)))(k), atol=1e-3)
+        np.testing.assert_allclose(grads["bias"], np.full(4, y[..., 0].size, np.float32))
     lin = nnx.Linear(3, 4, dot_general=functools.partial(sparse_dot_general, policy=pol),
                      rngs=nnx.Rngs(0))
     cv = nnx.Conv(3, 4, (3, 3), conv_general_dilated=functools.partial(
