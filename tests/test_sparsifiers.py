@@ -75,11 +75,19 @@ def test_cached_threshold_and_refresh():
 def test_pattern_rule_nm_and_channel():
     w = jax.random.normal(jax.random.key(2), (3, 3, 8, 4))
     m, _ = PatternRule(NM(2, 4)).keep(w, NONE, ())
-    np.testing.assert_array_equal(m, NM(2, 4).mask(w))
+    # Reference: the 2 largest |w| of every 4 consecutive input channels (axis 2), by sort.
+    groups = np.abs(np.asarray(w)).reshape(3, 3, 2, 4, 4)          # (h, w, group, 4, out)
+    rank = np.argsort(np.argsort(-groups, axis=3, kind="stable"), axis=3, kind="stable")
+    np.testing.assert_array_equal(np.asarray(m), (rank < 2).reshape(w.shape))
     assert PatternRule(NM(2, 4)).static_count(w.shape, NONE) == w.size // 2
     rule = PatternRule(Channel((-2,)), 0.5)
     m, _ = rule.keep(w, NONE, ())
-    assert int(m.sum()) == w.size // 2 and rule.static_count(w.shape, NONE) == w.size // 2
+    # Reference: the 4 of 8 input channels with the largest mean |w|, whole channels kept.
+    score = np.abs(np.asarray(w)).mean(axis=(0, 1, 3))
+    kept = np.zeros(8, bool)
+    kept[np.argsort(-score, kind="stable")[:4]] = True
+    np.testing.assert_array_equal(np.asarray(m), np.broadcast_to(kept[:, None], w.shape))
+    assert rule.static_count(w.shape, NONE) == w.size // 2
     with pytest.raises(ValueError, match="fixes its own"):
         PatternRule(NM(2, 4), 0.5)
     with pytest.raises(ValueError, match="needs a sparsity"):
