@@ -14,6 +14,7 @@ from flax import nnx
 
 from sparsejax import methods, monitor
 from sparsejax.adapters import sparsify
+from sparsejax.adapters.planning import plan
 from sparsejax.adapters.nnx import SparsityState
 from sparsejax.patterns import NM, nm_mask, topk_mask
 
@@ -407,11 +408,37 @@ def _data():
     return x, y
 
 
+def _assert_not_silently_dense(method, sparse_plan, sparse, dense):
+    """The first step's kernel gradients of every layer the plan makes sparse differ from the
+    unmodified model's (and the logits too when the method sparsifies the forward pass), so a
+    model left dense by mistake fails; a model whose plan makes nothing sparse fails too."""
+    (sparse_logits, sparse_grads), (dense_logits, dense_grads) = sparse, dense
+    assert sparse_plan.sparsities, f"{method.name} made no layer sparse"
+    for path in sparse_plan.sparsities:
+        g, d = np.asarray(sparse_grads[path]), np.asarray(dense_grads[path])
+        assert g.shape == d.shape
+        assert np.abs(g - d).max() > 1e-3 * np.abs(d).max(), f"{method.name}: {path} is dense"
+    if isinstance(method, (methods.SWAT, methods.STE, methods.DSG)):
+        assert np.abs(np.asarray(sparse_logits) - np.asarray(dense_logits)).max() > 1e-4
+
+
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_linen_block_trains(method):
     x, labels = _data()
     model = sparsify(Block(), method)
     v = model.init(jax.random.key(0), x)
+
+    def first_step(apply, variables):
+        def loss(p):
+            logits, _ = apply({**variables, "params": p}, x, mutable=["batch_stats", "sparsity"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+        (_, logits), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        return logits, {k: g[k]["kernel"] for k in g if "kernel" in g[k]}
+
+    dense_vars = {"params": v["params"], "batch_stats": v["batch_stats"]}
+    _assert_not_silently_dense(method, plan(Block(), method, x), first_step(model.apply, v),
+                               first_step(Block().apply, dense_vars))
     tx = optax.sgd(0.05, momentum=0.9)
     opt = tx.init(v["params"])
     traces = []
@@ -456,6 +483,19 @@ class CNN(nnx.Module):
 def test_nnx_cnn_trains(method):
     x, labels = _data()
     model = sparsify(CNN(nnx.Rngs(0)), method, x)
+
+    def first_step(m):
+        m = nnx.clone(m)  # the step's BatchNorm / method state updates stay out of `model`
+
+        def loss(m_):
+            logits = m_(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+        (_, logits), g = nnx.value_and_grad(loss, has_aux=True)(m)
+        return logits, {k: g[k]["kernel"][...] for k in ("conv1", "conv2", "fc")}
+
+    _assert_not_silently_dense(method, plan(CNN(nnx.Rngs(0)), method, x), first_step(model),
+                               first_step(CNN(nnx.Rngs(0))))
     opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
     traces = []
 
