@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 import pytest
+from references import tiny_config
 
 from sparsejax.experiment import checkpoint as ckpt_lib
 from sparsejax.experiment import config as config_lib
@@ -23,14 +24,6 @@ def _write(path, body: str) -> str:
     path.write_text("import ml_collections\n"
                     "from sparsejax.experiment import config as config_lib\n\n" + body)
     return str(path)
-
-
-def _tiny() -> ml_collections.ConfigDict:
-    config = config_lib.smoke(config_lib.base_config())
-    config.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"features": (16,)}})
-    config.num_steps = 2
-    config.checkpoint_every_steps = 0
-    return config
 
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXPERIMENTS) if f.endswith(".py")))
@@ -102,7 +95,7 @@ def test_bad_values_are_one_line_config_errors(change, match):
 
 def test_bad_method_value_writes_nothing_and_the_corrected_run_then_starts(tmp_path):
     workdir = str(tmp_path / "run")
-    config = _tiny()
+    config = tiny_config()
     config.method = ml_collections.ConfigDict({"name": "swat", "sparsity": 1.5})
     with pytest.raises(ConfigError, match="sparsity"):
         train.train_and_evaluate(config, workdir)
@@ -118,7 +111,7 @@ def test_a_bad_sweep_member_stops_the_sweep_before_any_member_runs(tmp_path):
     members = [{"name": "dense", "method": {"name": "dense"}},
                {"name": "bad", "method": {"name": "swat", "sparsity": 1.5}}]
     with pytest.raises(ConfigError, match=r"sweep member 1 \(bad\).*sparsity"):
-        sweep.run_sweep(_tiny(), members, str(tmp_path / "sweep"))
+        sweep.run_sweep(tiny_config(), members, str(tmp_path / "sweep"))
     assert not os.path.exists(tmp_path / "sweep")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 from jax.test_util import check_grads
+from references import np_topk
 
 from sparsejax.ops import (Aux, Policy, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,
@@ -20,15 +21,6 @@ from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection,
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def np_topk(x, s):
-    """Reference whole-tensor top-K mask by a full sort (no ties in random data)."""
-    x = np.asarray(x)
-    k = math.ceil(round((1 - s) * x.size, 9))
-    m = np.zeros(x.size, bool)
-    m[np.argsort(-np.abs(x).ravel(), kind="stable")[:k]] = True
-    return m.reshape(x.shape)
 
 
 def rand(seed, *shapes):

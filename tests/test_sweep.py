@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import os
 
-import ml_collections
 import pytest
 import tensorflow_datasets as tfds
+from references import tiny_config
 
 from sparsejax.experiment import config as config_lib
 from sparsejax.experiment import sweep, train
-
-
-def _base() -> ml_collections.ConfigDict:
-    config = config_lib.smoke(config_lib.base_config())
-    config.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"features": (16,)}})
-    config.num_steps = 2
-    config.checkpoint_every_steps = 0
-    return config
 
 
 MEMBERS = [{"name": "dense", "method": {"name": "dense"}},
@@ -25,7 +17,7 @@ MEMBERS = [{"name": "dense", "method": {"name": "dense"}},
 
 
 def test_interrupted_sweep_resumes_and_skips_finished_members(tmp_path, monkeypatch):
-    base, workdir = _base(), str(tmp_path)
+    base, workdir = tiny_config(), str(tmp_path)
     calls = []
     run = train.run_phase
 
@@ -51,7 +43,7 @@ def test_interrupted_sweep_resumes_and_skips_finished_members(tmp_path, monkeypa
 
 
 def test_seeds_run_every_member_per_seed_and_tables_report_mean_std(tmp_path):
-    base, workdir = _base(), str(tmp_path)
+    base, workdir = tiny_config(), str(tmp_path)
     with tfds.testing.mock_data(num_examples=64):
         summaries = sweep.run_sweep(base, MEMBERS, workdir, seeds=2)
     assert [(s["name"], s["seed"]) for s in summaries] == [
@@ -72,17 +64,17 @@ def test_seeds_run_every_member_per_seed_and_tables_report_mean_std(tmp_path):
 @pytest.mark.parametrize("seeds", [0, -1, 1.5, True])
 def test_bad_seed_counts_are_refused(tmp_path, seeds):
     with pytest.raises(ValueError, match="must be an int >= 1"):
-        sweep.run_sweep(_base(), MEMBERS, str(tmp_path), seeds=seeds)
+        sweep.run_sweep(tiny_config(), MEMBERS, str(tmp_path), seeds=seeds)
 
 
 def test_sweep_member_with_unknown_key_names_it():
     with pytest.raises(KeyError, match=r"sweep member 1 .*Unknown config key 'method.sparsty'"):
-        sweep.member_configs(_base(), [{}, {"method.sparsty": 0.5}])
+        sweep.member_configs(tiny_config(), [{}, {"method.sparsty": 0.5}])
 
 
 def test_sweep_index_out_of_range_is_refused(tmp_path):
     with pytest.raises(IndexError, match="outside the sweep's 2 members"):
-        sweep.run_sweep(_base(), MEMBERS, str(tmp_path), indices=[5])
+        sweep.run_sweep(tiny_config(), MEMBERS, str(tmp_path), indices=[5])
 
 
 def test_sweep_list_gives_one_command_per_member():

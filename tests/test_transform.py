@@ -1,7 +1,5 @@
 """Tests for sparsejax.transform.pruning: masks in the optimizer state, exact zeros."""
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +8,7 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
+from references import np_topk
 
 from sparsejax import schedules
 from sparsejax.patterns import NM
@@ -31,15 +30,6 @@ X = jax.random.normal(jax.random.key(1), (64, 16))
 Y = jax.random.randint(jax.random.key(2), (64,), 0, 4)
 PARAMS = MODEL.init(jax.random.key(0), X)["params"]
 KERNELS = ("Dense_0", "Dense_1", "Dense_2")
-
-
-def np_topk(w, sparsity):
-    """Reference top-K mask of one kernel by a full sort: ceil((1 - s) * n) largest |w|."""
-    w = np.asarray(w)
-    keep = math.ceil(round((1 - sparsity) * w.size, 9))
-    mask = np.zeros(w.size, bool)
-    mask[np.argsort(-np.abs(w).ravel(), kind="stable")[:keep]] = True
-    return mask.reshape(w.shape)
 
 
 def np_nm(w, n=2, m=4):

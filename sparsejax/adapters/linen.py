@@ -170,7 +170,7 @@ def _lookup(tree: Any, path: str) -> Any:
 
 
 def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("params",)
-             ) -> tuple[list[LayerInfo], dict[str, str], dict[str, str]]:
+             ) -> tuple[list[LayerInfo], dict[str, str], dict[str, str], dict[str, Any]]:
     """The layers ``model(*args, **kwargs)`` calls, from an abstract init (no FLOPs).
 
     Args:
@@ -181,15 +181,17 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("par
         ``"dropout"``...).
 
     Returns:
-      ``(layers, found, no_hook)``: the supported layers in call order (each
-      path once), ``path -> type name`` of every module called (in the order
-      the calls returned), and ``path -> type name`` of the layers the adapter
+      ``(layers, found, no_hook, dtypes)``: the supported layers in call order
+      (each path once), ``path -> type name`` of every module called (in the
+      order the calls returned), ``path -> type name`` of the layers the adapter
       cannot make sparse (``nn.ConvTranspose``, ``nn.ConvLocal``: logged at
-      WARNING).
+      WARNING), and ``path -> compute dtype`` (the layer's ``dtype``, ``None``
+      when unset) of the supported layers.
     """
     layers: dict[str, LayerInfo] = {}
     found: dict[str, str] = {}
     no_hook: dict[str, str] = {}
+    dtypes: dict[str, Any] = {}
 
     def record(next_fun, a, kw, ctx):
         mod = ctx.module
@@ -206,6 +208,7 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("par
         elif isinstance(mod, _SUPPORTED) and path not in layers:
             shape = tuple(mod.get_variable("params", "kernel").shape)
             layers[path] = _layer_info(mod, path, shape, a, kw)
+            dtypes[path] = getattr(mod, "dtype", None)
         return y
 
     model = model.clone(parent=None, _deep_clone=True)
@@ -216,7 +219,7 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("par
             return model.init(rngs, *args, **kwargs)
 
     jax.eval_shape(abstract_init)
-    return list(layers.values()), found, no_hook
+    return list(layers.values()), found, no_hook, dtypes
 
 
 class Sparsified(nn.Module):
@@ -292,7 +295,8 @@ class Sparsified(nn.Module):
 
     def _discover(self, args, kwargs) -> tuple[list[LayerInfo], dict[str, str]]:
         """Lists the supported layers in call order with an abstract init of the model."""
-        layers, found, _ = discover(self.model, args, kwargs, list(self.scope.rngs) or ["params"])
+        layers, found, _, _ = discover(self.model, args, kwargs,
+                                       list(self.scope.rngs) or ["params"])
         return layers, found
 
     def _interceptor(self, sparsities, initializing, shared_var, training):

@@ -207,8 +207,8 @@ def plan(model: Any, method: Method, *example_args: Any,
             raise TypeError("plan(linen_model, method, *example_inputs) needs example inputs: the "
                             "linen adapter finds the layers by an abstract init, e.g. "
                             "plan(model, method, jnp.zeros((1, *input_shape))).")
-        infos, found, no_hook = linen.discover(model, example_args, example_kwargs,
-                                               list(rng_streams))
+        infos, found, no_hook, _ = linen.discover(model, example_args, example_kwargs,
+                                                  list(rng_streams))
         if not infos:
             raise common.no_layers_error(found, linen._SUPPORTED_NAMES)  # pylint: disable=protected-access
         known = {i.path for i in infos}

@@ -32,32 +32,12 @@ Array = jax.Array
 
 # ------------------------------------------------------------------- linen
 def _linen_layers(model: Any, args: tuple, kwargs: dict) -> dict[str, tuple[LayerInfo, Any]]:
-    """Module path -> (LayerInfo, compute dtype) of every supported linen layer called."""
-    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    """Module path -> (LayerInfo, compute dtype) of every supported linen layer called
+    (the linen adapter's own discovery)."""
     from sparsejax.adapters import linen  # pylint: disable=import-outside-toplevel
 
-    layers: dict[str, tuple[LayerInfo, Any]] = {}
-
-    def record(next_fun, a, kw, ctx):
-        y = next_fun(*a, **kw)
-        mod = ctx.module
-        if ctx.method_name == "__call__" and isinstance(mod, linen._SUPPORTED):  # pylint: disable=protected-access
-            path = linen._path(mod)  # pylint: disable=protected-access
-            if path not in layers:
-                shape = tuple(mod.get_variable("params", "kernel").shape)
-                layers[path] = (linen._layer_info(mod, path, shape, a, kw),  # pylint: disable=protected-access
-                                getattr(mod, "dtype", None))
-        return y
-
-    model = model.clone(parent=None, _deep_clone=True)
-
-    def abstract_init():
-        rngs = {name: jax.random.key(0) for name in ("params", "dropout")}
-        with nn.intercept_methods(record):
-            return model.init(rngs, *args, **kwargs)
-
-    jax.eval_shape(abstract_init)
-    return layers
+    infos, _, _, dtypes = linen.discover(model, args, kwargs, ("params", "dropout"))
+    return {info.path: (info, dtypes[info.path]) for info in infos}
 
 
 def _need_inputs(fn: str, args: tuple, kwargs: dict) -> None:
