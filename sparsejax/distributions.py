@@ -20,7 +20,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +140,38 @@ def global_masks(leaves: Mapping[str, Array], sparsity: ArrayLike,
             for (p, x), m in zip(leaves.items(), unit_masks)}
 
 
+def layer_values(leaves: Mapping[str, Any], rules: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Per-layer values from a mapping path-regex -> value (the first regex that
+    ``re.search``-es a path wins).
+
+    Args:
+      leaves: the layers' paths (keys).
+      rules: path-regex -> value.
+      name: the argument's name, for messages (``"q"``, ``"sparsity"``).
+
+    Returns:
+      Path -> value for every leaf.
+
+    Raises:
+      ValueError: a leaf no regex matches (a regex matching no leaf is logged).
+
+    Example:
+      >>> layer_values({"fc1/kernel": 0, "fc3/kernel": 0}, {"fc3": 0.74, ".*": 0.92}, "sparsity")
+      {'fc1/kernel': 0.92, 'fc3/kernel': 0.74}
+    """
+    matcher = PathMatcher(list(rules), name)
+    matcher.warn_unmatched(list(leaves))
+    values = list(rules.values())
+    out = {}
+    for path in leaves:
+        i = matcher.first_index(path)
+        if i is None:
+            raise ValueError(f"no {name} regex matches {path!r} (regexes: {list(rules)}); add one "
+                             "(e.g. '.*' as the last key) or exclude the layer.")
+        out[path] = values[i]
+    return out
+
+
 def han_masks(leaves: Mapping[str, Array],
               q: ArrayLike | Mapping[str, ArrayLike]) -> dict[str, Array]:
     """Han et al.'s rule: keep ``|W| > q · std(W)``, per layer.
@@ -162,19 +194,7 @@ def han_masks(leaves: Mapping[str, Array],
       Han et al., "Learning both Weights and Connections for Efficient Neural
       Networks", NeurIPS 2015, Section 3.
     """
-    if isinstance(q, Mapping):
-        rules = PathMatcher(list(q), "q")
-        rules.warn_unmatched(list(leaves))
-        values = list(q.values())
-        per_layer = {}
-        for path in leaves:
-            i = rules.first_index(path)
-            if i is None:
-                raise ValueError(f"no q regex matches {path!r} (regexes: {list(q)}); add one "
-                                 "(e.g. '.*' as the last key) or exclude the layer.")
-            per_layer[path] = values[i]
-    else:
-        per_layer = {path: q for path in leaves}
+    per_layer = layer_values(leaves, q, "q") if isinstance(q, Mapping) else {p: q for p in leaves}
     for path, qv in per_layer.items():
         if is_concrete(qv) and not float(qv) >= 0.0:
             raise ValueError(f"q for {path!r} must be >= 0 (threshold q·std(W)), got {qv}.")

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +92,7 @@ from sparsejax.validate import check_sparsity, is_concrete
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-SparsityOrSchedule = Union[float, Callable[[ArrayLike], ArrayLike], None]
+SparsityOrSchedule = Union[float, Mapping[str, float], Callable[[ArrayLike], ArrayLike], None]
 
 
 class PruningState(NamedTuple):
@@ -180,8 +180,9 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
     Args:
       sparsity_or_schedule: a sparsity in ``[0, 1)``, a schedule ``step ->
         sparsity`` (see :mod:`sparsejax.schedules`; evaluated under ``jit`` with a
-        traced step), or ``None`` when the rule implies it (``pattern=NM(n, m)``,
-        or Han's ``q``).
+        traced step), fixed per-layer targets (a mapping path-regex -> sparsity,
+        see :func:`sparsejax.tree.compute_masks`), or ``None`` when the rule
+        implies it (``pattern=NM(n, m)``, or Han's ``q``).
       pattern: which entries may be removed (``Unstructured()``, ``NM(2, 4)``,
         ``Channel(...)``, ``Block(...)``).
       distribution: how the sparsity is spread over layers (``"uniform"``,
@@ -253,6 +254,9 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         if pattern.fixed_sparsity is None and q is None:
             raise ValueError(f"pruning(None, pattern={pattern!r}) needs a sparsity: pass a float "
                              "or a schedule, or a pattern that fixes it (NM(2, 4)) or Han's q.")
+    elif isinstance(sparsity_or_schedule, Mapping):  # per-layer targets, fixed
+        for regex, value in sparsity_or_schedule.items():
+            check_sparsity(value, f"pruning(sparsity[{regex!r}])")
     elif schedule is None:
         check_sparsity(sparsity_or_schedule, "pruning(sparsity)")
     elif pattern.fixed_sparsity is not None:
@@ -284,6 +288,8 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         """The value whose changes trigger a refresh (``update_every=None``)."""
         if schedule is not None:
             return jnp.asarray(schedule(step), jnp.float32)
+        if isinstance(sparsity_or_schedule, Mapping):
+            return jnp.float32(max(sparsity_or_schedule.values()))
         return jnp.float32(1.0 if sparsity_or_schedule is None else sparsity_or_schedule)
 
     def masks_at(params: Any, step: ArrayLike) -> Any:

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from sparsejax.distributions import DISTRIBUTIONS, erk_sparsities, global_masks, han_masks
+from sparsejax.distributions import (DISTRIBUTIONS, erk_sparsities, global_masks, han_masks,
+                                     layer_values)
 from sparsejax.paths import PathRule, flatten, leaf_paths, logger, selected_paths
 from sparsejax.patterns import Pattern, Unstructured
 from sparsejax.validate import check_finite, check_sparsity, is_concrete
@@ -46,6 +47,17 @@ def _check_arguments(sparsity, pattern, distribution, q) -> None:
         raise ValueError(f"unknown distribution {distribution!r}; valid: {list(DISTRIBUTIONS)} "
                          "(or pass q=... for Han's q·std rule).")
     fixed = pattern.fixed_sparsity
+    if isinstance(sparsity, Mapping):
+        if q is not None or distribution != "uniform" or fixed is not None:
+            raise ValueError("per-layer sparsities (a mapping path-regex -> sparsity) set each "
+                             "layer's target themselves; they take neither q=, a pattern with a "
+                             f"fixed sparsity ({pattern!r}) nor distribution={distribution!r}.")
+        if not sparsity:
+            raise ValueError("the per-layer sparsity mapping is empty; give at least one "
+                             "path-regex -> sparsity (e.g. {'.*': 0.9}).")
+        for regex, value in sparsity.items():
+            check_sparsity(value, f"sparsity[{regex!r}]")
+        return
     if q is not None:
         if sparsity is not None:
             raise ValueError("pass exactly one of sparsity= (a target) and q= (Han's q·std "
@@ -151,8 +163,12 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
 
     Args:
       params: parameter pytree (e.g. Flax ``variables["params"]``).
-      sparsity: target fraction removed in ``[0, 1)``; ``None`` for N:M
-        patterns (their sparsity is ``1 - n/m``) or with ``q``.
+      sparsity: target fraction removed in ``[0, 1)``; or per-layer targets, a
+        mapping path-regex -> sparsity where the first regex that
+        ``re.search``-es a path gives that layer's target (every pruned layer must
+        match one; ``distribution="uniform"`` only; e.g. Han et al.'s
+        LeNet-300-100 ``{"fc1": 0.92, "fc2": 0.91, "fc3": 0.74}``); ``None`` for
+        N:M patterns (their sparsity is ``1 - n/m``) or with ``q``.
       pattern: which entries may be removed together (``Unstructured()``,
         ``NM(2, 4)``, ``Channel(axes)``, ``Block(shape)``).
       distribution: ``"uniform"`` (every layer at ``sparsity``), ``"erk"``
@@ -205,6 +221,11 @@ def _layer_masks(leaves: Mapping[str, Array], sparsity, pattern, distribution,
                       "at INFO level for why); every mask is None.", stacklevel=3)
     if q is not None:
         return han_masks(leaves, q)
+    if isinstance(sparsity, Mapping):
+        per_layer = layer_values(leaves, sparsity, "sparsity")
+        patterns = patterns or {}
+        return {p: patterns.get(p, pattern).mask(x, per_layer[p], where=p)
+                for p, x in leaves.items()}
     if pattern.fixed_sparsity is not None or distribution == "uniform":
         patterns = patterns or {}
         return {p: patterns.get(p, pattern).mask(x, sparsity, where=p) for p, x in leaves.items()}

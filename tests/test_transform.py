@@ -14,6 +14,7 @@ from sparsejax import schedules
 from sparsejax.patterns import NM
 from sparsejax.select import keep_count
 from sparsejax.transform import PruningState, get_masks, pruning
+from sparsejax.tree import apply_masks, compute_masks, prune
 
 
 class MLP(nn.Module):
@@ -426,3 +427,48 @@ def test_user_schedule_checked_over_its_range_at_construction():
     with pytest.raises(ValueError, match="returns nan at step 7"):
         pruning(lambda t: jnp.where(jnp.asarray(t) == 7, jnp.nan, 0.5))
     pruning(lambda t: jnp.asarray(t, jnp.float32) / 400.0, end_step=400)  # never reaches 1
+
+
+# ------------------------------------------------------- per-layer target sparsities
+def test_per_layer_targets_keep_exact_counts_per_layer_first_match_wins():
+    k1, k2 = jax.random.split(jax.random.key(3))
+    params = {"fc1": {"kernel": jax.random.normal(k1, (30, 20)), "bias": jnp.ones(20)},
+              "fc3": {"kernel": jax.random.normal(k2, (20, 10))}}
+    pruned, masks = prune(params, {"fc3": 0.74, ".*": 0.92})
+    for path, s in (("fc1", 0.92), ("fc3", 0.74)):
+        w = np.asarray(params[path]["kernel"])
+        keep = int(np.ceil(round((1 - s) * w.size, 9)))
+        expected = np_topk(w, s)
+        np.testing.assert_array_equal(np.asarray(masks[path]["kernel"]), expected)
+        assert np.count_nonzero(np.asarray(pruned[path]["kernel"])) == keep
+    assert masks["fc1"]["bias"] is None
+
+
+def test_per_layer_targets_in_pruning_stay_exactly_zero_over_many_steps():
+    k1, k2 = jax.random.split(jax.random.key(4))
+    params = {"fc1": {"kernel": jax.random.normal(k1, (16, 8))},
+              "fc2": {"kernel": jax.random.normal(k2, (8, 4))}}
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9), pruning({"fc1": 0.75, "fc2": 0.5},
+                                                           update_every=None))
+    state = tx.init(params)
+    masks = get_masks(state)
+    assert int(masks["fc1"]["kernel"].sum()) == 32 and int(masks["fc2"]["kernel"].sum()) == 16
+    params = apply_masks(params, masks)
+    step = jax.jit(lambda p, s: tx.update(jax.tree.map(jnp.ones_like, p), s, p))
+    for _ in range(20):
+        updates, state = step(params, state)
+        params = optax.apply_updates(params, updates)
+    for path in ("fc1", "fc2"):
+        assert not np.any(np.asarray(params[path]["kernel"])[~np.asarray(masks[path]["kernel"])])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": {"fc1": 1.0}}, r"sparsity\['fc1'\].*must be in \[0, 1\)"),
+    ({"sparsity": {"fc1": 0.5}}, "no sparsity regex matches 'fc2/kernel'"),
+    ({"sparsity": {}}, "mapping is empty"),
+    ({"sparsity": {".*": 0.5}, "distribution": "global"}, "neither q="),
+])
+def test_per_layer_targets_bad_input(kwargs, match):
+    params = {"fc1": {"kernel": jnp.ones((4, 4))}, "fc2": {"kernel": jnp.ones((4, 2))}}
+    with pytest.raises(ValueError, match=match):
+        compute_masks(params, **kwargs)
