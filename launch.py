@@ -50,6 +50,9 @@ _SWEEP_LIST = flags.DEFINE_bool("sweep_list", False,
 _SEEDS = flags.DEFINE_integer(
     "seeds", None, "Runs per sweep member (config.seed + 0..N-1); tables report mean ± std. "
     "Default: the config file's SEEDS (1 if it has none).")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", None, "With --sweep: also write the results files (results.{md,csv,png}, "
+    "runs.csv, layers.csv, sweep.json) here, e.g. a committed reproduction/<study> folder.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete a previous run with another config in the workdir.")
 _JAX_CACHE = flags.DEFINE_string(
@@ -127,6 +130,9 @@ def main(argv: list[str]) -> None:
         # The default config file runs its sweep (also as default.py:smoke).
         wants_sweep = (os.path.abspath(path) == _DEFAULT_CONFIG
                        and _SWEEP_INDEX.value is None)
+    if _RESULTS_DIR.value and (not wants_sweep or _SWEEP_INDEX.value is not None):
+        raise ValueError("--results_dir collects a whole sweep's results: use it with --sweep "
+                         "(after --sweep_index jobs, run --sweep once more to aggregate).")
     if wants_sweep or _SWEEP_LIST.value or _SWEEP_INDEX.value is not None:
         module = config_lib.load_module(path)
         members = sweep.members(module, arg)
@@ -139,7 +145,8 @@ def main(argv: list[str]) -> None:
             return
         indices = None if _SWEEP_INDEX.value is None else [_SWEEP_INDEX.value]
         summaries = sweep.run_sweep(config, members, workdir, seeds=seeds, indices=indices,
-                                    overwrite=_OVERWRITE.value, aggregate_results=indices is None)
+                                    overwrite=_OVERWRITE.value, aggregate_results=indices is None,
+                                    results_dir=_RESULTS_DIR.value)
         if not ckpt_lib.is_main_process():
             return
         if indices is None:

@@ -59,6 +59,14 @@ def test_sweep_list_prints_one_command_per_member():
     assert len(lines) == 5 and lines[2].endswith("--sweep_index=2")
 
 
+def test_results_dir_needs_a_whole_sweep(tmp_path):
+    result = _launch("--config=experiments/swat.py:smoke", f"--workdir={tmp_path}/x",
+                     f"--results_dir={tmp_path}/r", "--jax_cache_dir=")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--results_dir collects a whole sweep's results: use it with --sweep" in result.stderr
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "r")
+
+
 def test_sweep_list_runs_each_member_for_each_of_the_configs_seeds():
     result = _launch("--config=experiments/default.py", "--workdir=runs/d", "--sweep_list")
     assert result.returncode == 0, result.stderr[-2000:]

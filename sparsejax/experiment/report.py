@@ -278,6 +278,31 @@ def runs_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return out.getvalue()
 
 
+def layers_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every run's per-layer weight density (one CSV line per run and layer).
+
+    Args:
+      rows: run summaries (their ``layers`` records).
+
+    Returns:
+      CSV with ``name, seed, path, shape, params, density, forward_flops``: the
+      density of the weights the forward pass multiplies with, at the end of the run.
+    """
+    keys = ["name", "seed", "path", "shape", "params", "density", "forward_flops"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        for layer in row.get("layers", []):
+            writer.writerow({"name": row["name"], "seed": row.get("seed", ""),
+                             "path": layer["path"],
+                             "shape": "x".join(map(str, layer["shape"])),
+                             "params": math.prod(layer["shape"]),
+                             "density": layer["density"],
+                             "forward_flops": layer["forward_flops"]})
+    return out.getvalue()
+
+
 def accuracy_limits(groups: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
     """The accuracy axis (in %) of a results plot: every error bar visible, not exaggerated.
 
@@ -357,7 +382,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
 
 
 def write_results(rows: Sequence[Mapping[str, Any]], directory: str) -> str:
-    """Writes ``results.md``, ``results.csv`` (groups), ``runs.csv`` and ``results.png``.
+    """Writes ``results.md``, ``results.csv`` (groups), ``runs.csv``, ``layers.csv`` and
+    ``results.png``.
 
     Args:
       rows: run summaries (e.g. the finished members of a sweep).
@@ -372,10 +398,11 @@ def write_results(rows: Sequence[Mapping[str, Any]], directory: str) -> str:
     write_text(os.path.join(directory, "results.md"), table + "\n")
     write_text(os.path.join(directory, "results.csv"), csv_table(rows))
     write_text(os.path.join(directory, "runs.csv"), runs_csv(rows))
+    write_text(os.path.join(directory, "layers.csv"), layers_csv(rows))
     if rows and is_main_process():  # One writer in a multi-process job.
         plot(rows, os.path.join(directory, "results.png"))
     return table
 
 
 __all__ = ["COLUMNS", "LEVEL_ARGS", "STATS", "accuracy_limits", "csv_table", "group_runs",
-           "markdown_table", "plot", "run_summary", "runs_csv", "write_results"]
+           "layers_csv", "markdown_table", "plot", "run_summary", "runs_csv", "write_results"]

@@ -7,7 +7,8 @@ run has its own sub-workdir ``<workdir>/<index>_<name>`` (``..._seed<seed>`` whe
 N > 1). :func:`run_sweep` runs them in this process, skipping finished ones (a run
 is finished when its ``summary.json`` exists, so a killed sweep resumes where it
 stopped), then writes ``results.md`` / ``results.csv`` (mean ± std over the seeds of
-each member), ``runs.csv`` and ``results.png`` (:mod:`sparsejax.experiment.report`).
+each member), ``runs.csv``, ``layers.csv``, ``results.png``
+(:mod:`sparsejax.experiment.report`) and ``sweep.json`` (every run's config).
 :func:`sweep_commands` prints one ``launch.py --sweep_index=j`` command per run for
 cluster job arrays; a final ``--sweep`` run (or :func:`aggregate`) then only
 collects the results. A config file sets its default number of seeds with a
@@ -141,7 +142,8 @@ def validate_members(base: ml_collections.ConfigDict,
 
 def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
               workdir: str, *, seeds: int = 1, indices: Sequence[int] | None = None,
-              overwrite: bool = False, aggregate_results: bool = True) -> list[dict[str, Any]]:
+              overwrite: bool = False, aggregate_results: bool = True,
+              results_dir: str | None = None) -> list[dict[str, Any]]:
     """Runs every member × seed (finished runs are skipped) and aggregates the results.
 
     Args:
@@ -152,8 +154,9 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
       indices: runs to run (default: all); run ``j`` is member ``j // seeds``,
         seed offset ``j % seeds``.
       overwrite: delete and rerun runs whose workdir holds another config.
-      aggregate_results: write ``results.{md,csv,png}`` and ``runs.csv`` of all
-        finished runs.
+      aggregate_results: write ``results.{md,csv,png}``, ``runs.csv``, ``layers.csv``
+        and ``sweep.json`` of all finished runs.
+      results_dir: also write those files here (e.g. a committed results folder).
 
     Returns:
       The summaries of the runs that were run or found finished.
@@ -187,20 +190,27 @@ def run_sweep(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
                      config.seed, directory)
         summaries.append(train_and_evaluate(config, directory, overwrite=overwrite))
     if aggregate_results:
-        aggregate(base, overrides, workdir, seeds)  # Process 0 writes the results files.
+        aggregate(base, overrides, workdir, seeds,  # Process 0 writes the results files.
+                  results_dir=results_dir)
         sync_processes("sweep results written")  # Nobody reads them before that.
     return summaries
 
 
 def aggregate(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, Any]],
-              workdir: str, seeds: int = 1) -> str:
-    """Collects the finished runs' summaries into ``results.{md,csv,png}`` and ``runs.csv``.
+              workdir: str, seeds: int = 1, *, results_dir: str | None = None) -> str:
+    """Collects the finished runs' summaries into the sweep's results files.
+
+    Writes ``results.{md,csv,png}``, ``runs.csv`` and ``layers.csv``
+    (:func:`sparsejax.experiment.report.write_results`) and ``sweep.json``
+    (:func:`manifest`: what was run, so a results folder can be checked against
+    its config file later) to ``workdir`` and, if given, to ``results_dir``.
 
     Args:
       base: the base config.
       overrides: the members' override dicts.
       workdir: the sweep directory.
       seeds: runs per member (as given to :func:`run_sweep`).
+      results_dir: a second folder for the results files (not the runs).
 
     Returns:
       The markdown table (runs not finished yet are left out and logged).
@@ -209,15 +219,45 @@ def aggregate(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
       ValueError: the finished runs cannot share one table
         (:func:`sparsejax.experiment.report.group_runs` names the differing keys).
     """
+    from sparsejax.experiment.checkpoint import is_main_process, write_json
+
     rows = []
-    for index, config in run_configs(member_configs(base, overrides), seeds):
+    runs = run_configs(member_configs(base, overrides), seeds)
+    for index, config in runs:
         path = os.path.join(member_dir(workdir, index, config, seeds), "summary.json")
         if os.path.exists(path):
             rows.append(read_json(path, "summary file"))
         else:
             logging.warning("Sweep member %d (%s, seed %d) is not finished; left out of the "
                             "results.", index, config.name, config.seed)
-    return report.write_results(rows, workdir)
+    table = ""
+    for directory in [workdir] + ([results_dir] if results_dir else []):
+        if directory != workdir and is_main_process():
+            os.makedirs(directory, exist_ok=True)
+        table = report.write_results(rows, directory)
+        write_json(os.path.join(directory, "sweep.json"), manifest(runs, seeds, rows))
+    return table
+
+
+def manifest(runs: Sequence[tuple[int, ml_collections.ConfigDict]], seeds: int,
+             rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a sweep ran: every run's resolved config, and the finished runs' time.
+
+    Args:
+      runs: :func:`run_configs` of the sweep.
+      seeds: runs per member.
+      rows: the finished runs' summaries.
+
+    Returns:
+      ``{"seeds", "runs": [{"member", "name", "seed", "config", "finished"}],
+      "wall_time_s"}`` (JSON-ready); ``wall_time_s`` sums the finished runs' times.
+    """
+    done = {(str(r["name"]), r.get("seed")) for r in rows}
+    return {"seeds": seeds,
+            "runs": [{"member": index, "name": str(config.name), "seed": config.seed,
+                      "finished": (str(config.name), config.seed) in done,
+                      "config": config_lib.to_dict(config)} for index, config in runs],
+            "wall_time_s": sum(float(r.get("wall_time_s", 0.0)) for r in rows)}
 
 
 def sweep_commands(config_arg: str, workdir: str, count: int,
