@@ -169,7 +169,7 @@ def _main(argv: list[str]) -> None:
     """Runs :func:`main`; configuration mistakes end with a one-line error, not a traceback."""
     try:
         main(argv)
-    except (ValueError, KeyError, IndexError) as error:
+    except (ValueError, KeyError, IndexError, FloatingPointError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         sys.exit(f"launch.py: error: {message}")
     except OSError as error:

@@ -40,7 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict({
         "name": "magnitude", "sparsity": a.sparsity, "iterations": a.iterations,
         "retrain_epochs": 20.0, "retrain_lr_scale": 0.1, "distribution": "uniform",
-        "q": 0.0, "exclude": ""})
+        "q": 0.0, "layers": "", "exclude": ""})
     if a.smoke:
         config_lib.smoke(c)
     return c

@@ -12,7 +12,8 @@ from sparsejax.adapters.nnx import SparsityState
 from sparsejax.adapters.planning import LayerPlan, Plan, plan
 from sparsejax.adapters.weights import contraction_axes, effective_params
 from sparsejax.distributions import erk_sparsities
-from sparsejax.methods import Method, dense, dsg, grad_drop, meprop, momentum_budgets, ste, swat
+from sparsejax.methods import (Method, dense, dsg, forward_topk, grad_drop, meprop,
+                               momentum_budgets, ste, swat)
 from sparsejax.monitor import MonitorConfig, flatten_metrics
 from sparsejax.paths import leaf_paths, path_str, selected_paths
 from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
@@ -20,8 +21,8 @@ from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
                            sparse_dot_general_with_stats)
 from sparsejax.patterns import (Block, Channel, NM, Pattern, Unstructured, block_mask,
                                 channel_mask, default_contraction_axes, nm_mask, topk_mask)
-from sparsejax.permutation import (PermutationResult, permute_channels, permute_for_nm,
-                                   search_permutation)
+from sparsejax.permutation import (PermutationResult, chain_pairs, permute_channels,
+                                   permute_for_nm, permute_model, search_permutation)
 from sparsejax.select import (keep_count, kth_largest_key_along, magnitude_keys, select_topk,
                               select_topk_key, threshold)
 from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection, RowTopK,

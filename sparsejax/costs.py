@@ -15,18 +15,25 @@ SWAT                           ``d_w``        ``d_w``     ``d_a``
 STE / SR-STE (N:M forward)     ``d_w``        ``d_w``     1
 meProp (hidden layers)         1              ``k/n``     ``k/n``
 DSG                            ``1-γ``        ``1-γ``     ``1-γ``
+forward top-K, weights         ``d_w``        ``d_w``     1
+forward top-K, activations     ``d_x``        ``d_x``     ``d_x``
 =============================  =============  ==========  ==========
 
 ``d_w`` is the density of the weights the layer multiplies with, ``d_a`` that of
 the saved activations (SWAT sets ``d_a = d_w``), ``k/n`` meProp's kept fraction
 of the ``n`` output columns (its output layer stays dense), ``γ`` DSG's
-sparsity. Pruning with fixed masks: ``3F(1 - s)`` on pruned layers; SWAT:
-``F[(1 - s_w) + (1 - s_w) + (1 - s_a)]``; meProp: ``F + 2F·k/n``. Gradient
-drop zeroes ``dW`` *after* computing it, so it saves no FLOPs (only
-communication). DSG's random projection (a sparse ternary GEMM of small
-dimension) and the non-linear ops (norms, activations, attention's
-activation-activation products) are not counted. These are arithmetic counts:
-unstructured sparsity gives no speed-up on dense hardware.
+sparsity, ``d_x = 1 - s`` the kept fraction of the layer's input in SWAT's
+forward-operand study (:func:`sparsejax.methods.forward_topk`): cost model
+``"forward_topk_w"`` (top-K forward weights: the fractions of ``"ste"``) and
+``"forward_topk_a"`` (top-K forward input A: the forward and ``dA`` run only
+at the kept input positions, ``dW`` with the sparse A; passed like DSG's,
+``sparsified`` kernel paths with ``keep = d_x``). Pruning with fixed masks:
+``3F(1 - s)`` on pruned layers; SWAT: ``F[(1 - s_w) + (1 - s_w) + (1 - s_a)]``;
+meProp: ``F + 2F·k/n``. Gradient drop zeroes ``dW`` *after* computing it, so
+it saves no FLOPs (only communication). DSG's random projection (a sparse
+ternary GEMM of small dimension) and the non-linear ops (norms, activations,
+attention's activation-activation products) are not counted. These are
+arithmetic counts: unstructured sparsity gives no speed-up on dense hardware.
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (SWAT's
@@ -45,7 +52,8 @@ import jax
 import jax.numpy as jnp
 
 LINEAR_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv)
-COSTS = ("dense", "grad_drop", "masked", "swat", "ste", "meprop", "dsg")
+COSTS = ("dense", "grad_drop", "masked", "swat", "ste", "meprop", "dsg", "forward_topk_w",
+         "forward_topk_a")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +131,11 @@ def layer_fractions(cost: str, layer: Layer, density: float, *,
       cost: one of :data:`COSTS` (see the module docstring's table).
       layer: the layer.
       density: density of the weights the layer multiplies with (1 for dense).
-      sparsified: kernel paths the method applies to (meProp, DSG).
+      sparsified: kernel paths the method applies to (meProp, DSG, forward top-K
+        activations).
       kept: meProp's kept output columns for a layer width.
-      keep: DSG's kept fraction of output neurons ``1 - γ``.
+      keep: DSG's kept fraction of output neurons ``1 - γ``; for
+        ``"forward_topk_a"`` the kept fraction of the input activation ``1 - s``.
 
     Returns:
       ``(f, a, w)``; the layer's training FLOPs are ``forward_flops · (f + a + w)``.
@@ -134,12 +144,12 @@ def layer_fractions(cost: str, layer: Layer, density: float, *,
         raise ValueError(f"Unknown cost model {cost!r}; valid: {', '.join(COSTS)}.")
     if cost in ("masked", "swat"):  # SWAT: activation density = weight density.
         return density, density, density
-    if cost == "ste":
+    if cost in ("ste", "forward_topk_w"):
         return density, density, 1.0
     if layer.kernel in sparsified and cost == "meprop":
         r = min(kept(layer.out_features), layer.out_features) / layer.out_features
         return 1.0, r, r
-    if layer.kernel in sparsified and cost == "dsg":
+    if layer.kernel in sparsified and cost in ("dsg", "forward_topk_a"):
         return keep, keep, keep
     return 1.0, 1.0, 1.0
 

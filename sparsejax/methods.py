@@ -1,4 +1,5 @@
-"""Sparse-training methods as hashable values: SWAT, STE/SR-STE, meProp, DSG.
+"""Sparse-training methods as hashable values: SWAT, STE/SR-STE, meProp, DSG,
+and SWAT's forward-operand study (:func:`forward_topk`).
 
 A :class:`Method` is a small frozen dataclass (a static ``jit`` argument, a
 dict key) that answers, for every linear layer an adapter finds
@@ -1047,6 +1048,103 @@ def dsg(sparsity: float, *, epsilon: float = 0.5, seed: int = 0, include: Any = 
     """
     return DSG(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
                epsilon=epsilon, seed=seed)
+
+
+# -------------------------------------------------------------- forward top-K
+# The forward-side operands forward_topk can sparsify.
+FORWARD_OPERANDS = ("activations", "weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardTopK(Method):
+    """One forward-side operand sparsified by top-K; build it with :func:`forward_topk`."""
+
+    sparsity: float = 0.8
+    operand: str = "activations"
+    dense_first: bool = True
+    dense_last: bool = False
+
+    name: ClassVar[str] = "forward_topk"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_sparsity(self.sparsity, "forward_topk(sparsity=...)")
+        if self.operand not in FORWARD_OPERANDS:
+            raise ValueError(f"forward_topk(operand=...) must be one of "
+                             f"{', '.join(map(repr, FORWARD_OPERANDS))} (the forward-side operand "
+                             f"to sparsify), got {self.operand!r}.")
+        _check_bool(self.dense_first, "dense_first")
+        _check_bool(self.dense_last, "dense_last")
+
+    def _select(self, layers, chosen):
+        return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+
+    def sparsities(self, shapes):
+        return {p: float(self.sparsity) for p in shapes}
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        rule = TopK(sparsity, ties="all")  # SWAT's rule: |x| >= the k-th largest magnitude.
+        if self.operand == "weights":
+            return Policy(weight=rule, straight_through=True), None
+        return Policy(act=rule), None
+
+
+def forward_topk(sparsity: float, *, operand: str = "activations", dense_first: bool = True,
+                 dense_last: bool = False, include: Any = None, exclude: Any = None,
+                 sparse_eval: bool = True) -> ForwardTopK:
+    """SWAT's sensitivity study: sparsify one forward-side operand of every chosen layer.
+
+    Each sparse layer applies a whole-tensor magnitude top-K (SWAT's rule,
+    ``TopK(sparsity, ties="all")``: every entry with ``|x| >=`` the k-th largest
+    magnitude is kept) to one operand of its forward pass; everything else is
+    dense:
+
+    * ``operand="activations"``: the layer multiplies ``TopK(A)`` (its input
+      ``A ⊙ mask``, one threshold over the whole batch tensor) with the dense W;
+      ``dA`` is masked by the same mask (the true gradient of
+      ``op(A ⊙ mask, W)`` for the mask held fixed) and ``dW`` uses the sparse A
+      (``Policy(act=TopK(s))``). After a ReLU with more than ``sparsity`` zeros
+      no non-zero is dropped.
+    * ``operand="weights"``: the forward and ``dA`` use ``TopK(W)``; ``dW`` is
+      computed with the dense A at every position (straight-through), so pruned
+      weights keep learning (``Policy(weight=TopK(s), straight_through=True)``:
+      the same math as ``ste(Unstructured(), sparsity=s)``).
+
+    The paper's Section 3 compares these forward-side operands with the
+    backward-side ones (SWAT's saved activations, :func:`swat`). Layers are
+    chosen as in SWAT-U: the first layer (in call order) stays dense by default.
+    Evaluation (read-only state) applies the same top-K unless
+    ``sparse_eval=False``.
+
+    Args:
+      sparsity: fraction of the operand removed, in ``[0, 1)``, the same for
+        every sparse layer.
+      operand: ``"activations"`` (the layer's input A) or ``"weights"`` (W).
+      dense_first: keep the first layer dense (the SWAT-U configs).
+      dense_last: keep the last layer dense.
+      include: module-path rule of the layers to sparsify (default: all).
+      exclude: module-path rule of layers to keep dense.
+      sparse_eval: evaluate with the top-K operand (True) or dense (False).
+
+    Returns:
+      A hashable :class:`ForwardTopK` method for :func:`sparsejax.adapters.sparsify`.
+
+    Raises:
+      ValueError: ``sparsity`` outside ``[0, 1)`` (or NaN), or an unknown ``operand``.
+
+    Example:
+      >>> model = sparsify(zoo.get_model("resnet18"), forward_topk(0.8))
+      >>> forward_topk(0.9, operand="weights")    # forward weights only
+
+    References:
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020
+      (Section 3, the sensitivity of forward- and backward-side operands).
+    """
+    return ForwardTopK(include=include, exclude=exclude, sparse_eval=sparse_eval,
+                       sparsity=sparsity, operand=operand, dense_first=dense_first,
+                       dense_last=dense_last)
 
 
 # -------------------------------------------------------------------- dense

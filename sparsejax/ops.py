@@ -7,11 +7,12 @@ them). A hashable :class:`Policy` says which tensor is sparsified in which
 pass, by which :mod:`sparsejax.sparsifiers` rule; dynamic values come through
 :class:`Aux`, so they change without recompiling::
 
-  forward   W_s = W ⊙ weight(W)                         (SWAT, STE, fixed masks)
+  forward   A   = A ⊙ act(A)                             (forward activations, SWAT §3)
+            W_s = W ⊙ weight(W)                         (SWAT, STE, fixed masks)
             Y   = op(A, W_s) ⊙ out(Y or its estimate)    (DSG)
             save  A_s = A ⊙ act_saved(A)                 (SWAT), W_s
   backward  G   = dY ⊙ out-mask ⊙ grad_out(dY)           (DSG reuse, meProp)
-            dA  = op_transposeᴬ(G, W_s)
+            dA  = op_transposeᴬ(G, W_s) ⊙ act-mask
             dW  = op_transposeᵂ(G, A_s)                  dense over all positions
                   (straight-through), or ⊙ weight-mask if ``straight_through=False``
                   + weight_decay_pruned · (W − W_s)      (SR-STE)
@@ -73,7 +74,7 @@ DTypeLike = jax.typing.DTypeLike
 DotDims = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
 Padding = str | Sequence[tuple[int, int]]
 
-_SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"))
+_SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"), ("act", "x"))
 _FIELDS = ("sparsity", "threshold", "refresh", "mask")
 
 
@@ -90,6 +91,14 @@ class Policy:
         ``RowTopK``, unified meProp ``SharedColumns``).
       out: rule selecting output neurons in the forward pass (the output is zero
         elsewhere); the same mask is applied to dY in the backward pass (DSG).
+      act: rule applied to the layer's input A in the forward pass (SWAT's §3
+        sensitivity study of forward-side operands): the op multiplies
+        ``A ⊙ mask`` (every other rule, ``act_saved`` included, then sees that
+        sparse A); ``dA`` is masked by the same mask (the true gradient of
+        ``op(A ⊙ mask, W)`` for the mask held fixed); ``dW`` uses the sparse A
+        (or, when ``act_saved`` is also set, act_saved's rule applied on top of
+        the sparse A). The mask is kept for the backward pass (as bits with
+        ``pack_saved``).
       weight_decay_pruned: SR-STE's λ: adds ``λ · (1 − mask) · W`` to dW.
       straight_through: True: dW is computed at every position (pruned weights
         keep learning: SWAT, STE). False: dW is masked like W, the true gradient
@@ -127,6 +136,7 @@ class Policy:
     act_saved: Optional[Sparsifier] = None
     grad_out: Optional[Sparsifier] = None
     out: Optional[Sparsifier] = None
+    act: Optional[Sparsifier] = None
     weight_decay_pruned: float = 0.0
     straight_through: bool = True
     compact: bool = True
@@ -161,7 +171,8 @@ class Aux(NamedTuple):
     """Dynamic per-call inputs of the policy's rules (arrays; ``None`` = absent).
 
     Prefixes name the slot: ``w_`` weight, ``a_`` act_saved, ``g_`` grad_out,
-    ``o_`` out. Each prefix has:
+    ``o_`` out, ``x_`` act (the forward input; its fields come after ``key``
+    so the older fields keep their positions). Each prefix has:
 
     * ``*_sparsity``: overrides the rule's sparsity (a traced scalar, e.g. SWAT-M's
       per-layer budget this step; no recompilation).
@@ -191,6 +202,10 @@ class Aux(NamedTuple):
     o_refresh: Optional[ArrayLike] = None
     o_mask: Optional[ArrayLike] = None
     key: Optional[ArrayLike] = None
+    x_sparsity: Optional[ArrayLike] = None
+    x_threshold: Optional[ArrayLike] = None
+    x_refresh: Optional[ArrayLike] = None
+    x_mask: Optional[ArrayLike] = None
 
 
 class Stats(NamedTuple):
@@ -202,10 +217,14 @@ class Stats(NamedTuple):
         as ``aux.w_threshold`` for the next steps. NaN when the rule has none.
       a_threshold: the same for the saved activation.
       w_density: fraction of non-zero entries of the W used in the forward pass.
-      a_density: fraction of non-zero entries of A as saved for dW.
+      a_density: fraction of non-zero entries of A as saved for dW (after the
+        ``act`` rule, when there is one, and ``act_saved``).
       a_input_density: fraction of non-zero entries of A as given (the
-        activation-sparsity monitor, e.g. ReLU zeros).
+        activation-sparsity monitor, e.g. ReLU zeros), before any rule.
       out_density: fraction of outputs kept by the ``out`` rule (1 without one).
+      x_threshold: the threshold of the ``act`` rule (the forward input), as
+        ``w_threshold``: store it as ``aux.x_threshold`` for a ``Cached`` rule.
+        NaN when there is no such rule or it has no threshold.
     """
 
     w_threshold: Array
@@ -214,6 +233,7 @@ class Stats(NamedTuple):
     a_density: Array
     a_input_density: Array
     out_density: Array
+    x_threshold: Array
 
 
 def _tuple(x):
@@ -369,7 +389,7 @@ def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape_of: Callable[[], tuple[int, ...
                             "training needs floating inputs (integers have no gradient). Cast with "
                             ".astype(jnp.float32) or use the lax op directly.")
     feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
-    shapes = {"w": lambda: (w.shape, ()), "a": lambda: (a.shape, ()),
+    shapes = {"w": lambda: (w.shape, ()), "a": lambda: (a.shape, ()), "x": lambda: (a.shape, ()),
               "g": lambda: (y_shape_of(), feat), "o": lambda: (y_shape_of(), feat)}
     for slot, prefix in _SLOTS:
         rule = getattr(cfg.policy, slot)
@@ -474,6 +494,11 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     op, pol, where = cfg.op, cfg.policy, cfg.where
     meta = _Meta(jax.ShapeDtypeStruct(a.shape, a.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
     feat = op.out_feature_axes(a.ndim, w.ndim)
+    a_input_density = _density(a)
+    xmask = x_thr = None
+    if pol.act is not None:  # Forward input: every later use (op, act_saved, dW) sees A ⊙ mask.
+        xmask, x_thr = pol.act.keep(a, _slot(aux, "x"), (), where)
+        a = jnp.where(xmask, a, jnp.zeros((), a.dtype))
     plan, wmask, w_thr, w_s = None, None, None, w
     if pol.weight is not None:
         given = _slot(aux, "w")
@@ -530,8 +555,9 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     stats = Stats(
         w_threshold=nan if w_thr is None else jnp.asarray(w_thr, jnp.float32),
         a_threshold=nan if a_thr is None else jnp.asarray(a_thr, jnp.float32),
-        w_density=_density(w_s), a_density=_density(a_s), a_input_density=_density(a),
-        out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)))
+        w_density=_density(w_s), a_density=_density(a_s), a_input_density=a_input_density,
+        out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)),
+        x_threshold=nan if x_thr is None else jnp.asarray(x_thr, jnp.float32))
     # With pack_saved, W_s is not saved either: W is alive anyway (a parameter) and its
     # mask takes 1/32 of its bytes; the backward rebuilds W_s (a saved W_s, and the
     # transposed copies XLA makes of it for dA ahead of time, hold a dense copy of every
@@ -542,8 +568,11 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
             w_keep, wbits = w, compact.pack_bits(wmask)
         elif not pol.straight_through:
             wmask_saved = wmask
+    xbits = None
+    if xmask is not None and pol.pack_saved:  # 1 bit per entry of A instead of a bool byte.
+        xbits, xmask = compact.pack_bits(xmask), None
     res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
-               g=_slot(aux, "g"),
+               xmask=xmask, xbits=xbits, g=_slot(aux, "g"),
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
@@ -625,6 +654,11 @@ def _backward(cfg: _Cfg, res, cts):
         dw = jnp.where(wmask, dw, jnp.zeros((), dw.dtype))
     if res["w_pruned"] is not None:
         dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
+    xmask = res["xmask"]
+    if res["xbits"] is not None:
+        xmask = compact.unpack_bits(after(res["xbits"]), a_struct.shape)
+    if xmask is not None:  # The forward multiplied A ⊙ mask: its gradient is masked too.
+        da = jnp.where(xmask, da, jnp.zeros((), da.dtype))
     return da.astype(a_struct.dtype), dw.astype(w_struct.dtype), None
 
 
@@ -670,7 +704,8 @@ def forward_weight(w: ArrayLike, policy: Optional[Policy], aux: Optional[Aux] = 
     ``w_*`` fields of ``aux``; a compacted channel rule keeps the same slices),
     so a plain ``lax.dot_general`` / ``conv_general_dilated`` with ``W_s``
     reproduces the op's forward output whenever the policy has no ``out`` rule
-    (DSG's, which masks outputs, not weights).
+    (DSG's, which masks outputs, not weights) and no ``act`` rule (which masks
+    the input).
 
     Args:
       w: the kernel.

@@ -35,7 +35,7 @@ import difflib
 import functools
 import itertools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -505,3 +505,221 @@ def permute_for_nm(params: Any, pairs: Sequence[tuple], *, n: int = 2, m: int = 
                                   producer_extras=extras)
         results[consumer] = result
     return params, results
+
+
+# ----------------------------------------------------- model-level permutation
+def _per_channel_norm(module: Any, x: Any) -> bool:
+    """Whether a norm layer acts per channel of the last axis (permutation-equivariant)."""
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+    ndim = len(np.shape(x)) if x is not None else 0
+    last = lambda a: isinstance(a, int) and ndim > 0 and a % ndim == ndim - 1
+    if isinstance(module, nn.BatchNorm):  # statistics over the other axes, per channel
+        return last(module.axis)
+    if isinstance(module, nn.LayerNorm):  # mean/var over the channels: order-invariant
+        return last(module.reduction_axes) and last(module.feature_axes)
+    return False
+
+
+def _module_calls(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]
+                  ) -> list[tuple[str, str, dict[str, tuple[int, ...]]]]:
+    """``(kind, module path, {own leaf path: shape})`` of every module call owning variables,
+    in call order; ``kind`` is ``"linear"`` (Dense, or Conv without groups), ``"norm"``
+    (a per-channel norm) or ``"other"``. Paths are relative to the variables dict."""
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+    calls = []
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+        out = next_fun(*call_args, **call_kwargs)
+        module = context.module
+        if context.method_name == "setup":
+            return out
+        prefix = "/".join(module.path)
+        own = {}
+        for collection, tree in module.variables.items():
+            for name, leaf in tree.items():
+                if not isinstance(leaf, Mapping):
+                    own["/".join(filter(None, (collection, prefix, name)))] = tuple(np.shape(leaf))
+        if not own:
+            return out  # A container (its layers are recorded) or a stateless module.
+        kernel = "/".join(filter(None, ("params", prefix, "kernel")))
+        if (type(module) in (nn.Dense, nn.Conv) and kernel in own and len(own[kernel]) >= 2
+                and getattr(module, "feature_group_count", 1) == 1):
+            kind = "linear"
+        elif _per_channel_norm(module, call_args[0] if call_args else None):
+            kind = "norm"
+        else:
+            kind = "other"
+        calls.append((kind, prefix, own))
+        return out
+
+    def init():
+        with nn.intercept_methods(interceptor):
+            return model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                              *args, **kwargs)
+
+    jax.eval_shape(init)
+    return calls
+
+
+def chain_pairs(model: Any, *example_args: Any, **example_kwargs: Any
+                ) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Candidate producer → consumer pairs of a Flax linen model: consecutive layers.
+
+    The layers are read in call order from an abstract ``model.init`` (no FLOPs).
+    A pair is two consecutive ``nn.Dense`` / ``nn.Conv`` calls (no feature groups)
+    where the producer's output channels (kernel axis ``-1``) equal the
+    consumer's input channels (axis ``-2``), with only per-channel norms
+    (``BatchNorm`` / ``LayerNorm`` over the last axis, whose parameters and
+    statistics become ``producer_extras``) and modules without variables
+    (activations, dropout, pooling) called in between. Layers called more than
+    once are skipped, and so is a pair with any other module owning variables
+    between its two layers.
+
+    These are *candidates*: call order does not show the data flow, so a
+    residual add, a concatenation or a second reader of the producer's output
+    makes a pair unsafe. :func:`permute_model` checks each one on the model's
+    output.
+
+    Args:
+      model: an unbound linen module.
+      *example_args: its call arguments (e.g. an input batch).
+      **example_kwargs: keyword arguments of the call (e.g. ``train=False``).
+
+    Returns:
+      ``(producer kernel, consumer kernel, producer_extras)`` paths relative to
+      the variables dict (``"params/fc1/kernel"``, ``"batch_stats/bn1/mean"``),
+      as :func:`permute_for_nm` takes them with ``{"params": ..., **collections}``.
+
+    Example:
+      >>> [(p, c) for p, c, _ in chain_pairs(zoo.MLP(features=(32, 16)), jnp.zeros((1, 64)))]
+      [('params/fc1/kernel', 'params/fc2/kernel'), ('params/fc2/kernel', 'params/fc3/kernel')]
+    """
+    calls = _module_calls(model, example_args, example_kwargs)
+    counts: dict[str, int] = {}
+    for _, path, _ in calls:
+        counts[path] = counts.get(path, 0) + 1
+    pairs = []
+    producer, between, blocked = None, [], False
+    for kind, path, own in calls:
+        if kind == "linear":
+            kernel = f"params/{path}/kernel" if path else "params/kernel"
+            if (producer is not None and not blocked and counts[path] == 1
+                    and counts[producer[0]] == 1 and producer[1][-1] == own[kernel][-2]):
+                channels = producer[1][-1]
+                extras = tuple(p for norm in between for p, s in norm.items() if s == (channels,))
+                if all(len(norm) == len([s for s in norm.values() if s == (channels,)])
+                       for norm in between):
+                    pairs.append((producer[2], kernel, extras))
+            producer, between, blocked = (path, own[kernel], kernel), [], False
+        elif kind == "norm":
+            between.append(own)
+        else:
+            blocked = True
+    return pairs
+
+
+def _outputs(model: Any, example_args: Sequence[Any], example_kwargs: Mapping[str, Any]
+             ) -> Callable[[Any], list[np.ndarray]]:
+    apply = jax.jit(lambda v: model.apply(v, *example_args, **example_kwargs))
+
+    def outputs(variables: Any) -> list[np.ndarray]:
+        with jax.default_matmul_precision("highest"):  # No TF32/bf16 passes on accelerators.
+            return [np.asarray(x, np.float64) for x in jax.tree.leaves(apply(variables))]
+
+    return outputs
+
+
+def _deviation(a: Sequence[np.ndarray], b: Sequence[np.ndarray], rtol: float,
+               atol: float) -> float | None:
+    """Largest ``|a - b|`` if some entry is outside ``atol + rtol |a|``, else ``None``."""
+    bad = [not np.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(a, b)]
+    if not any(bad):
+        return None
+    return max(float(np.max(np.abs(x - y), initial=0.0)) for x, y in zip(a, b))
+
+
+def permute_model(model: Any, variables: Any, *example_args: Any,
+                  include: Callable[[str], bool] | None = None, n: int = 2, m: int = 4,
+                  seed: int = 0, max_iters: int = 100_000, perturbations: int = 50,
+                  rtol: float = 1e-4, atol: float = 1e-5, **example_kwargs: Any
+                  ) -> tuple[Any, dict[str, tuple[str, PermutationResult]]]:
+    """N:M channel permutations of a whole linen model, checked on its output.
+
+    The candidate pairs of :func:`chain_pairs` whose consumer kernel passes
+    ``include`` and has input channels divisible by ``m`` are used. Each pair is
+    first checked alone with a fixed random permutation: if the model's output
+    on ``example_args`` changes beyond ``atol + rtol · |output|`` (float32
+    matmuls at ``"highest"`` precision), the pair is unsafe. Then
+    :func:`permute_for_nm` searches and applies the permutations, and the whole
+    permuted model is checked again.
+
+    Args:
+      model: an unbound linen module (e.g. a zoo model).
+      variables: its variables ``{"params": ..., **collections}`` (host arrays
+        stay numpy).
+      *example_args: the call arguments of the check (e.g. a small batch of
+        random inputs; ``train=False`` goes in ``example_kwargs``).
+      include: ``consumer kernel path -> bool`` (paths relative to ``params``,
+        e.g. ``"fc2/kernel"``); ``None`` takes every candidate.
+      n: kept entries per group.
+      m: group size.
+      seed: seed of the check permutations and of the search's perturbations.
+      max_iters: per-layer regrouping budget (see :func:`search_permutation`).
+      perturbations: per-layer escape attempts (see :func:`search_permutation`).
+      rtol: relative tolerance of the output check.
+      atol: absolute tolerance of the output check.
+      **example_kwargs: keyword arguments of the call.
+
+    Returns:
+      ``(permuted variables, {consumer kernel: (producer kernel, PermutationResult)})``
+      with kernel paths relative to ``params``.
+
+    Raises:
+      ValueError: a pair's permutation changes the model's output (the message
+        names the pairs): the producer's output reaches more than its consumer
+        (residual add, concatenation) or passes a non-per-channel op (flatten).
+
+    Example:
+      >>> variables, found = permute_model(model, variables, x, train=False)
+      >>> {c: r.efficacy for c, (p, r) in found.items()}  # doctest: +SKIP
+
+    References:
+      Pool & Yu, "Channel Permutations for N:M Sparsity", NeurIPS 2021.
+    """
+    strip = lambda path: path[len("params/"):]
+    pairs = [(p, c, e) for p, c, e in chain_pairs(model, *example_args, **example_kwargs)
+             if (include is None or include(strip(c)))
+             and np.shape(_lookup(paths.leaf_paths(variables), c, "consumer"))[-2] % m == 0]
+    if not pairs:
+        return variables, {}
+    outputs = _outputs(model, example_args, example_kwargs)
+    reference = outputs(variables)
+    rng = np.random.default_rng(seed)
+    unsafe = []
+    for producer, consumer, extras in pairs:
+        channels = np.shape(paths.leaf_paths(variables)[consumer])[-2]
+        perm = rng.permutation(channels)
+        if np.array_equal(perm, np.arange(channels)):
+            perm = np.roll(perm, 1)
+        trial = permute_channels(variables, producer=producer, consumer=consumer, perm=perm,
+                                 producer_extras=extras)
+        deviation = _deviation(reference, outputs(trial), rtol, atol)
+        if deviation is not None:
+            unsafe.append(f"{strip(producer)} -> {strip(consumer)} (max |change| {deviation:.3g})")
+    if unsafe:
+        raise ValueError(
+            f"permuting the channels of {len(unsafe)} of {len(pairs)} producer -> consumer "
+            f"pair(s) inferred from the call order changes the model's output: "
+            f"{'; '.join(unsafe)}. The producer's output reaches more than its consumer "
+            "(a residual add, a concatenation) or passes a non-per-channel operation (a "
+            "flatten); permute only pairs connected through per-channel operations.")
+    permuted, results = permute_for_nm(variables, pairs, n=n, m=m, max_iters=max_iters,
+                                       seed=seed, perturbations=perturbations)
+    deviation = _deviation(reference, outputs(permuted), rtol, atol)
+    if deviation is not None:
+        names = "; ".join(f"{strip(p)} -> {strip(c)}" for p, c, _ in pairs)
+        raise ValueError(f"the permuted model's output differs from the original (max |change| "
+                         f"{deviation:.3g}) although each pair alone keeps it: {names}.")
+    return permuted, {strip(c): (strip(p), results[c]) for p, c, _ in pairs}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from references import tiny_config
@@ -203,3 +204,47 @@ def test_nearest_key():
     assert config_lib.nearest("num_epoch", ["num_epochs", "num_steps"]) == "num_epochs"
     assert config_lib.nearest("lr", ["learning_rate", "momentum"]) == "learning_rate"
     assert config_lib.nearest("zzz", ["learning_rate", "momentum"]) is None
+
+
+# ------------------------------------------------- magnitude pruning's per-layer targets
+def test_magnitude_layers_prune_each_layer_to_its_own_target_per_round():
+    from sparsejax.experiment import recipes
+    from sparsejax.transform import get_masks
+
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({
+        "name": "magnitude", "layers": "fc3=0.5,.*=0.875", "iterations": 2})
+    phases = recipes.build_phases(config, 10, 2)
+    params = {"fc1": {"kernel": jnp.arange(1.0, 65.0).reshape(8, 8)},
+              "fc3": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2)}}
+    kept = []
+    for phase in phases[1:]:
+        masks = get_masks(phase.pruning.init(params))
+        kept.append((int(masks["fc1"]["kernel"].sum()), int(masks["fc3"]["kernel"].sum())))
+    # Round i of n keeps (1 - s) ** (i / n): fc1 0.125 -> 0.354 (23 of 64) then 8;
+    # fc3 0.5 -> 0.707 (6 of 8) then 4.
+    assert kept == [(23, 6), (8, 4)]
+
+
+@pytest.mark.parametrize("layers, match", [
+    ("fc1=1.2", r"sparsities in \[0, 1\)"),
+    ("fc1", "'regex=sparsity' pairs"),
+    ("fc(=0.5", "valid regexes"),
+])
+def test_magnitude_layers_bad_input_is_one_config_error(layers, match):
+    from sparsejax.experiment import recipes
+
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({"name": "magnitude", "layers": layers})
+    with pytest.raises(config_lib.ConfigError, match=match):
+        recipes.build_phases(config, 10, 2)
+
+
+def test_magnitude_layers_refuse_q_and_other_distributions():
+    from sparsejax.experiment import recipes
+
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({"name": "magnitude", "layers": ".*=0.5",
+                                               "distribution": "global"})
+    with pytest.raises(config_lib.ConfigError, match="q=0 and distribution='uniform'"):
+        recipes.build_phases(config, 10, 2)

@@ -148,7 +148,9 @@ def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,
     if kwargs.get("out_sharding", None) is None:
         kwargs.pop("out_sharding", None)
     policy, aux = method.policy_aux(info, sparsity, state, shared, training)
-    if policy is not None and activations is not None:
+    if policy is not None and activations is not None and policy.act is None:
+        # With a forward ``act`` rule, act_saved reads this layer's own masked A,
+        # not ``lhs``: nothing to share.
         aux = activations.share(lhs, policy.act_saved, aux)
     if policy is None:
         dense = lax.dot_general if op == "dot" else lax.conv_general_dilated

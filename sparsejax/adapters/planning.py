@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from sparsejax.methods import DSG, STE, SWAT, Dense, LayerInfo, MeProp, Method
+from sparsejax.methods import DSG, STE, SWAT, Dense, ForwardTopK, LayerInfo, MeProp, Method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +127,9 @@ def _pattern(method: Method, info: LayerInfo) -> str:
                 else f"dY: top-{k} of {info.out_features} per row")
     if isinstance(method, DSG):
         return "output neurons per row (random projection)"
+    if isinstance(method, ForwardTopK):
+        return ("top-K input activations (forward)" if method.operand == "activations"
+                else "top-K weights (forward, straight-through)")
     return method.name
 
 

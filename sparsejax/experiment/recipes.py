@@ -14,13 +14,16 @@ dense           train
 magnitude       train dense → (prune one-shot → retrain at ``retrain_lr_scale``)
                 × ``iterations`` (Han et al. 2015; iterative when > 1)
 asp             train dense → one-shot N:M (2:4) → retrain with the same schedule
-                and length (NVIDIA ASP)
+                and length (NVIDIA ASP), optionally after ASP's channel
+                permutation (``permute=True``, Pool & Yu 2021)
 gradual         train with a cubic sparsity ramp (Zhu & Gupta 2017)
 ste             train with N:M forward weights, dense gradients (STE / SR-STE)
 swat            train with SWAT (U / ERK / M, structured variants)
 meprop          train with top-k output gradients (meProp, unified meProp)
 dsg             train with DSG's random-projection neuron selection
 grad_drop       train with weight-gradient drop before the optimizer
+forward_topk    train with top-K forward input activations or weights (SWAT's
+                sensitivity study of forward-side operands)
 ==============  =================================================================
 
 Each phase also names its *cost model* (``cost``) for the training-FLOP estimate
@@ -67,6 +70,14 @@ class Phase:
       mean_sparsity_ratio: mean over the phase's steps of the scheduled sparsity
         divided by its final value (1 for fixed masks; below 1 for ramps), used to
         scale the FLOP estimate.
+      prepare: ``(params, collections) -> (params, collections, info)``, a host-side
+        transform of the incoming params and model collections (numpy trees) that
+        :func:`~sparsejax.experiment.train.run_phase` applies once, when the phase
+        starts fresh (not when it resumes from its own checkpoint), before the
+        optimizer state and the pruning masks are built; e.g. ASP's channel
+        permutation. ``info`` (a JSON-able dict) is saved in the phase's checkpoint
+        directory, logged and reported under the phase in ``summary.json``
+        (``phases[i]["permutation"]``); ``None``: no transform.
     """
 
     name: str
@@ -77,6 +88,7 @@ class Phase:
     gradient_transform: optax.GradientTransformation | None = None
     cost: str = "dense"
     mean_sparsity_ratio: float = 1.0
+    prepare: Optional[Callable[[Any, Any], tuple[Any, Any, dict]]] = None
 
     def model(self, base: nn.Module) -> nn.Module:
         """The model this phase trains: ``base`` or ``sparsify(base, method)``."""
@@ -90,13 +102,16 @@ class Phase:
                   ) -> dict[str, float]:
         """Kernel path -> density of the weights the phase's forward pass multiplies with.
 
-        Weight-sparsifying methods (SWAT, STE) report their per-layer plan
-        (``1 - s_l``; SWAT-M's budgets move during training around the same
-        total); otherwise the nonzeros of the final params are counted with
+        Weight-sparsifying methods (SWAT, STE, forward top-K weights) report
+        their per-layer plan (``1 - s_l``; SWAT-M's budgets move during training
+        around the same total); forward top-K activations leaves every weight
+        dense (1); otherwise the nonzeros of the final params are counted with
         :func:`sparsejax.summary.summary` (pruned weights are exactly 0).
         """
-        if self.cost in ("swat", "ste"):
+        if self.cost in ("swat", "ste", "forward_topk_w"):
             return {f"{p}/kernel": 1.0 - s for p, s in self._plan(layers).items()}
+        if self.cost == "forward_topk_a":  # Only the input activations are sparse.
+            return {l.kernel: 1.0 for l in layers}
         kernels = {l.kernel for l in layers}
         rows = summary(jax.device_get(state["params"])).layers
         return {r.path: r.nonzero / r.params for r in rows if r.path in kernels and r.params}
@@ -106,7 +121,7 @@ class Phase:
         if self.cost == "meprop":
             return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
                     "kept": self.method.kept}
-        if self.cost == "dsg":
+        if self.cost in ("dsg", "forward_topk_a"):
             return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
                     "keep": 1.0 - self.method.sparsity}
         return {}
@@ -148,7 +163,8 @@ def dense(ctx: "Context") -> list[Phase]:
 
 def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
               retrain_epochs: float = 0.0, retrain_lr_scale: float = 0.1,
-              distribution: str = "uniform", q: float = 0.0, exclude: str = "") -> list[Phase]:
+              distribution: str = "uniform", q: float = 0.0, layers: str = "",
+              exclude: str = "") -> list[Phase]:
     """Han et al.'s prune → retrain: dense training, then ``iterations`` rounds of
     one-shot magnitude pruning followed by retraining with fixed masks.
 
@@ -162,6 +178,11 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
         LeNets, 1/100 for AlexNet).
       distribution: per-layer spread of the sparsity (``uniform``, ``erk``, ``global``).
       q: if > 0, Han's rule ``|W| > q · std(W)`` per layer instead of a target.
+      layers: per-layer final targets instead of ``sparsity``,
+        ``"regex=sparsity,..."`` (the first regex that matches a kernel path
+        wins; every pruned kernel must match one; uniform only), e.g. Han's
+        LeNet-300-100 ``"fc1=0.92,fc2=0.91,fc3=0.74"``; each round prunes every
+        layer to ``1 - (1 - s_l) ** (i / n)``.
       exclude: regex of parameters left dense (e.g. ``"head"``).
 
     Returns:
@@ -178,15 +199,39 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
     _check(retrain_lr_scale > 0, "retrain_lr_scale", retrain_lr_scale, "positive")
     _check(q >= 0, "q", q, ">= 0 (0: prune to the target sparsity)")
     _check_distribution(distribution)
+    targets = _layer_targets(layers, q, distribution)
     steps = ctx.epochs_to_steps(retrain_epochs) if retrain_epochs > 0 else ctx.main_steps
     phases = [Phase("dense", ctx.main_steps)]
     for i in range(1, iterations + 1):
-        target = None if q > 0 else 1.0 - (1.0 - sparsity) ** (i / iterations)
+        round_ = lambda s: 1.0 - (1.0 - s) ** (i / iterations)
+        target = (None if q > 0 else round_(sparsity) if targets is None
+                  else {regex: round_(s) for regex, s in targets.items()})
         tx = pruning(target, distribution=distribution, update_every=None,
                      exclude=_rule(exclude), q=q * i / iterations if q > 0 else None)
         phases.append(Phase(f"retrain{i}", steps, lr_scale=retrain_lr_scale, pruning=tx,
                             cost="masked"))
     return phases
+
+
+def _layer_targets(text: str, q: float, distribution: str) -> dict[str, float] | None:
+    """``"fc1=0.92,fc3=0.74"`` as ``{regex: sparsity}`` (``""``: ``None``)."""
+    _check(isinstance(text, str), "layers", text, "a string 'regex=sparsity,...'")
+    if not text:
+        return None
+    _check(q == 0 and distribution == "uniform", "layers", text,
+           "used with q=0 and distribution='uniform' (it sets every layer's target itself)")
+    targets = {}
+    for item in text.split(","):
+        regex, _, value = item.strip().rpartition("=")
+        try:
+            re.compile(regex)
+            targets[regex] = float(value)
+        except (re.error, ValueError):
+            regex = ""
+        _check(bool(regex) and 0.0 <= targets.get(regex, -1.0) < 1.0, "layers", text,
+               "'regex=sparsity' pairs with valid regexes and sparsities in [0, 1) (e.g. "
+               "'fc1=0.92,fc2=0.91,fc3=0.74')")
+    return targets
 
 
 def _asp_eligible(axes: Mapping[str, tuple[int, ...]] | None) -> Callable[[str, Any], bool]:
@@ -212,7 +257,8 @@ def _asp_eligible(axes: Mapping[str, tuple[int, ...]] | None) -> Callable[[str, 
     return eligible
 
 
-def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "") -> list[Phase]:
+def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "",
+        permute: bool = False) -> list[Phase]:
     """NVIDIA ASP: train dense → one-shot N:M magnitude masks → retrain, same schedule.
 
     N:M groups run along each kernel's contraction axes, flattened, read from the
@@ -224,23 +270,87 @@ def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "") -> list[Ph
     bare-tree rule of :func:`sparsejax.tree.compute_masks` applies (Dense
     ``(in, out)``: axis 0, Conv ``(h, w, in, out)``: axis 2; other ranks refused).
 
+    With ``permute=True`` (ASP's channel permutation, Pool & Yu 2021), the trained
+    dense params are permuted right before the masks are computed: for every
+    producer → consumer pair of consecutive layers whose consumer is pruned, the
+    consumer's input channels are regrouped to maximise the magnitude its N:M
+    masks keep (:func:`sparsejax.permutation.search_permutation`), and the
+    producer's output channels (kernel, bias, per-channel norm parameters and
+    statistics) follow, so the network function is unchanged
+    (:func:`sparsejax.permutation.permute_model`: pairs inferred in call order,
+    each checked on the model's logits for a random input batch). Only models
+    whose layer outputs reach the next layer through per-channel operations are
+    supported (MLPs, conv chains without residual connections or concatenation);
+    others raise a ``ValueError`` naming the unsafe pairs. The retrain phase
+    reports, per consumer, ``kept_base``, ``kept_perm``, ``kept_unstructured``,
+    ``total`` (sums of ``|w|``), ``efficacy`` and ``regroupings`` under
+    ``phases[1]["permutation"]`` of ``summary.json``.
+
     Args:
       ctx: recipe context.
       n: kept weights per group.
       m: group size.
       exclude: regex of parameters left dense.
+      permute: search and apply channel permutations before pruning.
 
     Returns:
       Two phases of the main length.
 
     References:
       Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378;
-      NVIDIA apex ``apex.contrib.sparsity``.
+      NVIDIA apex ``apex.contrib.sparsity``; Pool & Yu, "Channel Permutations for
+      N:M Sparsity", NeurIPS 2021.
     """
+    _check(isinstance(permute, bool), "permute", permute,
+           "a bool (True: search channel permutations before pruning)")
     tx = pruning(None, pattern=NM(n, m), update_every=None, include=_asp_eligible(ctx.axes),
                  exclude=_rule(exclude), axes=ctx.axes)
+    prepare = _permute_prepare(ctx, n, m, exclude) if permute else None
     return [Phase("dense", ctx.main_steps),
-            Phase("retrain", ctx.main_steps, pruning=tx, cost="masked")]
+            Phase("retrain", ctx.main_steps, pruning=tx, cost="masked", prepare=prepare)]
+
+
+def _permute_prepare(ctx: "Context", n: int, m: int, exclude: str
+                     ) -> Callable[[Any, Any], tuple[Any, Any, dict]]:
+    """:attr:`Phase.prepare` of ASP's channel permutation (see :func:`asp`)."""
+
+    def prepare(params: Any, collections: Any) -> tuple[Any, Any, dict]:
+        import numpy as np
+
+        from sparsejax import paths, permutation
+
+        if ctx.model is None or ctx.input_shape is None:
+            raise ValueError("config.method.permute=True needs the model and its input shape "
+                             "in the recipe context (train_and_evaluate passes them).")
+        eligible = _asp_eligible(ctx.axes)
+        pruned = set(paths.selected_paths(params, include=eligible, exclude=_rule(exclude)))
+        axes = ctx.axes or {}
+        # Only consumers grouped along their input-channel axis (-2) alone.
+        include = lambda path: path in pruned and (
+            path not in axes or tuple(axes[path]) == (np.ndim(paths.leaf_paths(params)[path]) - 2,))
+        kept = {k: v for k, v in collections.items() if k != "sparsity"}
+        x = np.random.default_rng(0).standard_normal((8, *ctx.input_shape)).astype(np.float32)
+        try:
+            variables, found = permutation.permute_model(
+                ctx.model, {"params": params, **kept}, x, include=include, n=n, m=m,
+                train=False)
+        except ValueError as error:
+            raise ValueError(
+                f"config.method.permute=True: {error} permute=True supports only models whose "
+                "layer outputs feed the next layer through per-channel operations (MLPs; conv "
+                "chains without flatten or residual connections); use permute=False for this "
+                "model.") from error
+        variables = dict(variables)
+        params = variables.pop("params")
+        info = {consumer: {"producer": producer, "efficacy": result.efficacy,
+                           "kept_base": result.kept_base, "kept_perm": result.kept_perm,
+                           "kept_unstructured": result.kept_unstructured,
+                           "total": result.total, "regroupings": result.regroupings,
+                           "converged": result.converged}
+                for consumer, (producer, result) in found.items()}
+        return params, {**collections, **variables}, info
+
+    return prepare
 
 
 def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: float = 0.6,
@@ -416,6 +526,35 @@ def grad_drop(ctx: "Context", *, sparsity: float = 0.9, exclude: str = "") -> li
     return [Phase("train", ctx.main_steps, gradient_transform=tx, cost="grad_drop")]
 
 
+def forward_topk(ctx: "Context", *, sparsity: float = 0.8, operand: str = "activations",
+                 dense_first: bool = True, dense_last: bool = False,
+                 exclude: str = "") -> list[Phase]:
+    """SWAT's sensitivity study: top-K of one forward-side operand of every sparse layer.
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of the operand removed per layer.
+      operand: ``"activations"`` (the layer's input A: forward, dA and dW run on
+        the kept inputs; cost ``"forward_topk_a"``) or ``"weights"`` (top-K W in
+        the forward and dA, dense dW: cost ``"forward_topk_w"``, as STE).
+      dense_first: keep the first layer dense (as SWAT-U).
+      dense_last: keep the last layer dense.
+      exclude: regex of module paths kept dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (Section 3).
+    """
+    from sparsejax import methods
+
+    method = methods.forward_topk(sparsity, operand=operand, dense_first=dense_first,
+                                  dense_last=dense_last, exclude=_rule(exclude))
+    cost = "forward_topk_w" if operand == "weights" else "forward_topk_a"
+    return [Phase("train", ctx.main_steps, method=method, cost=cost)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What a recipe needs to know about the run.
@@ -426,11 +565,17 @@ class Context:
       axes: ``{kernel path: contraction axes}`` of the model
         (:func:`sparsejax.contraction_axes`), for N:M pruning; ``None`` when the
         model is not known (config validation): the bare-kernel rule.
+      model: the unmodified (zoo) model, for recipes that transform the params
+        with it (ASP's channel permutation); ``None`` during config validation.
+      input_shape: shape of one input example, e.g. ``(32, 32, 3)``; ``None``
+        during config validation.
     """
 
     main_steps: int
     steps_per_epoch: int
     axes: Optional[Mapping[str, tuple[int, ...]]] = None
+    model: Any = None
+    input_shape: Optional[tuple[int, ...]] = None
 
     def epochs_to_steps(self, epochs: float) -> int:
         """``epochs`` of training as a number of steps (at least 1)."""
@@ -447,6 +592,7 @@ RECIPES: dict[str, Callable[..., list[Phase]]] = {
     "meprop": meprop,
     "dsg": dsg,
     "grad_drop": grad_drop,
+    "forward_topk": forward_topk,
 }
 """Recipe name (``config.method.name``) -> recipe function."""
 
@@ -507,7 +653,9 @@ def check_method(config: ml_collections.ConfigDict, main_steps: int,
 
 def build_phases(config: ml_collections.ConfigDict, main_steps: int,
                  steps_per_epoch: int,
-                 axes: Optional[Mapping[str, tuple[int, ...]]] = None) -> list[Phase]:
+                 axes: Optional[Mapping[str, tuple[int, ...]]] = None, *,
+                 model: Any = None,
+                 input_shape: Optional[tuple[int, ...]] = None) -> list[Phase]:
     """The phases of ``config.method`` (``name`` + the recipe's arguments).
 
     Args:
@@ -516,6 +664,8 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
       steps_per_epoch: training batches per epoch.
       axes: the model's ``{kernel path: contraction axes}``
         (:func:`sparsejax.contraction_axes`), used by N:M pruning recipes.
+      model: the unmodified model (ASP's channel permutation needs it at run time).
+      input_shape: shape of one input example.
 
     Returns:
       The recipe's phases, in order.
@@ -540,7 +690,8 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
         raise ConfigError(f"Method {name!r} has no argument(s) {', '.join(hints)}; valid "
                           f"config.method fields: name, {', '.join(valid)}.")
     recipe = RECIPES[name]
-    phases = recipe(Context(main_steps, steps_per_epoch, axes), **kwargs)
+    phases = recipe(Context(main_steps, steps_per_epoch, axes, model,
+                            tuple(input_shape) if input_shape is not None else None), **kwargs)
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"Recipe {name!r} produced duplicate phase names {names}.")

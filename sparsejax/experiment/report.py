@@ -35,8 +35,8 @@ from sparsejax import costs
 from sparsejax.experiment import config as config_lib
 
 # Per-run numbers summarised over the seeds of a group (mean, std, n).
-STATS = ("accuracy", "accuracy_after_pruning", "loss", "weight_sparsity", "step_flops_ratio",
-         "train_flops_ratio", "wall_time_s")
+STATS = ("accuracy", "accuracy_after_pruning", "kept_magnitude", "loss", "weight_sparsity",
+         "step_flops_ratio", "train_flops_ratio", "wall_time_s")
 # Method arguments that place a run on a curve (the x axis) rather than name a variant.
 LEVEL_ARGS = frozenset({"sparsity", "k", "keep", "final_sparsity"})
 COLUMNS = (
@@ -51,7 +51,9 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                 densities: Sequence[Mapping[str, float]], layers: Sequence[costs.Layer],
                 main_steps: int, evaluation: Mapping[str, float],
                 wall_time: float, num_test_examples: int | None = None,
-                pruned: Sequence[Mapping[str, float] | None] | None = None) -> dict[str, Any]:
+                pruned: Sequence[Mapping[str, float] | None] | None = None,
+                permutation: Sequence[Mapping[str, Any] | None] | None = None
+                ) -> dict[str, Any]:
     """Builds the ``summary.json`` record of a finished run.
 
     Args:
@@ -66,8 +68,15 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       num_test_examples: size of the evaluated split (one example is worth
         ``1 / num_test_examples`` of accuracy).
       pruned: per phase, ``{"accuracy", "loss"}`` of the model right after the
-        phase's pruning, before any retraining (``None`` for phases that do not
-        start by pruning). The last one is also ``accuracy_after_pruning``.
+        phase's pruning, before any retraining, and ``"kept_magnitude"``, the
+        fraction ``Σ|W ⊙ mask| / Σ|W|`` of the incoming weights' magnitude its
+        masks keep (``None`` for phases that do not start by pruning). The last
+        one is also ``accuracy_after_pruning`` / ``kept_magnitude``.
+      permutation: per phase, the info of its ``prepare`` transform (ASP's
+        channel permutation: per consumer kernel ``producer``, ``efficacy``,
+        ``kept_base``, ``kept_perm``, ``kept_unstructured``, ``total``,
+        ``regroupings``, ``converged``) or ``None``; reported as
+        ``phases[i]["permutation"]``.
 
     Returns:
       A JSON-ready dict (see the module docstring for the FLOP fields); it holds
@@ -77,7 +86,9 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
     dense_step = costs.step_flops(layers, "dense", {})
     total, phase_rows = 0.0, []
     pruned = list(pruned) if pruned is not None else [None] * len(phases)
-    for phase, final, after in zip(phases, densities, pruned):
+    permutation = list(permutation) if permutation is not None else [None] * len(phases)
+    number = lambda v: None if v is None or math.isnan(v) else float(v)
+    for phase, final, after, info in zip(phases, densities, pruned, permutation):
         ratio = phase.mean_sparsity_ratio
         mean = {k: 1.0 - (1.0 - d) * ratio for k, d in final.items()}
         args = phase.cost_arguments(layers)
@@ -87,7 +98,9 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
         phase_rows.append({"name": phase.name, "steps": phase.num_steps,
                            "lr_scale": phase.lr_scale, "cost_model": phase.cost,
                            "step_flops_ratio": final_step / dense_step,
-                           "accuracy_after_pruning": after["accuracy"] if after else None})
+                           "accuracy_after_pruning": after["accuracy"] if after else None,
+                           "kept_magnitude": number(after.get("kept_magnitude")) if after else None,
+                           "permutation": info})
     densities = densities[-1]
     sizes = {l.kernel: math.prod(l.kernel_shape) for l in layers}
     kept = sum(densities.get(k, 1.0) * n for k, n in sizes.items())
@@ -96,7 +109,9 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
                   for l in layers]
     train_ratio = total / (dense_step * main_steps)
     after_pruning = [after for after in pruned if after]
+    kept_magnitude = number(after_pruning[-1].get("kept_magnitude")) if after_pruning else None
     return {**({"accuracy_after_pruning": after_pruning[-1]["accuracy"]} if after_pruning else {}),
+        **({"kept_magnitude": kept_magnitude} if kept_magnitude is not None else {}),
         "name": config.name, "seed": config.seed, "method": config.method.name,
         "method_args": {k: v for k, v in config.method.to_dict().items() if k != "name"},
         "model": config.model.name, "dataset": config.dataset.name,

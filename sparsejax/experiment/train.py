@@ -246,7 +246,100 @@ def _zero_metrics() -> dict[str, jax.Array]:
 def _no_eval() -> dict[str, jax.Array]:
     """The ``pruned_eval`` of a state that was not evaluated right after pruning (NaN)."""
     return {"accuracy": jnp.full((), jnp.nan, jnp.float32),
-            "loss": jnp.full((), jnp.nan, jnp.float32)}
+            "loss": jnp.full((), jnp.nan, jnp.float32),
+            "kept_magnitude": jnp.full((), jnp.nan, jnp.float32)}
+
+
+def _kept_magnitude(params: Any, masks: Any) -> jax.Array:
+    """``Σ|W ⊙ mask| / Σ|W|`` over the masked leaves (NaN when none is masked)."""
+
+    def parts(mask, w):
+        if mask is None:
+            return jnp.zeros(2, jnp.float32)
+        a = jnp.abs(w.astype(jnp.float32))
+        return jnp.stack([jnp.sum(jnp.where(mask, a, 0.0)), jnp.sum(a)])
+
+    sums = sum(jax.tree.leaves(jax.tree.map(parts, masks, params, is_leaf=lambda x: x is None)),
+               jnp.zeros(2, jnp.float32))
+    return sums[0] / sums[1]
+
+
+def _measure_kept(previous: State | None, state: State, replicated: NamedSharding,
+                  label: str) -> float:
+    """:func:`_kept_magnitude` of ``previous``'s params under ``state``'s masks (NaN if none)."""
+    masks = get_masks(state["opt_state"])
+    if masks is None or previous is None:
+        return float("nan")
+    try:
+        kept = jax.jit(_kept_magnitude, out_shardings=replicated)(previous["params"], masks)
+    except (ValueError, TypeError) as error:  # A mask tree that does not mirror the params.
+        logging.warning("%s: kept magnitude not measured (%s).", label, error)
+        return float("nan")
+    return float(jax.device_get(kept))
+
+
+PREPARE_FILE = "prepare.json"
+"""The info of a phase's ``prepare`` (e.g. ASP's channel permutation), in its checkpoint
+directory: written when the phase starts fresh, read back when it resumes."""
+
+
+def prepared_info(workdir: str, index: int, phase: recipes.Phase) -> dict[str, Any] | None:
+    """The info dict that ``phase.prepare`` returned in this run (``None`` if none).
+
+    Args:
+      workdir: the run directory.
+      index: position of the phase.
+      phase: the phase.
+
+    Returns:
+      The dict saved by :func:`run_phase` in the phase's checkpoint directory, or
+      ``None`` when the phase has no ``prepare`` or has not started.
+    """
+    path = os.path.join(_phase_dir(workdir, index, phase), PREPARE_FILE)
+    if phase.prepare is None or not os.path.exists(path):
+        return None
+    return ckpt_lib.read_json(path, "phase prepare info")
+
+
+def _log_prepared(label: str, info: dict[str, Any], restored: bool) -> None:
+    how = "restored" if restored else "computed"
+    logging.info("%s: prepare info (%s): %d entr%s.", label, how, len(info),
+                 "y" if len(info) == 1 else "ies")
+    for key, value in info.items():
+        if isinstance(value, dict) and "kept_perm" in value:
+            logging.info("%s: channel permutation of %s (producer %s): kept |w| %.6g -> %.6g of "
+                         "%.6g (unstructured bound %.6g), efficacy %.3f, %d regroupings.", label,
+                         key, value.get("producer"), value["kept_base"], value["kept_perm"],
+                         value["total"], value["kept_unstructured"], value["efficacy"],
+                         value["regroupings"])
+        else:
+            logging.info("%s: %s = %s", label, key, value)
+
+
+def _prepare(phase: recipes.Phase, previous: State, replicated: NamedSharding, directory: str,
+             label: str) -> State:
+    """Applies ``phase.prepare`` on the host to ``previous``'s params and collections.
+
+    Every process runs it (it is deterministic) and places the result as global
+    replicated arrays (``make_array_from_callback``: each process fills its own
+    devices); process 0 saves the info in the phase directory.
+    """
+    host = jax.device_get({"params": previous["params"],
+                           "collections": previous["collections"]})
+    params, collections, info = phase.prepare(host["params"], host["collections"])
+    info = json.loads(json.dumps(info))  # JSON-able, and as a resumed run reads it back.
+    if ckpt_lib.is_main_process():
+        os.makedirs(directory, exist_ok=True)
+    ckpt_lib.write_json(os.path.join(directory, PREPARE_FILE), info)
+    _log_prepared(label, info, restored=False)
+
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, replicated,
+                                            lambda index: np.asarray(x[index]))
+
+    return {**previous, "params": jax.tree.map(place, params),
+            "collections": jax.tree.map(place, collections)}
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -363,7 +456,11 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
     Starts from ``previous`` (params, model collections and pruning masks of the
     last phase; ``None`` initialises the model), resumes from the phase's latest
     checkpoint if there is one, logs and checkpoints as configured, evaluates at
-    the end and returns the final state.
+    the end and returns the final state. A fresh phase with a ``prepare``
+    transform first applies it to ``previous`` on the host and saves its info
+    (:func:`prepared_info`); a phase after the first that starts by pruning is
+    evaluated right after it and records the fraction of the incoming weights'
+    magnitude its masks keep (``state["pruned_eval"]``).
 
     Args:
       index: position of the phase in ``phases``.
@@ -391,16 +488,22 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
     schedule = make_schedule(config, phase.num_steps, main_steps, train_ds.steps_per_epoch,
                              phase.lr_scale)
     tx = make_optimizer(config, phase, schedule)
+    checkpointer = ckpt_lib.Checkpointer(_phase_dir(workdir, index, phase))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    label = _format_phase(index, len(phases), phase)
+    start = checkpointer.latest_step()
+    if phase.prepare is not None and previous is not None:
+        if start is None:  # A fresh start: transform the incoming params (host side).
+            previous = _prepare(phase, previous, replicated,
+                                _phase_dir(workdir, index, phase), label)
+        elif (info := prepared_info(workdir, index, phase)) is not None:
+            _log_prepared(label, info, restored=True)
     # Built by one jitted function with out_shardings: global arrays on every process
     # (a device_put of process-local arrays onto a multi-process mesh is not one).
     build = functools.partial(_initial_state, model, tx, phase, config=config,
                               image_shape=train_ds.info.image_shape, index=index)
     state = jax.jit(lambda prev: build(previous=prev), out_shardings=replicated)(previous)
     zero_metrics = jax.jit(_zero_metrics, out_shardings=replicated)
-    checkpointer = ckpt_lib.Checkpointer(_phase_dir(workdir, index, phase))
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    label = _format_phase(index, len(phases), phase)
-    start = checkpointer.latest_step()
     if start is not None:
         state = checkpointer.restore(state)
         logging.info("%s: restored the checkpoint of step %d.", label, start)
@@ -416,12 +519,15 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
         # The accuracy of the freshly pruned model (before any retraining): kept in the
         # (checkpointed, replicated) state so a resumed run reports it too.
         pruned = evaluate(model, state, test_ds)
-        logging.info("%s: test accuracy right after pruning %.4f, loss %.4f", label,
-                     pruned["accuracy"], pruned["loss"])
+        # Fraction of the incoming (dense) weights' magnitude the fresh masks keep.
+        kept = _measure_kept(previous, state, replicated, label)
+        logging.info("%s: test accuracy right after pruning %.4f, loss %.4f; the masks keep "
+                     "%.4f of the weight magnitude", label, pruned["accuracy"], pruned["loss"],
+                     kept)
         ckpt_lib.append_jsonl(metrics_path, {
             "type": "eval", "phase": phase.name, "phase_index": index, "step": data_offset,
             "phase_step": 0, **pruned})
-        values = {k: jnp.float32(v) for k, v in pruned.items()}
+        values = {k: jnp.float32(v) for k, v in {**pruned, "kept_magnitude": kept}.items()}
         state = {**state, "pruned_eval": jax.jit(lambda: values, out_shardings=replicated)()}
     progress.throughput()
     result = None
@@ -598,7 +704,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     main_steps = config.num_steps or max(1, round(config.num_epochs * train_ds.steps_per_epoch))
     # The model's contraction axes: N:M recipes group along them (attention kernels too).
     axes = contraction_axes(base_model, jnp.zeros((1, *train_ds.info.image_shape)), train=False)
-    phases = recipes.build_phases(config, main_steps, train_ds.steps_per_epoch, axes)
+    phases = recipes.build_phases(config, main_steps, train_ds.steps_per_epoch, axes,
+                                  model=base_model, input_shape=train_ds.info.image_shape)
     progress = _Progress(sum(p.num_steps for p in phases), 0, config.batch_size)
     logging.info("Run %r: %s on %s, %d phase(s): %s; %d device(s).", config.name,
                  config.model.name, ds.name, len(phases),
@@ -609,7 +716,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if ckpt_lib.is_main_process():
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), resume_point)
     layers = costs.linear_layers(base_model, train_ds.info.image_shape)
-    state, offset, densities, pruned, final = None, 0, [], [], None
+    state, offset, densities, pruned, final, prepared = None, 0, [], [], None, []
     for index, phase in enumerate(phases):
         state, final = run_phase(
             index=index, phases=phases, base_model=base_model, previous=state, config=config,
@@ -618,13 +725,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         densities.append(phase.densities(state, layers))  # The next phase donates `state`.
         after = {k: float(v) for k, v in jax.device_get(state["pruned_eval"]).items()}
         pruned.append(None if np.isnan(after["accuracy"]) else after)
+        # Process 0 wrote it (fresh start) or it is on the shared disk (resumed phase).
+        prepared.append(_on_main_process(functools.partial(prepared_info, workdir, index, phase),
+                                         f"reading the prepare info of phase {phase.name!r}"))
         offset += phase.num_steps
     if final is None:
         final = evaluate(phases[-1].model(base_model), state, test_ds)
     summary = report.run_summary(config=config, phases=phases, densities=densities,
                                  layers=layers, main_steps=main_steps, evaluation=final,
                                  wall_time=time.perf_counter() - started,
-                                 num_test_examples=test_ds.num_examples, pruned=pruned)
+                                 num_test_examples=test_ds.num_examples, pruned=pruned,
+                                 permutation=prepared)
     ckpt_lib.write_json(summary_path, summary)  # Process 0 writes; the others computed it too.
     ckpt_lib.sync_processes("summary written")  # All return once summary.json exists.
     logging.info("Run %r finished: accuracy %.4f, weight sparsity %.3f, training FLOPs %.3f of "
