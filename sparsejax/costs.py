@@ -4,36 +4,41 @@ A linear layer (``Dense``, ``DenseGeneral``, ``Conv``) with forward cost ``F`` c
 ``3F`` per training step when dense: the forward GEMM, the input gradient
 ``dA`` and the weight gradient ``dW``. A method scales the three terms by the
 densities of the operands it sparsifies, ``cost = F · (f + a + w)``
-(SPECS §3, "Training cost per layer" [derived]):
+(SPECS §3, "Training cost per layer" [derived]), and the scales follow from
+the layer's :class:`~sparsejax.ops.Policy` (:func:`policy_fractions`), so a new
+method gets its cost without a cost model of its own. With ``d_s`` the kept
+fraction of the rule in slot ``s`` (:meth:`sparsejax.sparsifiers.Sparsifier.density`;
+1 without a rule)::
+
+  forward f = d_weight · d_act · d_out
+  dA      a = d_weight · d_act · d_out · d_grad_out
+  dW      w = d_act_saved · d_act · d_out · d_grad_out   (· d_weight when dW is
+              masked like W, ``straight_through=False``)
+
+which gives, for the built-in methods:
 
 =============================  =============  ==========  ==========
-method (cost model)            forward ``f``  dA ``a``    dW ``w``
+method                         forward ``f``  dA ``a``    dW ``w``
 =============================  =============  ==========  ==========
 dense, weight-gradient drop    1              1           1
 pruning with fixed masks       ``d_w``        ``d_w``     ``d_w``
 SWAT                           ``d_w``        ``d_w``     ``d_a``
-STE / SR-STE (N:M forward)     ``d_w``        ``d_w``     1
+STE / SR-STE, forward top-K W  ``d_w``        ``d_w``     1
+forward top-K A                ``d_x``        ``d_x``     ``d_x``
 meProp (hidden layers)         1              ``k/n``     ``k/n``
 DSG                            ``1-γ``        ``1-γ``     ``1-γ``
-forward top-K, weights         ``d_w``        ``d_w``     1
-forward top-K, activations     ``d_x``        ``d_x``     ``d_x``
 =============================  =============  ==========  ==========
 
 ``d_w`` is the density of the weights the layer multiplies with, ``d_a`` that of
-the saved activations (SWAT sets ``d_a = d_w``), ``k/n`` meProp's kept fraction
-of the ``n`` output columns (its output layer stays dense), ``γ`` DSG's
-sparsity, ``d_x = 1 - s`` the kept fraction of the layer's input in SWAT's
-forward-operand study (:func:`sparsejax.methods.forward_topk`): cost model
-``"forward_topk_w"`` (top-K forward weights: the fractions of ``"ste"``) and
-``"forward_topk_a"`` (top-K forward input A: the forward and ``dA`` run only
-at the kept input positions, ``dW`` with the sparse A; passed like DSG's,
-``sparsified`` kernel paths with ``keep = d_x``). Pruning with fixed masks:
-``3F(1 - s)`` on pruned layers; SWAT: ``F[(1 - s_w) + (1 - s_w) + (1 - s_a)]``;
-meProp: ``F + 2F·k/n``. Gradient drop zeroes ``dW`` *after* computing it, so
-it saves no FLOPs (only communication). DSG's random projection (a sparse
-ternary GEMM of small dimension) and the non-linear ops (norms, activations,
-attention's activation-activation products) are not counted. These are
-arithmetic counts: unstructured sparsity gives no speed-up on dense hardware.
+the saved activations (SWAT sets ``d_a = d_w``), ``d_x`` that of the forward
+input, ``k/n`` meProp's kept fraction of the ``n`` output columns (its output
+layer stays dense), ``γ`` DSG's sparsity. Pruning with fixed masks: ``3F(1 - s)``
+on pruned layers; SWAT: ``F[(1 - s_w) + (1 - s_w) + (1 - s_a)]``; meProp:
+``F + 2F·k/n``. Gradient drop zeroes ``dW`` *after* computing it, so it saves no
+FLOPs (only communication). DSG's random projection (a sparse ternary GEMM of
+small dimension) and the non-linear ops (norms, activations, attention's
+activation-activation products) are not counted. These are arithmetic counts:
+unstructured sparsity gives no speed-up on dense hardware.
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (SWAT's
@@ -45,15 +50,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparsejax.ops import Policy
+from sparsejax.sparsifiers import Fixed
+
 LINEAR_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv)
-COSTS = ("dense", "grad_drop", "masked", "swat", "ste", "meprop", "dsg", "forward_topk_w",
-         "forward_topk_a")
+Fractions = tuple[float, float, float]
+PRUNED = Policy(weight=Fixed(), straight_through=False)
+"""The policy of a layer under fixed pruning masks (magnitude pruning, ASP retraining):
+its cost scales with the counted weight density (``policy_fractions(PRUNED, layer, d_w)``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,59 +131,69 @@ def linear_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
     return found
 
 
-def layer_fractions(cost: str, layer: Layer, density: float, *,
-                    sparsified: Collection[str] = (),
-                    kept: Callable[[int], int] | None = None,
-                    keep: float = 1.0) -> tuple[float, float, float]:
-    """The (forward, dA, dW) cost fractions of one layer under a method's cost model.
+def policy_fractions(policy: Any, layer: Layer, weight_density: float = 1.0) -> Fractions:
+    """The (forward, dA, dW) cost fractions of a layer trained under ``policy``.
 
     Args:
-      cost: one of :data:`COSTS` (see the module docstring's table).
-      layer: the layer.
-      density: density of the weights the layer multiplies with (1 for dense).
-      sparsified: kernel paths the method applies to (meProp, DSG, forward top-K
-        activations).
-      kept: meProp's kept output columns for a layer width.
-      keep: DSG's kept fraction of output neurons ``1 - γ``; for
-        ``"forward_topk_a"`` the kept fraction of the input activation ``1 - s``.
+      policy: the layer's :class:`~sparsejax.ops.Policy` (``None``: dense).
+      layer: the layer (its ``out_features`` is the width row rules keep ``k`` of).
+      weight_density: the density of the weights for a weight rule whose kept
+        fraction only the data decides (a :class:`~sparsejax.sparsifiers.Fixed`
+        pruning mask): the counted non-zeros.
 
     Returns:
-      ``(f, a, w)``; the layer's training FLOPs are ``forward_flops · (f + a + w)``.
+      ``(f, a, w)`` (see the module docstring); the layer's training FLOPs are
+      ``forward_flops · (f + a + w)``.
+
+    Example:
+      >>> swat = Policy(weight=TopK(0.9), act_saved=TopK(0.9))
+      >>> policy_fractions(swat, layer)
+      (0.1, 0.1, 0.1)
     """
-    if cost not in COSTS:
-        raise ValueError(f"Unknown cost model {cost!r}; valid: {', '.join(COSTS)}.")
-    if cost in ("masked", "swat"):  # SWAT: activation density = weight density.
-        return density, density, density
-    if cost in ("ste", "forward_topk_w"):
-        return density, density, 1.0
-    if layer.kernel in sparsified and cost == "meprop":
-        r = min(kept(layer.out_features), layer.out_features) / layer.out_features
-        return 1.0, r, r
-    if layer.kernel in sparsified and cost in ("dsg", "forward_topk_a"):
-        return keep, keep, keep
-    return 1.0, 1.0, 1.0
+    if policy is None:
+        return 1.0, 1.0, 1.0
+
+    def kept(rule: Any, fallback: float = 1.0) -> float:
+        if rule is None:
+            return 1.0
+        d = rule.density(layer.out_features)
+        return fallback if d is None else float(d)
+
+    d_w = kept(policy.weight, weight_density)
+    d_x, d_o, d_g = kept(policy.act), kept(policy.out), kept(policy.grad_out)
+    d_a = kept(policy.act_saved)
+    forward = d_w * d_x * d_o
+    grad_input = forward * d_g
+    grad_weight = d_a * d_x * d_o * d_g * (1.0 if policy.straight_through else d_w)
+    return forward, grad_input, grad_weight
 
 
-def step_flops(layers: Sequence[Layer], cost: str, densities: Mapping[str, float],
-               **cost_args: Any) -> float:
+def step_flops(layers: Sequence[Layer],
+               fractions: Mapping[str, Fractions] | None = None) -> float:
     """Training FLOPs of one example's step (forward + dA + dW over linear layers).
 
     Args:
       layers: from :func:`linear_layers`.
-      cost: the phase's cost model.
-      densities: kernel path -> weight density (missing paths count as dense).
-      **cost_args: ``sparsified``, ``kept``, ``keep`` (see :func:`layer_fractions`).
+      fractions: kernel path -> ``(f, a, w)`` (:func:`policy_fractions`); missing
+        paths (and ``None``) count as dense.
 
     Returns:
       ``Σ_l F_l · (f_l + a_l + w_l)``; the dense value is ``3 Σ_l F_l``.
 
     Example:
       >>> layers = linear_layers(zoo.MLP(features=(4,)), (8, 8, 1))
-      >>> step_flops(layers, "masked", {"fc1/kernel": 0.5}) / step_flops(layers, "dense", {})
+      >>> pruned = policy_fractions(PRUNED, layers[0], weight_density=0.5)
+      >>> step_flops(layers, {"fc1/kernel": pruned}) / step_flops(layers)
       0.5675...
     """
-    total = 0.0
-    for layer in layers:
-        f, a, w = layer_fractions(cost, layer, densities.get(layer.kernel, 1.0), **cost_args)
-        total += layer.forward_flops * (f + a + w)
-    return total
+    fractions = fractions or {}
+    return sum(layer.forward_flops * sum(fractions.get(layer.kernel, (1.0, 1.0, 1.0)))
+               for layer in layers)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("layer_fractions", "COSTS"):
+        raise AttributeError(f"sparsejax.costs.{name} was removed: a layer's cost now follows "
+                             "from its Policy; use costs.policy_fractions(policy, layer) and "
+                             "costs.step_flops(layers, fractions).")
+    raise AttributeError(f"module 'sparsejax.costs' has no attribute {name!r}")

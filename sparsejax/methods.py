@@ -156,9 +156,13 @@ def _state_sparsity(s: float) -> Array:
 class Method:
     """Base class: a hashable recipe turning layers into sparse-op policies.
 
-    Subclasses implement :meth:`_plan` and :meth:`policy_aux`, and, when they
-    keep state between steps, :meth:`init_state` / :meth:`update` (and the
-    ``shared`` hooks for state that spans layers, SWAT-M's budgets).
+    Subclasses implement :meth:`sparsities` (each chosen layer's sparsity) and
+    :meth:`policy_aux` (the layer's :class:`~sparsejax.ops.Policy` and dynamic
+    inputs); they may override :meth:`_select` (which layers, after
+    include/exclude) and, when they keep state between steps, :meth:`init_state`
+    (extending the base state, which holds the layer's ``"sparsity"``) /
+    :meth:`update` (and the ``shared`` hooks for state that spans layers,
+    SWAT-M's budgets).
 
     Attributes:
       include: optional module-path rule; only matching layers are sparse.
@@ -297,6 +301,38 @@ class Method:
           training: whether this call trains (state mutable).
         """
         raise NotImplementedError
+
+    def layer_policy(self, info: LayerInfo, sparsity: float) -> Optional[Policy]:
+        """The layer's training :class:`~sparsejax.ops.Policy` from a fresh state.
+
+        Builds the state with :meth:`init_state` / :meth:`init_shared` and calls
+        :meth:`policy_aux` abstractly (``jax.eval_shape``: no FLOPs), so code that
+        reasons about a method without running it (the cost model of
+        :func:`sparsejax.costs.policy_fractions`) sees what it does.
+
+        Args:
+          info: the layer.
+          sparsity: its sparsity from :meth:`plan`.
+
+        Returns:
+          The policy (``None``: the layer runs the dense op).
+
+        Example:
+          >>> swat(0.8).layer_policy(info, 0.8).act_saved
+          TopK(sparsity=0.8, ties='all')
+        """
+        found = []
+
+        def trace():
+            kernel = jnp.zeros(info.kernel_shape, jnp.float32)
+            state = self.init_state(info, sparsity, kernel)
+            policy, aux = self.policy_aux(info, sparsity, state,
+                                          self.init_shared({info.path: sparsity}), True)
+            found.append(policy)
+            return aux
+
+        jax.eval_shape(trace)
+        return found[0]
 
     def update(self, info: LayerInfo, state: State, shared: Optional[State], stats: Stats,
                kernel: Array) -> tuple[State, Optional[State]]:

@@ -150,6 +150,20 @@ class Sparsifier:
               where: str | None = None) -> None:
         """Raises a clear error if the rule cannot apply to a tensor of ``shape``."""
 
+    def density(self, width: int) -> Optional[float]:
+        """The fraction of entries the rule keeps, from its static arguments.
+
+        Args:
+          width: the tensor's feature width (rows keep ``k`` of ``width``).
+
+        Returns:
+          The kept fraction, or ``None`` when only the data decides it (a
+          :class:`Fixed` mask, a :class:`Cached` threshold without a target).
+          The cost model (:func:`sparsejax.costs.policy_fractions`) reads it.
+        """
+        del width
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class TopK(Sparsifier):
@@ -194,6 +208,9 @@ class TopK(Sparsifier):
                                              or self.sample_size <= 0):
             raise ValueError(f"TopK(sample_size=...) must be a positive int or None, "
                              f"got {self.sample_size!r}.")
+
+    def density(self, width):
+        return 1.0 - self.sparsity
 
     def keep(self, x, given, feature_axes, where=None):
         s = _sparsity(self.sparsity, given.sparsity, self, where)
@@ -250,6 +267,9 @@ class Cached(Sparsifier):
         if self.sparsity is not None:
             check_sparsity(self.sparsity, "Cached(sparsity=...)")
 
+    def density(self, width):
+        return None if self.sparsity is None else 1.0 - self.sparsity
+
     def keep(self, x, given, feature_axes, where=None):
         t = jnp.asarray(given.threshold, jnp.float32)
         if t.ndim:
@@ -300,6 +320,10 @@ class PatternRule(Sparsifier):
             raise ValueError(f"PatternRule({self.pattern!r}) needs a sparsity in [0, 1).")
         else:
             check_sparsity(self.sparsity, "PatternRule(sparsity=...)")
+
+    def density(self, width):
+        s = self.pattern.fixed_sparsity if self.sparsity is None else self.sparsity
+        return None if s is None else 1.0 - s
 
     def keep(self, x, given, feature_axes, where=None):
         if self.pattern.fixed_sparsity is not None:
@@ -391,6 +415,9 @@ class RowTopK(Sparsifier):
     def check(self, shape, feature_axes, where=None):
         _check_k(self, self.k, shape, feature_axes, where)
 
+    def density(self, width):
+        return min(self.k, width) / width
+
     def keep(self, x, given, feature_axes, where=None):
         self.check(x.shape, feature_axes, where)
         rows, back = _as_rows(select.magnitude_keys(x), feature_axes)
@@ -433,6 +460,9 @@ class SharedColumns(Sparsifier):
         score = jnp.sum(jnp.abs(x.astype(jnp.float32)), axis=other)
         [m] = select.select_topk([select.magnitude_keys(score)], self.k)
         return m
+
+    def density(self, width):
+        return min(self.k, width) / width
 
     def keep(self, x, given, feature_axes, where=None):
         cols = self.columns(x, feature_axes, where)
@@ -529,6 +559,9 @@ class RandomProjection(Sparsifier):
 
     def check(self, shape, feature_axes, where=None):
         _check_k(self, 1, shape, feature_axes, where)
+
+    def density(self, width):
+        return 1.0 - self.sparsity
 
     def keep(self, x, given, feature_axes, where=None):
         """Selects neurons from the scores ``x`` (an estimate of the output)."""

@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 from sparsejax import zoo
 from sparsejax.experiment import config as config_lib
 from sparsejax import costs
+from sparsejax.ops import Policy
+from sparsejax.sparsifiers import TopK
 from sparsejax.experiment import recipes, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,20 +155,74 @@ def test_flop_model_reproduces_swat_vgg16_reduction():
     # (SWAT's CIFAR VGG-16: 13 conv + 512->4096->4096->10).
     layers = costs.linear_layers(zoo.get_model("vgg16", classifier="official"), (32, 32, 3))
     assert len(layers) == 16
-    densities = {l.kernel: 0.1 for l in layers[1:]}
-    ratio = costs.step_flops(layers, "swat", densities) / costs.step_flops(layers, "dense", {})
+    swat90 = Policy(weight=TopK(0.9, ties="all"), act_saved=TopK(0.9, ties="all"))
+    fractions = {l.kernel: costs.policy_fractions(swat90, l) for l in layers[1:]}
+    ratio = costs.step_flops(layers, fractions) / costs.step_flops(layers)
     assert 1 - ratio == pytest.approx(0.895, abs=0.002)
     # A wrongly sparse first conv gives 0.900: the bound tells the two apart.
-    all_sparse = costs.step_flops(layers, "swat", {l.kernel: 0.1 for l in layers})
-    assert 1 - all_sparse / costs.step_flops(layers, "dense", {}) > 0.895 + 0.002
+    all_sparse = costs.step_flops(layers, {l.kernel: costs.policy_fractions(swat90, l)
+                                           for l in layers})
+    assert 1 - all_sparse / costs.step_flops(layers) > 0.895 + 0.002
+    # The same through the recipe: swat(0.9) keeps the first conv dense (SWAT-U).
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({"name": "swat", "sparsity": 0.9})
+    [phase] = recipes.build_phases(config, 10, 1)
+    assert costs.step_flops(layers, phase.fractions(layers, {})) == pytest.approx(
+        costs.step_flops(layers, fractions))
     assert layers[0].forward_flops == 2 * 32 * 32 * 3 * 3 * 3 * 64
 
 
 def test_mlp_layer_flops_and_meprop_cost():
     layers = costs.linear_layers(zoo.MLP(features=(4,)), (8, 8, 1))
     assert [l.forward_flops for l in layers] == [2 * 64 * 4, 2 * 4 * 10]
-    cost = costs.step_flops(layers, "meprop", {}, sparsified={"fc1/kernel"}, kept=lambda n: 1)
-    assert cost == 512 * (1 + 2 * 0.25) + 80 * 3
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({"name": "meprop", "k": 1})
+    [phase] = recipes.build_phases(config, 10, 1)
+    cost = costs.step_flops(layers, phase.fractions(layers, {}))
+    assert cost == 512 * (1 + 2 * 0.25) + 80 * 3  # k = 1 of fc1's 4 columns; fc2 dense
+
+
+# (recipe arguments, per-layer (f, a, w) on the 3-layer LAYER_COSTS model): the table of
+# sparsejax.costs (SPECS §3), written out by hand, for every built-in recipe.
+LAYER_COSTS = [costs.Layer("fc1", "dense", "fc1/kernel", (64, 32), 2 * 64 * 32, 32),
+               costs.Layer("fc2", "dense", "fc2/kernel", (32, 16), 2 * 32 * 16, 16),
+               costs.Layer("fc3", "dense", "fc3/kernel", (16, 8), 2 * 16 * 8, 8)]
+COST_TABLE = [
+    ({"name": "dense"}, {}),
+    ({"name": "grad_drop", "sparsity": 0.9}, {}),
+    ({"name": "swat", "sparsity": 0.8},  # SWAT-U: first layer dense
+     {"fc2/kernel": (0.2, 0.2, 0.2), "fc3/kernel": (0.2, 0.2, 0.2)}),
+    ({"name": "ste", "pattern": "2:4"}, {k: (0.5, 0.5, 1.0) for k in
+                                         ("fc1/kernel", "fc2/kernel", "fc3/kernel")}),
+    ({"name": "meprop", "k": 0.25},  # classifier dense; k/n of each hidden layer's columns
+     {"fc1/kernel": (1.0, 0.25, 0.25), "fc2/kernel": (1.0, 0.25, 0.25)}),
+    ({"name": "dsg", "sparsity": 0.75},
+     {"fc1/kernel": (0.25, 0.25, 0.25), "fc2/kernel": (0.25, 0.25, 0.25)}),
+    ({"name": "forward_topk", "sparsity": 0.5, "operand": "activations"},
+     {"fc2/kernel": (0.5, 0.5, 0.5), "fc3/kernel": (0.5, 0.5, 0.5)}),
+]
+
+
+@pytest.mark.parametrize("method, expected", COST_TABLE)
+def test_every_recipes_cost_follows_from_its_policy(method, expected):
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict(method)
+    [phase] = recipes.build_phases(config, 10, 1)
+    got = phase.fractions(LAYER_COSTS, {})
+    assert set(got) == set(expected)
+    for kernel, fractions in expected.items():
+        np.testing.assert_allclose(got[kernel], fractions, rtol=1e-6)
+
+
+def test_pruned_phases_cost_the_counted_weight_density():
+    config = config_lib.base_config()
+    config.method = ml_collections.ConfigDict({"name": "magnitude", "sparsity": 0.75})
+    dense, retrain = recipes.build_phases(config, 10, 1)
+    assert dense.fractions(LAYER_COSTS, {}) == {}
+    densities = {"fc1/kernel": 0.25, "fc2/kernel": 0.5}
+    got = retrain.fractions(LAYER_COSTS, densities)
+    assert got == {"fc1/kernel": (0.25, 0.25, 0.25), "fc2/kernel": (0.5, 0.5, 0.5),
+                   "fc3/kernel": (1.0, 1.0, 1.0)}
 
 
 @pytest.mark.parametrize("section, key, value, match", [

@@ -441,32 +441,30 @@ def _phases(**method):
 
 def test_recipe_activations_costs_keep_fraction_on_the_sparse_layers():
     [phase] = _phases(sparsity=0.7, operand="activations")
-    assert (phase.name, phase.num_steps, phase.cost) == ("train", 10, "forward_topk_a")
+    assert (phase.name, phase.num_steps) == ("train", 10)
     assert phase.method == methods.forward_topk(0.7)
-    assert phase.densities({}, LAYERS) == {"fc1/kernel": 1.0, "fc2/kernel": 1.0, "fc3/kernel": 1.0}
-    args = phase.cost_arguments(LAYERS)
-    assert args["sparsified"] == {"fc2/kernel", "fc3/kernel"}
-    assert args["keep"] == pytest.approx(0.3)
-    fractions = [costs.layer_fractions(phase.cost, l, 1.0, **args) for l in LAYERS]
-    assert fractions[0] == (1.0, 1.0, 1.0)
-    for f in fractions[1:]:
+    assert phase.densities({}, LAYERS) == {}  # no weight rule: every weight dense
+    fractions = phase.fractions(LAYERS, {})
+    assert set(fractions) == {"fc2/kernel", "fc3/kernel"}  # the first layer stays dense
+    for f in fractions.values():
         np.testing.assert_allclose(f, (0.3, 0.3, 0.3))
-    ratio = (costs.step_flops(LAYERS, phase.cost, phase.densities({}, LAYERS), **args)
-             / costs.step_flops(LAYERS, "dense", {}))
+    ratio = costs.step_flops(LAYERS, fractions) / costs.step_flops(LAYERS)
     assert ratio == pytest.approx((3 * 320 + 0.9 * (384 + 96)) / (3 * (320 + 384 + 96)))
 
 
 def test_recipe_weights_costs_like_ste():
     [phase] = _phases(sparsity=0.6, operand="weights", dense_last=True)
-    assert phase.cost == "forward_topk_w"
     assert phase.method == methods.forward_topk(0.6, operand="weights", dense_last=True)
     densities = phase.densities({}, LAYERS)
     assert densities == {"fc2/kernel": pytest.approx(0.4)}
-    assert phase.cost_arguments(LAYERS) == {}
-    got = [costs.layer_fractions(phase.cost, l, densities.get(l.kernel, 1.0)) for l in LAYERS]
-    np.testing.assert_allclose(got, [(1, 1, 1), (0.4, 0.4, 1.0), (1, 1, 1)])
-    ste = [costs.layer_fractions("ste", l, densities.get(l.kernel, 1.0)) for l in LAYERS]
-    assert got == ste
+    got = phase.fractions(LAYERS, densities)
+    assert list(got) == ["fc2/kernel"]
+    np.testing.assert_allclose(got["fc2/kernel"], (0.4, 0.4, 1.0))
+    config = tiny_config()
+    config.method = ml_collections.ConfigDict({"name": "ste", "pattern": "unstructured",
+                                               "sparsity": 0.6})
+    [ste] = recipes.build_phases(config, 10, 5)
+    assert ste.fractions(LAYERS, {})["fc2/kernel"] == got["fc2/kernel"]
 
 
 def test_recipe_fields_defaults_and_config_errors():
@@ -475,7 +473,7 @@ def test_recipe_fields_defaults_and_config_errors():
     [phase] = _phases()
     assert phase.method == methods.forward_topk(0.8)  # activations, first layer dense
     [phase] = _phases(exclude="fc3")
-    assert phase.cost_arguments(LAYERS)["sparsified"] == {"fc2/kernel"}
+    assert set(phase.fractions(LAYERS, {})) == {"fc2/kernel"}
     with pytest.raises(ConfigError, match="did you mean 'method.operand'"):
         _phases(operands="weights")
     config = tiny_config()
@@ -490,7 +488,7 @@ def test_recipe_fields_defaults_and_config_errors():
         recipes.check_method(config, 10, 5)
 
 
-def test_unknown_cost_model_lists_the_new_ones():
-    with pytest.raises(ValueError, match="forward_topk_w, forward_topk_a"):
-        costs.layer_fractions("forward_topk", LAYERS[0], 1.0)
+def test_removed_string_cost_models_name_their_replacement():
+    with pytest.raises(AttributeError, match="costs.policy_fractions"):
+        costs.layer_fractions  # pylint: disable=pointless-statement
 

@@ -26,8 +26,8 @@ forward_topk    train with top-K forward input activations or weights (SWAT's
                 sensitivity study of forward-side operands)
 ==============  =================================================================
 
-Each phase also names its *cost model* (``cost``) for the training-FLOP estimate
-of :mod:`sparsejax.costs`.
+A phase's training-FLOP estimate follows from the policies its layers train
+with (:meth:`Phase.fractions`, :func:`sparsejax.costs.policy_fractions`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class Phase:
         optimizer chain, or ``None``.
       gradient_transform: an optax transform applied to the raw gradients first
         (weight-gradient drop), or ``None``.
-      cost: cost model of the phase (see :func:`sparsejax.costs.layer_fractions`).
       mean_sparsity_ratio: mean over the phase's steps of the scheduled sparsity
         divided by its final value (1 for fixed masks; below 1 for ramps), used to
         scale the FLOP estimate.
@@ -86,7 +85,6 @@ class Phase:
     method: Any = None
     pruning: optax.GradientTransformation | None = None
     gradient_transform: optax.GradientTransformation | None = None
-    cost: str = "dense"
     mean_sparsity_ratio: float = 1.0
     prepare: Optional[Callable[[Any, Any], tuple[Any, Any, dict]]] = None
 
@@ -98,40 +96,55 @@ class Phase:
 
         return sparsify(base, self.method)
 
+    def policies(self, layers: Sequence[costs.Layer]) -> dict[str, Any]:
+        """Kernel path -> the :class:`~sparsejax.ops.Policy` each sparse layer trains with.
+
+        The method's layers (:meth:`~sparsejax.methods.Method.plan` and
+        :meth:`~sparsejax.methods.Method.layer_policy`), or every layer under
+        :data:`sparsejax.costs.PRUNED` in a phase with pruning masks; empty for a
+        dense phase.
+        """
+        if self.method is not None:
+            infos = self._infos(layers)
+            return {f"{p}/kernel": self.method.layer_policy(infos[p], s)
+                    for p, s in self.method.plan(list(infos.values())).items()}
+        if self.pruning is not None:
+            return {l.kernel: costs.PRUNED for l in layers}
+        return {}
+
     def densities(self, state: Mapping[str, Any], layers: Sequence[costs.Layer]
                   ) -> dict[str, float]:
         """Kernel path -> density of the weights the phase's forward pass multiplies with.
 
-        Weight-sparsifying methods (SWAT, STE, forward top-K weights) report
-        their per-layer plan (``1 - s_l``; SWAT-M's budgets move during training
-        around the same total); forward top-K activations leaves every weight
-        dense (1); otherwise the nonzeros of the final params are counted with
+        A method's weight rule gives it (SWAT and STE report their per-layer plan
+        ``1 - s_l``; SWAT-M's budgets move during training around the same
+        total); otherwise the nonzeros of the final params are counted with
         :func:`sparsejax.summary.summary` (pruned weights are exactly 0).
         """
-        if self.cost in ("swat", "ste", "forward_topk_w"):
-            return {f"{p}/kernel": 1.0 - s for p, s in self._plan(layers).items()}
-        if self.cost == "forward_topk_a":  # Only the input activations are sparse.
-            return {l.kernel: 1.0 for l in layers}
-        kernels = {l.kernel for l in layers}
-        rows = summary(jax.device_get(state["params"])).layers
-        return {r.path: r.nonzero / r.params for r in rows if r.path in kernels and r.params}
+        kernels = {l.kernel: l for l in layers}
+        rows = summary(jax.device_get(state["params"])).layers if state else []
+        out = {r.path: r.nonzero / r.params for r in rows if r.path in kernels and r.params}
+        for kernel, policy in self.policies(layers).items():
+            rule = None if policy is None else policy.weight
+            d = None if rule is None else rule.density(kernels[kernel].out_features)
+            if d is not None:
+                out[kernel] = d
+        return out
 
-    def cost_arguments(self, layers: Sequence[costs.Layer]) -> dict[str, Any]:
-        """Extra arguments of :func:`sparsejax.costs.step_flops` for this phase."""
-        if self.cost == "meprop":
-            return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
-                    "kept": self.method.kept}
-        if self.cost in ("dsg", "forward_topk_a"):
-            return {"sparsified": {f"{p}/kernel" for p in self._plan(layers)},
-                    "keep": 1.0 - self.method.sparsity}
-        return {}
+    def fractions(self, layers: Sequence[costs.Layer], densities: Mapping[str, float]
+                  ) -> dict[str, costs.Fractions]:
+        """Kernel path -> ``(f, a, w)`` cost fractions of the phase's layers
+        (:func:`sparsejax.costs.policy_fractions`; ``densities`` give the weight
+        density of masks only the data decides)."""
+        by_kernel = {l.kernel: l for l in layers}
+        return {k: costs.policy_fractions(p, by_kernel[k], densities.get(k, 1.0))
+                for k, p in self.policies(layers).items()}
 
-    def _plan(self, layers: Sequence[costs.Layer]) -> dict[str, float]:
+    def _infos(self, layers: Sequence[costs.Layer]) -> dict[str, Any]:
         from sparsejax.methods import LayerInfo
 
-        unique = {l.path: LayerInfo(l.path, l.kind, l.kernel_shape, l.out_features)
-                  for l in layers}
-        return self.method.plan(list(unique.values()))
+        return {l.path: LayerInfo(l.path, l.kind, l.kernel_shape, l.out_features)
+                for l in layers}
 
 
 def _rule(regex: str) -> str | None:
@@ -208,8 +221,7 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
                   else {regex: round_(s) for regex, s in targets.items()})
         tx = pruning(target, distribution=distribution, update_every=None,
                      exclude=_rule(exclude), q=q * i / iterations if q > 0 else None)
-        phases.append(Phase(f"retrain{i}", steps, lr_scale=retrain_lr_scale, pruning=tx,
-                            cost="masked"))
+        phases.append(Phase(f"retrain{i}", steps, lr_scale=retrain_lr_scale, pruning=tx))
     return phases
 
 
@@ -307,7 +319,7 @@ def asp(ctx: "Context", *, n: int = 2, m: int = 4, exclude: str = "",
                  exclude=_rule(exclude), axes=ctx.axes)
     prepare = _permute_prepare(ctx, n, m, exclude) if permute else None
     return [Phase("dense", ctx.main_steps),
-            Phase("retrain", ctx.main_steps, pruning=tx, cost="masked", prepare=prepare)]
+            Phase("retrain", ctx.main_steps, pruning=tx, prepare=prepare)]
 
 
 def _permute_prepare(ctx: "Context", n: int, m: int, exclude: str
@@ -384,7 +396,7 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
     tx = pruning(sched, distribution=distribution, update_every=frequency, begin_step=t0,
                  end_step=t1 + 1, exclude=_rule(exclude))
     values = [float(sched(t)) for t in range(0, total, max(1, total // 200))]
-    return [Phase("train", total, pruning=tx, cost="masked",
+    return [Phase("train", total, pruning=tx,
                   mean_sparsity_ratio=(sum(values) / len(values)) / sparsity)]
 
 
@@ -431,7 +443,7 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
     method = methods.swat(sparsity, distribution=distribution, structured=_STRUCTURED[structured],
                           period=period, dense_first=dense_first, dense_last=dense_last,
                           exclude=_rule(exclude), **_SAVED[saved])
-    return [Phase("train", ctx.main_steps, method=method, cost="swat")]
+    return [Phase("train", ctx.main_steps, method=method)]
 
 
 def ste(ctx: "Context", *, pattern: str = "2:4", sparsity: float = 0.0, decay: float = 0.0,
@@ -457,7 +469,7 @@ def ste(ctx: "Context", *, pattern: str = "2:4", sparsity: float = 0.0, decay: f
     rule = parse_pattern(pattern)
     method = methods.ste(rule, sparsity=None if rule.fixed_sparsity is not None else sparsity,
                          decay=decay, exclude=_rule(exclude))
-    return [Phase("train", ctx.main_steps, method=method, cost="ste")]
+    return [Phase("train", ctx.main_steps, method=method)]
 
 
 def meprop(ctx: "Context", *, k: float = 0.2, unified: bool = False,
@@ -481,7 +493,7 @@ def meprop(ctx: "Context", *, k: float = 0.2, unified: bool = False,
 
     k = int(k) if k >= 1 else float(k)
     method = methods.meprop(k, unified=unified, exclude=_rule(exclude))
-    return [Phase("train", ctx.main_steps, method=method, cost="meprop")]
+    return [Phase("train", ctx.main_steps, method=method)]
 
 
 def dsg(ctx: "Context", *, sparsity: float = 0.5, epsilon: float = 0.5,
@@ -503,7 +515,7 @@ def dsg(ctx: "Context", *, sparsity: float = 0.5, epsilon: float = 0.5,
     from sparsejax import methods
 
     method = methods.dsg(sparsity, epsilon=epsilon, exclude=_rule(exclude))
-    return [Phase("train", ctx.main_steps, method=method, cost="dsg")]
+    return [Phase("train", ctx.main_steps, method=method)]
 
 
 def grad_drop(ctx: "Context", *, sparsity: float = 0.9, exclude: str = "") -> list[Phase]:
@@ -523,7 +535,7 @@ def grad_drop(ctx: "Context", *, sparsity: float = 0.9, exclude: str = "") -> li
     from sparsejax import methods
 
     tx = methods.grad_drop(sparsity, exclude=_rule(exclude))
-    return [Phase("train", ctx.main_steps, gradient_transform=tx, cost="grad_drop")]
+    return [Phase("train", ctx.main_steps, gradient_transform=tx)]
 
 
 def forward_topk(ctx: "Context", *, sparsity: float = 0.8, operand: str = "activations",
@@ -535,8 +547,8 @@ def forward_topk(ctx: "Context", *, sparsity: float = 0.8, operand: str = "activ
       ctx: recipe context.
       sparsity: fraction of the operand removed per layer.
       operand: ``"activations"`` (the layer's input A: forward, dA and dW run on
-        the kept inputs; cost ``"forward_topk_a"``) or ``"weights"`` (top-K W in
-        the forward and dA, dense dW: cost ``"forward_topk_w"``, as STE).
+        the kept inputs) or ``"weights"`` (top-K W in the forward and dA, dense
+        dW, as STE).
       dense_first: keep the first layer dense (as SWAT-U).
       dense_last: keep the last layer dense.
       exclude: regex of module paths kept dense.
@@ -551,8 +563,7 @@ def forward_topk(ctx: "Context", *, sparsity: float = 0.8, operand: str = "activ
 
     method = methods.forward_topk(sparsity, operand=operand, dense_first=dense_first,
                                   dense_last=dense_last, exclude=_rule(exclude))
-    cost = "forward_topk_w" if operand == "weights" else "forward_topk_a"
-    return [Phase("train", ctx.main_steps, method=method, cost=cost)]
+    return [Phase("train", ctx.main_steps, method=method)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -594,7 +605,55 @@ RECIPES: dict[str, Callable[..., list[Phase]]] = {
     "grad_drop": grad_drop,
     "forward_topk": forward_topk,
 }
-"""Recipe name (``config.method.name``) -> recipe function."""
+"""Recipe name (``config.method.name``) -> recipe function (add yours with :func:`register`)."""
+_BUILT_IN = frozenset(RECIPES)
+
+
+def register(name: str, factory: Callable[..., Any], *, recipe: bool = False) -> None:
+    """Makes a method defined outside the library a ``config.method.name``.
+
+    Call it in a config file (``launch.py`` imports the file before it reads the
+    config, in every process): the method then trains, sweeps, checkpoints and
+    reports like a built-in one, its FLOPs following from its policy
+    (:meth:`Phase.fractions`).
+
+    Args:
+      name: the ``config.method.name`` (not a built-in recipe's name).
+      factory: by default a method factory: keyword arguments (the other
+        ``config.method`` fields, with defaults) -> a
+        :class:`~sparsejax.methods.Method`, trained for one phase of the main
+        length. With ``recipe=True``, a recipe ``(ctx, **fields) -> [Phase]``
+        (several phases, pruning, a shorter schedule...).
+      recipe: ``factory`` is a recipe, not a method factory.
+
+    Raises:
+      ValueError: ``name`` is a built-in recipe, or ``factory`` is not callable.
+
+    Example:
+      >>> # experiments/my_method.py
+      >>> def act_only_swat(sparsity=0.8):
+      ...     return ActOnlySWAT(sparsity=sparsity)      # a Method subclass
+      >>> recipes.register("act_only_swat", act_only_swat)
+      >>> # python launch.py --config=experiments/my_method.py --config.method.sparsity=0.9
+    """
+    if name in _BUILT_IN:
+        raise ValueError(f"{name!r} is a built-in recipe of sparsejax; register your method "
+                         "under another name.")
+    if not callable(factory):
+        raise ValueError(f"register({name!r}, ...) needs a callable, got {factory!r}.")
+    if recipe:
+        RECIPES[name] = factory
+        return
+
+    def method_recipe(ctx: "Context", **fields: Any) -> list[Phase]:
+        return [Phase("train", ctx.main_steps, method=factory(**fields))]
+
+    method_recipe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(factory).parameters.values()])
+    method_recipe.__doc__ = factory.__doc__
+    RECIPES[name] = method_recipe
 
 
 def parse_pattern(text: str) -> Pattern:

@@ -83,7 +83,7 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       the whole ``config`` so that tables can check that the runs they group are
       comparable.
     """
-    dense_step = costs.step_flops(layers, "dense", {})
+    dense_step = costs.step_flops(layers)
     total, phase_rows = 0.0, []
     pruned = list(pruned) if pruned is not None else [None] * len(phases)
     permutation = list(permutation) if permutation is not None else [None] * len(phases)
@@ -91,12 +91,13 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
     for phase, final, after, info in zip(phases, densities, pruned, permutation):
         ratio = phase.mean_sparsity_ratio
         mean = {k: 1.0 - (1.0 - d) * ratio for k, d in final.items()}
-        args = phase.cost_arguments(layers)
-        step = costs.step_flops(layers, phase.cost, mean, **args)
-        final_step = costs.step_flops(layers, phase.cost, final, **args)
+        step = costs.step_flops(layers, phase.fractions(layers, mean))
+        final_step = costs.step_flops(layers, phase.fractions(layers, final))
         total += step * phase.num_steps
+        method = (phase.method.name if phase.method is not None
+                  else "pruning" if phase.pruning is not None else "dense")
         phase_rows.append({"name": phase.name, "steps": phase.num_steps,
-                           "lr_scale": phase.lr_scale, "cost_model": phase.cost,
+                           "lr_scale": phase.lr_scale, "method": method,
                            "step_flops_ratio": final_step / dense_step,
                            "accuracy_after_pruning": after["accuracy"] if after else None,
                            "kept_magnitude": number(after.get("kept_magnitude")) if after else None,
