@@ -12,7 +12,7 @@ from sparsejax.adapters.nnx import SparsityState
 from sparsejax.adapters.planning import LayerPlan, Plan, plan
 from sparsejax.adapters.weights import contraction_axes, effective_params
 from sparsejax.distributions import erk_sparsities
-from sparsejax.methods import (Method, dense, dsg, forward_topk, grad_drop, meprop,
+from sparsejax.methods import (LayerInfo, Method, dense, dsg, forward_topk, grad_drop, meprop,
                                momentum_budgets, ste, swat)
 from sparsejax.monitor import MonitorConfig, flatten_metrics
 from sparsejax.paths import leaf_paths, path_str, selected_paths

@@ -799,3 +799,30 @@ def test_swat_sampled_activation_threshold_reports_realised_sparsity():
     assert flat["Dense_0/w_sparsity"] == pytest.approx(0.8, abs=1e-3)
     with pytest.raises(ValueError, match="sample_size"):
         methods.swat(0.8, sample_size=0)
+
+
+def test_custom_init_state_without_sparsity_is_refused_naming_the_layer():
+    """A state the adapters could not recognise would leave every layer silently dense."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Forgetful(methods.SWAT):
+        def init_state(self, info, sparsity, kernel):
+            return {"step": jnp.zeros((), jnp.int32)}  # no super(): no "sparsity" entry
+
+    method = Forgetful(sparsity=0.5, dense_first=False)
+    x = jnp.ones((2, 6))
+    with pytest.raises(ValueError, match=r"Forgetful.init_state for layer 'Dense_0' returned "
+                                         r"no 'sparsity' entry.*super\(\).init_state"):
+        sparsify(MLP(), method).init(jax.random.key(0), x)
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.fc = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.fc(x)
+
+    with pytest.raises(ValueError, match="Forgetful.init_state for layer 'fc' returned no "
+                                         "'sparsity'"):
+        sparsify(Net(), method, x)

@@ -412,35 +412,6 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
     assert temp_bytes(True) <= temp_bytes(False) - saved
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="measures XLA:CPU's buffer assignment")
-def test_memory_modes_shrink_a_batchnorm_free_cnn_step():
-    # The reference CNN keeps each conv output for its ReLU backward, which
-    # bounds what any saved-activation format can save. Measured (XLA:CPU,
-    # jax 0.10): dense 24.5 MiB; default 24.7 (28.0 when every W_s was built at
-    # the start of the step); remat 20.7 (23.0); packed 21.7 (27.9 before dW
-    # was ordered before dA).
-    from sparsejax import zoo
-    from sparsejax.adapters import sparsify
-    from sparsejax.methods import swat
-
-    model = zoo.get_model("refcnn")
-    x = jax.random.normal(jax.random.key(0), (32, 32, 32, 3))
-
-    def temp_bytes(method):
-        return _grad_temp_bytes(model if method is None else sparsify(model, method), x)
-
-    dense = temp_bytes(None)
-    assert temp_bytes(swat(0.8)) <= 1.05 * dense
-    assert temp_bytes(swat(0.8, remat_saved=True)) <= 0.9 * dense
-    assert temp_bytes(swat(0.8, pack_saved=True)) <= 0.92 * dense
-    # Compacted channels: the scatters' zero fills wait for their values (filled
-    # at the start of the step, they were held through the forward pass).
-    # Measured: 24.7 MiB straight-through (30.1 before), 21.2 with dW compacted
-    # too (24.2 before).
-    assert temp_bytes(swat(0.8, structured="channel")) <= 1.05 * dense
-    assert temp_bytes(swat(0.8, structured="channel", straight_through=False)) <= 0.9 * dense
-
-
 @pytest.mark.parametrize("call, match", [
     (lambda: sparse_dot_general(jnp.ones((2, 3), jnp.int32), jnp.ones((3, 2), jnp.int32),
                                 DENSE_DN, policy=Policy(weight=TopK(0.5))), "integers"),

@@ -17,7 +17,7 @@ import logging
 import math
 import warnings
 import weakref
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +116,27 @@ class SharedActivations:
         except TypeError:  # a Python scalar: nothing to share
             pass
         return aux
+
+
+def initial_state(method: Method, info: LayerInfo, sparsity: float, kernel: Any) -> State:
+    """``method.init_state(...)``, checked: the adapters find a sparse layer's state by
+    its ``"sparsity"`` entry, so a state without one would leave the layer silently dense.
+
+    Raises:
+      TypeError: the state is not a dict of arrays.
+      ValueError: it has no ``"sparsity"`` entry (the message names the layer and the fix).
+    """
+    state = method.init_state(info, sparsity, kernel)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{type(method).__name__}.init_state for layer {info.path!r} returned "
+                        f"{type(state).__name__}; it must return a dict of arrays.")
+    if "sparsity" not in state:
+        raise ValueError(
+            f"{type(method).__name__}.init_state for layer {info.path!r} returned no 'sparsity' "
+            f"entry (keys: {sorted(state)}); the adapters store every sparse layer's sparsity "
+            "under it. Start from the base class's state: "
+            "{**super().init_state(info, sparsity, kernel), 'my_key': ...}.")
+    return dict(state)
 
 
 def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,

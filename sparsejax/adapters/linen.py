@@ -320,7 +320,7 @@ class Sparsified(nn.Module):
                 shape = tuple(rhs.shape)
                 info = _layer_info(mod, path, shape, args, kwargs)
                 if initializing:
-                    values = method.init_state(info, sparsities[path], rhs)
+                    values = common.initial_state(method, info, sparsities[path], rhs)
                     vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)
                              for k, v in values.items()}
                 else:

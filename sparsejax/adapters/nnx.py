@@ -135,7 +135,7 @@ class SparseOp(nnx.Module):
         self.monitor = monitor
         self.deterministic = False
         self.shared = nnx.data(shared)
-        init = lambda k: method.init_state(info, sparsity, k)
+        init = lambda k: common.initial_state(method, info, sparsity, k)
         for _ in stack:  # one state per stacked layer, sliced with the kernel by nnx.scan
             init = jax.vmap(init)
         self.state = nnx.data({k: SparsityState(v) for k, v in init(kernel).items()})
