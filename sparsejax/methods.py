@@ -171,6 +171,7 @@ class Method:
         (True) or the dense layer (False).
     """
 
+    _: dataclasses.KW_ONLY  # A subclass's own fields come first: MyMethod(0.8).
     include: Any = None
     exclude: Any = None
     sparse_eval: bool = True

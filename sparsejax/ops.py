@@ -16,6 +16,7 @@ pass, by which :mod:`sparsejax.sparsifiers` rule; dynamic values come through
             dW  = op_transposeᵂ(G, A_s)                  dense over all positions
                   (straight-through), or ⊙ weight-mask if ``straight_through=False``
                   + weight_decay_pruned · (W − W_s)      (SR-STE)
+            dW  = dW ⊙ grad_weight(dW)                   (e.g. top-k per output channel)
 
 The bias is added outside the op (Flax adds it after ``dot_general``), so its
 gradient ``Σ dY`` is never sparsified (meProp keeps it dense too).
@@ -74,7 +75,8 @@ DTypeLike = jax.typing.DTypeLike
 DotDims = tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]]
 Padding = str | Sequence[tuple[int, int]]
 
-_SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"), ("act", "x"))
+_SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"), ("act", "x"),
+          ("grad_weight", "d"))
 _FIELDS = ("sparsity", "threshold", "refresh", "mask")
 
 
@@ -99,6 +101,11 @@ class Policy:
         (or, when ``act_saved`` is also set, act_saved's rule applied on top of
         the sparse A). The mask is kept for the backward pass (as bits with
         ``pack_saved``).
+      grad_weight: rule applied to dW at the end of the backward pass: only the
+        kept entries reach the optimizer. Its rows are the output features (its
+        ``feature_axes`` are W's contraction axes), so ``RowTopK(k)`` keeps the
+        ``k`` largest gradients of each output channel. dW is computed densely
+        first, so the cost model counts no saving for it.
       weight_decay_pruned: SR-STE's λ: adds ``λ · (1 − mask) · W`` to dW.
       straight_through: True: dW is computed at every position (pruned weights
         keep learning: SWAT, STE). False: dW is masked like W, the true gradient
@@ -137,6 +144,7 @@ class Policy:
     grad_out: Optional[Sparsifier] = None
     out: Optional[Sparsifier] = None
     act: Optional[Sparsifier] = None
+    grad_weight: Optional[Sparsifier] = None
     weight_decay_pruned: float = 0.0
     straight_through: bool = True
     compact: bool = True
@@ -171,8 +179,9 @@ class Aux(NamedTuple):
     """Dynamic per-call inputs of the policy's rules (arrays; ``None`` = absent).
 
     Prefixes name the slot: ``w_`` weight, ``a_`` act_saved, ``g_`` grad_out,
-    ``o_`` out, ``x_`` act (the forward input; its fields come after ``key``
-    so the older fields keep their positions). Each prefix has:
+    ``o_`` out, ``x_`` act (the forward input), ``d_`` grad_weight (the ``x_``
+    and ``d_`` fields come after ``key`` so the older fields keep their
+    positions). Each prefix has:
 
     * ``*_sparsity``: overrides the rule's sparsity (a traced scalar, e.g. SWAT-M's
       per-layer budget this step; no recompilation).
@@ -206,6 +215,10 @@ class Aux(NamedTuple):
     x_threshold: Optional[ArrayLike] = None
     x_refresh: Optional[ArrayLike] = None
     x_mask: Optional[ArrayLike] = None
+    d_sparsity: Optional[ArrayLike] = None
+    d_threshold: Optional[ArrayLike] = None
+    d_refresh: Optional[ArrayLike] = None
+    d_mask: Optional[ArrayLike] = None
 
 
 class Stats(NamedTuple):
@@ -273,6 +286,11 @@ class _Dot:
         free = [i for i in range(w_ndim) if i not in rc and i not in rb]
         return "out", a_ndim - len(lc) + free.index(w_axis)
 
+    def w_contraction_axes(self, w_ndim):
+        """The kernel axes contracted with the input (a ``grad_weight`` rule's row)."""
+        (_, rc), _ = self.dimension_numbers
+        return tuple(sorted(i % w_ndim for i in rc))
+
     def out_w_axis(self, a_ndim, w_ndim):
         (_, rc), (_, rb) = self.dimension_numbers
         free = [i for i in range(w_ndim) if i not in rc and i not in rb]
@@ -330,6 +348,10 @@ class _Conv:
         if w_axis == rhs[0]:
             return "out", out[1]
         return None
+
+    def w_contraction_axes(self, w_ndim):
+        """The kernel axes contracted with the input: all but the output features."""
+        return tuple(i for i in range(w_ndim) if i != self.dimension_numbers.rhs_spec[0])
 
     def out_w_axis(self, a_ndim, w_ndim):
         return self.dimension_numbers.rhs_spec[0] if self._ungrouped else None
@@ -390,6 +412,7 @@ def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape_of: Callable[[], tuple[int, ...
                             ".astype(jnp.float32) or use the lax op directly.")
     feat = cfg.op.out_feature_axes(a.ndim, w.ndim)
     shapes = {"w": lambda: (w.shape, ()), "a": lambda: (a.shape, ()), "x": lambda: (a.shape, ()),
+              "d": lambda: (w.shape, cfg.op.w_contraction_axes(w.ndim)),
               "g": lambda: (y_shape_of(), feat), "o": lambda: (y_shape_of(), feat)}
     for slot, prefix in _SLOTS:
         rule = getattr(cfg.policy, slot)
@@ -572,7 +595,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     if xmask is not None and pol.pack_saved:  # 1 bit per entry of A instead of a bool byte.
         xbits, xmask = compact.pack_bits(xmask), None
     res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
-               xmask=xmask, xbits=xbits, g=_slot(aux, "g"),
+               xmask=xmask, xbits=xbits, g=_slot(aux, "g"), d=_slot(aux, "d"),
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
@@ -654,6 +677,10 @@ def _backward(cfg: _Cfg, res, cts):
         dw = jnp.where(wmask, dw, jnp.zeros((), dw.dtype))
     if res["w_pruned"] is not None:
         dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
+    if pol.grad_weight is not None:  # Only the kept entries of dW reach the optimizer.
+        dmask, _ = pol.grad_weight.keep(dw, res["d"], op.w_contraction_axes(len(w_struct.shape)),
+                                        where)
+        dw = jnp.where(dmask, dw, jnp.zeros((), dw.dtype))
     xmask = res["xmask"]
     if res["xbits"] is not None:
         xmask = compact.unpack_bits(after(res["xbits"]), a_struct.shape)

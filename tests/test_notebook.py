@@ -19,7 +19,8 @@ def test_quickstart_notebook_runs_and_reports_every_method(tmp_path, monkeypatch
                             resources={"metadata": {"path": ROOT}}).execute()
     text = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for out in cell.get("outputs", []))
-    for name in ("dense", "magnitude 80%", "2:4 STE", "SWAT-U 80%", "meProp 20%", "NNX"):
+    for name in ("dense", "magnitude 80%", "2:4 STE", "SWAT-U 80%", "meProp 20%", "NNX",
+                 "act-only SWAT 80%", "dW top-8 / channel"):  # the last two: your own methods
         assert name in text
     assert "fc2/kernel  (256, 256)" in text
     images = [out for cell in notebook.cells for out in cell.get("outputs", [])

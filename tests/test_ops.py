@@ -445,3 +445,28 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
 def test_errors(call, match):
     with pytest.raises((ValueError, TypeError, NotImplementedError), match=match):
         call()
+
+
+def test_grad_weight_rule_keeps_the_top_k_of_each_output_channel_of_dw():
+    a, w = rand(41, (2, 6, 6, 3), (3, 3, 3, 4))
+    pol = Policy(grad_weight=RowTopK(5))
+    loss = lambda w_: jnp.sum(jnp.sin(sparse_conv_general_dilated(
+        a, w_, (1, 1), "SAME", dimension_numbers=NHWC, policy=pol)))
+    g = np.asarray(jax.grad(loss)(w))
+    dense = np.asarray(jax.grad(lambda w_: jnp.sum(jnp.sin(conv(a, w_))))(w))
+    flat = dense.reshape(-1, 4)  # rows: (kh, kw, in); one column per output channel
+    keep = np.zeros(flat.shape, bool)
+    np.put_along_axis(keep, np.argsort(-np.abs(flat), axis=0, kind="stable")[:5], True, axis=0)
+    np.testing.assert_allclose(g, np.where(keep, flat, 0.0).reshape(dense.shape), rtol=1e-5,
+                               atol=1e-6)
+    # dA and the forward are the dense op's.
+    da = jax.grad(lambda a_: jnp.sum(jnp.sin(sparse_conv_general_dilated(
+        a_, w, (1, 1), "SAME", dimension_numbers=NHWC, policy=pol))))(a)
+    np.testing.assert_allclose(da, jax.grad(lambda a_: jnp.sum(jnp.sin(conv(a_, w))))(a),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="k=40 exceeds"):
+        sparse_conv_general_dilated(a, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                    policy=Policy(grad_weight=RowTopK(40)), where="conv")
+    with pytest.raises(ValueError, match="Policy.grad_weight is None"):
+        sparse_conv_general_dilated(a, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                    policy=Policy(), aux=Aux(d_sparsity=0.5))
