@@ -113,8 +113,8 @@ class Policy:
         this also compacts the dW GEMM.
       compact: gather kept channels / shared gradient columns into smaller dense
         ops where the kept count is static (same result as masking).
-      pack_saved: store A_s as bits + values (residual 23% of dense at 80%,
-        26% with ``TopK(ties="all")``; see :mod:`sparsejax.compact`), which
+      pack_saved: store A_s as bits + values (1 bit per entry plus the kept
+        values; see :mod:`sparsejax.compact`), which
         needs the act_saved rule's kept count at trace time (``TopK`` with a
         Python sparsity, N:M, channel; a cached or sampled threshold raises),
         and a sparsified W as W + mask bits, and run dW before dA in the
@@ -127,11 +127,12 @@ class Policy:
         read dY, so XLA cannot schedule it early: it fuses A's producer (e.g.
         BatchNorm + ReLU), the mask and the dW layout copy into one backward
         kernel that reads the producer's inputs, which a BatchNorm model keeps
-        for its own backward anyway. Measured on XLA:CPU (batch 32): a CIFAR
-        ResNet-18 SWAT step's temporary memory goes from 1.00x to 0.68x dense
-        for a 2-7% slower step; the BatchNorm-free reference CNN goes to 0.83x
-        (its ReLUs keep each conv output). Excludes ``pack_saved`` (nothing is
-        left to pack).
+        for its own backward anyway (a model without BatchNorm keeps less of
+        them: its ReLUs keep each conv output). Excludes ``pack_saved``
+        (nothing is left to pack). The memory and step-time figures of both
+        formats are in the README's benchmark table
+        (``benchmarks/bench_training_methods.py``); the orderings that make
+        them hold on XLA:CPU are :mod:`sparsejax.ordering`'s backend hints.
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
@@ -484,19 +485,6 @@ def _density(x: Array) -> Array:
 _NAN = float("nan")
 
 
-def _depends_on(p: compact.Packed, dtype) -> Array:
-    """A zero scalar that reads all of ``p`` (adding it makes the output wait for the pack).
-
-    Otherwise XLA:CPU would run the pack lazily in the backward pass, keeping
-    the dense A and its selection keys alive across the whole network (see
-    :func:`sparsejax.ordering.live` for why a data dependence, and why it is exact).
-    """
-    probe = jnp.max(p.bits).astype(jnp.float32) + jnp.isnan(jnp.max(p.values)).astype(jnp.float32)
-    if p.ties is not None:
-        probe = probe + jnp.max(p.ties).astype(jnp.float32)
-    return (probe * 0.0).astype(dtype)
-
-
 def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput, where: Optional[str]):
     """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``
     (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots`); a rule without a
@@ -532,10 +520,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
             wmask = compact.put(jnp.ones(plan.idx.shape, bool), plan.idx, 0, (w.shape[plan.w_axis],))
             wmask = jnp.broadcast_to(
                 wmask.reshape([-1 if i == plan.w_axis else 1 for i in range(w.ndim)]), w.shape)
-        # Built once the layer's input exists: XLA:CPU would otherwise schedule
-        # every layer's W_s at the start of the step, holding all of them
-        # through the forward pass (2 of the reference CNN's 24 MiB at its peak).
-        w_s = jnp.where(wmask & ordering.live(a), w, jnp.zeros((), w.dtype))
+        w_s = ordering.after(a, jnp.where(wmask, w, jnp.zeros((), w.dtype)))  # backend hint
 
     if plan is None:
         y, w_keep = op.apply(a, w_s), w_s
@@ -570,7 +555,8 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         elif room is not None and save:
             count, by_threshold = room
             a_saved = compact.pack(a, amask, count, a_thr if by_threshold else None)
-            y = y + _depends_on(a_saved, y.dtype)
+            y = y + ordering.depends_on(  # backend hint: pack in the forward pass
+                [a_saved.bits, a_saved.values, a_saved.ties], y.dtype)
     elif plan is not None and plan.role == "in" and not pol.straight_through:
         a_saved = compact.take(a, plan.idx, plan.axis)
 
@@ -609,11 +595,7 @@ def _backward(cfg: _Cfg, res, cts):
     feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
     if res["omask"] is not None:
         g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
-    # Everything rebuilt from a packed residual reads dY, so that XLA neither hoists
-    # the rebuild into the forward pass (keeping every layer's dense copy alive) nor
-    # reuses the forward's word counts.
-    live = ordering.live(g)
-    after = lambda x: jnp.where(live, x, jnp.zeros((), x.dtype))
+    after = lambda x: ordering.after(g, x)  # backend hint: rebuild residuals in the backward
     a_saved = res["a"]
     if isinstance(a_saved, compact.Packed):
         a_saved = compact.unpack(jax.tree.map(after, a_saved))
@@ -648,13 +630,8 @@ def _backward(cfg: _Cfg, res, cts):
                          out_w, w_struct.shape)
     elif plan is None:
         dw = _t_w(op, a_saved, w_struct, g)
-        if pol.pack_saved:
-            # dA after dW: the unpacked A_s and the dW layout copies of A_s and dY
-            # are freed before dA's output is allocated (reference CNN: 25.7 ->
-            # 19.5 MiB). Not with remat_saved: there it saves 1.5 MiB on that
-            # model, nothing on ResNet-18, and costs ResNet-18 ~7% of a step (dA
-            # and dW no longer run concurrently).
-            w_keep = jnp.where(ordering.live(dw), w_keep, jnp.zeros((), w_keep.dtype))
+        if pol.pack_saved:  # backend hint: dA after dW (not with remat_saved: slower)
+            w_keep = ordering.after(dw, w_keep)
         da = _t_a(op, w_keep, a_struct, g)
     else:
         n = idx.size
