@@ -388,6 +388,40 @@ class _Meta:
     w: jax.ShapeDtypeStruct = dataclasses.field(metadata=dict(static=True))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Residuals:
+    """What the forward pass saves for the backward pass (``None``: not saved).
+
+    Attributes:
+      meta: the input and kernel shapes and dtypes.
+      a: the activation dW reads (masked, packed, compacted or to recompute).
+      w: the kernel dA reads (``W_s``; the dense W when its mask is packed).
+      wbits: the weight mask as bits (``pack_saved``).
+      wmask: the weight mask, when dW is masked like W (``straight_through=False``).
+      omask: the ``out`` rule's output mask (DSG), reapplied to dY.
+      xmask: the ``act`` rule's input mask, applied to dA.
+      xbits: ``xmask`` as bits (``pack_saved``).
+      g: the ``grad_out`` rule's dynamic inputs.
+      d: the ``grad_weight`` rule's dynamic inputs.
+      idx: the kept channels of a compacted layer.
+      w_pruned: ``W - W_s`` for SR-STE's decay of the pruned weights.
+    """
+
+    meta: _Meta
+    a: Any
+    w: Any
+    wbits: Any = None
+    wmask: Any = None
+    omask: Any = None
+    xmask: Any = None
+    xbits: Any = None
+    g: Any = None
+    d: Any = None
+    idx: Any = None
+    w_pruned: Any = None
+
+
 class _Plan(NamedTuple):
     """Channel compaction: role ``in``/``out``, the A or Y axis, the W axis, kept indices."""
 
@@ -580,30 +614,30 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     xbits = None
     if xmask is not None and pol.pack_saved:  # 1 bit per entry of A instead of a bool byte.
         xbits, xmask = compact.pack_bits(xmask), None
-    res = dict(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
+    res = _Residuals(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
                xmask=xmask, xbits=xbits, g=_slot(aux, "g"), d=_slot(aux, "d"),
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
 
 
-def _backward(cfg: _Cfg, res, cts):
+def _backward(cfg: _Cfg, res: _Residuals, cts):
     op, pol, where = cfg.op, cfg.policy, cfg.where
     g, _ = cts
-    meta = res["meta"]
+    meta = res.meta
     a_struct, w_struct = meta.a, meta.w
     feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
-    if res["omask"] is not None:
-        g = jnp.where(res["omask"], g, jnp.zeros((), g.dtype))
+    if res.omask is not None:
+        g = jnp.where(res.omask, g, jnp.zeros((), g.dtype))
     after = lambda x: ordering.after(g, x)  # backend hint: rebuild residuals in the backward
-    a_saved = res["a"]
+    a_saved = res.a
     if isinstance(a_saved, compact.Packed):
         a_saved = compact.unpack(jax.tree.map(after, a_saved))
     elif pol.remat_saved:  # see Policy.remat_saved
         a_saved = after(a_saved)
-    w_keep, idx, wmask = res["w"], res["idx"], res["wmask"]
-    if res["wbits"] is not None:
-        wmask = compact.unpack_bits(after(res["wbits"]), w_struct.shape)
+    w_keep, idx, wmask = res.w, res.idx, res.wmask
+    if res.wbits is not None:
+        wmask = compact.unpack_bits(after(res.wbits), w_struct.shape)
         w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
     plan = None
     if idx is not None:
@@ -618,7 +652,7 @@ def _backward(cfg: _Cfg, res, cts):
         if (isinstance(rule, SharedColumns) and pol.compact and plan is None and out_w is not None):
             cols = jnp.nonzero(rule.columns(g, feat, where), size=rule.k, fill_value=0)[0]
         else:
-            gmask, _ = rule.keep(g, res["g"], feat, where)
+            gmask, _ = rule.keep(g, res.g, feat, where)
             g = jnp.where(gmask, g, jnp.zeros((), g.dtype))
 
     if cols is not None:
@@ -652,15 +686,15 @@ def _backward(cfg: _Cfg, res, cts):
                 dw = compact.put(_t_w(op, a_saved, w_k_struct, g_k), idx, plan.w_axis, w_struct.shape)
     if wmask is not None and not pol.straight_through:
         dw = jnp.where(wmask, dw, jnp.zeros((), dw.dtype))
-    if res["w_pruned"] is not None:
-        dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res["w_pruned"]
+    if res.w_pruned is not None:
+        dw = dw + jnp.asarray(pol.weight_decay_pruned, dw.dtype) * res.w_pruned
     if pol.grad_weight is not None:  # Only the kept entries of dW reach the optimizer.
-        dmask, _ = pol.grad_weight.keep(dw, res["d"], op.w_contraction_axes(len(w_struct.shape)),
+        dmask, _ = pol.grad_weight.keep(dw, res.d, op.w_contraction_axes(len(w_struct.shape)),
                                         where)
         dw = jnp.where(dmask, dw, jnp.zeros((), dw.dtype))
-    xmask = res["xmask"]
-    if res["xbits"] is not None:
-        xmask = compact.unpack_bits(after(res["xbits"]), a_struct.shape)
+    xmask = res.xmask
+    if res.xbits is not None:
+        xmask = compact.unpack_bits(after(res.xbits), a_struct.shape)
     if xmask is not None:  # The forward multiplied A ⊙ mask: its gradient is masked too.
         da = jnp.where(xmask, da, jnp.zeros((), da.dtype))
     return da.astype(a_struct.dtype), dw.astype(w_struct.dtype), None

@@ -215,11 +215,12 @@ def test_traced_x_sparsity_is_honoured_without_recompiling():
 
 
 def test_aux_fields_keep_their_positions():
-    """The x_ fields come after ``key``: an Aux built positionally by older code is unchanged."""
+    """The x_ (and d_) fields come after ``key``: an Aux built positionally by older code
+    is unchanged."""
     fields = Aux._fields
     assert fields[:17] == tuple(f"{p}_{f}" for p in "wago"
                                 for f in ("sparsity", "threshold", "refresh", "mask")) + ("key",)
-    assert fields[17:] == ("x_sparsity", "x_threshold", "x_refresh", "x_mask")
+    assert fields[17:21] == ("x_sparsity", "x_threshold", "x_refresh", "x_mask")
 
 
 ONES = (jnp.ones((2, 3)), jnp.ones((3, 2)))
