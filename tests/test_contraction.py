@@ -60,7 +60,7 @@ def captured(monkeypatch):
     def forward(cfg, a, w, aux, save=True):
         out = original(cfg, a, w, aux, save)
         jax.debug.callback(lambda v, _p=cfg.where: seen.__setitem__(_p, np.asarray(v)),
-                           out[1]["w"])
+                           out[1].w)
         return out
 
     monkeypatch.setattr(ops, "_forward", forward)
