@@ -157,19 +157,22 @@ def report(r) -> str:
     hi, mid = levels[-1], levels[1]
     vgg = _vgg16_reduction()
     WHY = _why(r, rp, model)
+
+    def beats(text: str, a: tuple[str, str], b: tuple[str, str], why: str) -> str:
+        """Claim "a beats b", judged at the highest level, the middle one beside it."""
+        (pa, la), (pb, lb) = a, b
+        return rp.claim(text, rp.better(r, f"{pa}{hi}", f"{pb}{hi}"),
+                        f"at {hi}%: {la} {r.fmt(f'{pa}{hi}')} vs {lb} {r.fmt(f'{pb}{hi}')} "
+                        f"({rp.signed(r, f'{pa}{hi}', f'{pb}{hi}')}); at {mid}%: "
+                        f"{rp.signed(r, f'{pa}{mid}', f'{pb}{mid}')}.", why)
+
     claims = [
-        rp.claim("Sparsifying activations in the forward pass hurts more than sparsifying "
-                 "weights (SWAT §3; why SWAT keeps A dense in the forward)",
-                 rp.better(r, f"fwd_w{hi}", f"fwd_a{hi}"),
-                 f"at {hi}%: forward W {r.fmt(f'fwd_w{hi}')} vs forward A {r.fmt(f'fwd_a{hi}')} "
-                 f"({rp.signed(r, f'fwd_w{hi}', f'fwd_a{hi}')}); at {mid}%: "
-                 f"{rp.signed(r, f'fwd_w{mid}', f'fwd_a{mid}')}.", WHY.get("forward", "")),
-        rp.claim("Sparsifying the saved weights and activations (SWAT) is more robust than "
-                 "sparsifying the output gradient (meProp), which collapses at 70-90% on CIFAR-100",
-                 rp.better(r, f"swat_u{hi}", f"meprop{hi}"),
-                 f"at {hi}%: SWAT-U {r.fmt(f'swat_u{hi}')} vs meProp {r.fmt(f'meprop{hi}')} "
-                 f"({rp.signed(r, f'swat_u{hi}', f'meprop{hi}')}); at {mid}%: "
-                 f"{rp.signed(r, f'swat_u{mid}', f'meprop{mid}')}.", WHY.get("meprop", "")),
+        beats("Sparsifying activations in the forward pass hurts more than sparsifying "
+              "weights (SWAT §3; why SWAT keeps A dense in the forward)",
+              ("fwd_w", "forward W"), ("fwd_a", "forward A"), WHY["forward"]),
+        beats("Sparsifying the saved weights and activations (SWAT) is more robust than "
+              "sparsifying the output gradient (meProp), which collapses at 70-90% on CIFAR-100",
+              ("swat_u", "SWAT-U"), ("meprop", "meProp"), WHY["meprop"]),
         rp.claim(f"SWAT-U at {levels[0]}-{mid}% trains to dense accuracy",
                  rp.worst(rp.no_loss(r, f"swat_u{lv}", "dense") for lv in levels[:2]),
                  f"dense {r.fmt('dense')}; SWAT-U " + ", ".join(

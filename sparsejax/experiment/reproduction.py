@@ -325,6 +325,29 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.4))
+
+
+def _save(fig: Any, ax: Any, path: str, title: str, example: float | None) -> None:
+    """Legend, the title with the error-bar note, and the PNG."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    note = "error bars: ±1 std over the seeds"
+    if example:
+        note += f"; one test example = {example:.2f} points"
+    ax.set_title(f"{title}\n{note}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def curves(path: str, series: Mapping[str, Sequence[tuple[float, float, float]]], *,
            xlabel: str, title: str, reference: tuple[float, float] | None = None,
            example: float | None = None) -> None:
@@ -338,12 +361,7 @@ def curves(path: str, series: Mapping[str, Sequence[tuple[float, float, float]]]
       reference: the dense ``(mean, std)``, drawn as a band.
       example: one test example in points (stated under the title).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = _figure()
     for label, points in series.items():
         points = sorted(points)
         ax.errorbar([100 * x for x, _, _ in points], [100 * y for _, y, _ in points],
@@ -355,14 +373,7 @@ def curves(path: str, series: Mapping[str, Sequence[tuple[float, float, float]]]
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    note = "error bars: ±1 std over the seeds"
-    if example:
-        note += f"; one test example = {example:.2f} points"
-    ax.set_title(f"{title}\n{note}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, title, example)
 
 
 def bars(path: str, labels: Sequence[str], series: Mapping[str, Sequence[tuple[float, float]]],
@@ -377,12 +388,7 @@ def bars(path: str, labels: Sequence[str], series: Mapping[str, Sequence[tuple[f
       title: the figure title.
       example: one test example in points (stated under the title).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = _figure()
     width = 0.8 / max(len(series), 1)
     low = min(100 * (m - e) for values in series.values() for m, e in values)
     high = max(100 * (m + e) for values in series.values() for m, e in values)
@@ -395,14 +401,7 @@ def bars(path: str, labels: Sequence[str], series: Mapping[str, Sequence[tuple[f
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
-    note = "error bars: ±1 std over the seeds"
-    if example:
-        note += f"; one test example = {example:.2f} points"
-    ax.set_title(f"{title}\n{note}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, title, example)
 
 
 # ----------------------------------------------------------------------- document
