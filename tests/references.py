@@ -28,3 +28,48 @@ def tiny_config():
     config.num_steps = 2
     config.checkpoint_every_steps = 0
     return config
+
+
+def fwd_bwd(f, a, w, ct):
+    """Forward output and the (dA, dW) pulled back from ``ct``, under jit."""
+    import jax
+
+    @jax.jit
+    def run(a_, w_, ct_):
+        y, vjp = jax.vjp(f, a_, w_)
+        return (y,) + vjp(ct_)
+
+    return run(a, w, ct)
+
+
+def sgd_losses(model, variables, x, labels, steps, mutable):
+    """``steps`` jitted SGD-momentum steps of a linen model on one batch.
+
+    Returns:
+      ``(variables, losses, traces)``: the trained variables, the loss of every step
+      and how many times the step was traced (1 = no recompilation).
+    """
+    import jax
+    import optax
+
+    tx = optax.sgd(0.05, momentum=0.9)
+    opt = tx.init(variables["params"])
+    traces = []
+
+    @jax.jit
+    def step(v, opt):
+        traces.append(1)
+
+        def loss(p):
+            logits, upd = model.apply({**v, "params": p}, x, mutable=mutable)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
+
+        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
+        u, opt = tx.update(g, opt, v["params"])
+        return {**v, **upd, "params": optax.apply_updates(v["params"], u)}, opt, l
+
+    losses = []
+    for _ in range(steps):
+        variables, opt, l = step(variables, opt)
+        losses.append(float(l))
+    return variables, losses, len(traces)

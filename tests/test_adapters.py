@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from references import sgd_losses
 
 from sparsejax import methods, monitor
 from sparsejax.adapters import sparsify
@@ -439,27 +440,8 @@ def test_linen_block_trains(method):
     dense_vars = {"params": v["params"], "batch_stats": v["batch_stats"]}
     _assert_not_silently_dense(method, plan(Block(), method, x), first_step(model.apply, v),
                                first_step(Block().apply, dense_vars))
-    tx = optax.sgd(0.05, momentum=0.9)
-    opt = tx.init(v["params"])
-    traces = []
-
-    @jax.jit
-    def step(v, opt):
-        traces.append(1)
-
-        def loss(p):
-            logits, upd = model.apply({**v, "params": p}, x, mutable=MUT)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
-
-        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-        u, opt = tx.update(g, opt, v["params"])
-        return {**v, **upd, "params": optax.apply_updates(v["params"], u)}, opt, l
-
-    losses = []
-    for _ in range(50):
-        v, opt, l = step(v, opt)
-        losses.append(float(l))
-    assert len(traces) == 1
+    v, losses, traces = sgd_losses(model, v, x, labels, 50, MUT)
+    assert traces == 1
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
     logits = model.apply(v, x, train=False)  # evaluation call: state read-only

@@ -15,7 +15,7 @@ import optax
 import pytest
 from jax import lax
 from jax.test_util import check_grads
-from references import np_topk, tiny_config
+from references import fwd_bwd, np_topk, sgd_losses, tiny_config
 
 from sparsejax import costs, methods, plan, sparsify
 from sparsejax.experiment import recipes
@@ -61,15 +61,6 @@ def operands(kind, seed):
     return a, w, ct, conv
 
 
-def fwd_bwd(f, a, w, ct):
-    """Forward output and the (dA, dW) pulled back from ``ct``, under jit."""
-
-    @jax.jit
-    def run(a_, w_, ct_):
-        y, vjp = jax.vjp(f, a_, w_)
-        return (y,) + vjp(ct_)
-
-    return run(a, w, ct)
 
 
 def masked_reference(op, a, w, ct, a_mask, *, w_fwd=None, a_saved=None):
@@ -354,27 +345,8 @@ def test_forward_topk_trains_under_jit_without_recompiling():
     labels = jnp.argmax(c, axis=1)
     model = sparsify(MLP(), methods.forward_topk(0.5))
     v = model.init(jax.random.key(0), x)
-    tx = optax.sgd(0.05, momentum=0.9)
-    opt = tx.init(v["params"])
-    traces = []
-
-    @jax.jit
-    def step(v, opt):
-        traces.append(1)
-
-        def loss(p):
-            logits, upd = model.apply({**v, "params": p}, x, mutable=["sparsity"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
-
-        (l, upd), g = jax.value_and_grad(loss, has_aux=True)(v["params"])
-        u, opt = tx.update(g, opt, v["params"])
-        return {**v, **upd, "params": optax.apply_updates(v["params"], u)}, opt, l
-
-    losses = []
-    for _ in range(40):
-        v, opt, l = step(v, opt)
-        losses.append(float(l))
-    assert len(traces) == 1 and np.isfinite(losses).all()
+    v, losses, traces = sgd_losses(model, v, x, labels, 40, ["sparsity"])
+    assert traces == 1 and np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.7 * losses[0]
 
 

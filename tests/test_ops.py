@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 from jax.test_util import check_grads
-from references import np_topk
+from references import fwd_bwd, np_topk
 
 from sparsejax.ops import (Aux, Policy, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,
@@ -49,15 +49,6 @@ def sdense(policy, aux=None):
     return lambda a, w: sparse_dot_general(a, w, DENSE_DN, policy=policy, aux=aux)
 
 
-def fwd_bwd(f, a, w, ct):
-    """Forward output and the (dA, dW) pulled back from ``ct``, under jit."""
-
-    @jax.jit
-    def run(a_, w_, ct_):
-        y, vjp = jax.vjp(f, a_, w_)
-        return (y,) + vjp(ct_)
-
-    return run(a, w, ct)
 
 
 def ref_fwd_bwd(op, a, w, ct, *, w_fwd=None, a_saved=None, g_mask=None, y_mask=None):
