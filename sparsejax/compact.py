@@ -263,5 +263,5 @@ def put(x_small: ArrayLike, idx: ArrayLike, axis: int, shape: tuple[int, ...]) -
     """
     x_small = jnp.asarray(x_small)
     index = (slice(None),) * axis + (idx,)
-    zero = ordering.after(x_small, jnp.zeros((), x_small.dtype))  # backend hint: fill late
+    zero = ordering.zeros_after(x_small, x_small.dtype)  # backend hint: fill late
     return jnp.broadcast_to(zero, shape).at[index].set(x_small, unique_indices=True)

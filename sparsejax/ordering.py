@@ -20,7 +20,7 @@ are the ``benchmarks/bench_training_methods.py`` memory ratios (README,
   the rebuild into the forward pass; dA waits for dW, so the rebuilt
   activation is freed before dA's output exists;
 * a compacted layer's scatter fills its zeros only once its values exist
-  (:func:`sparsejax.compact.put`).
+  (:func:`zeros_after` in :func:`sparsejax.compact.put`).
 
 Switch: ``SPARSEJAX_BACKEND_HINTS=off`` (or :func:`set_enabled`) turns them
 off; ``on`` forces them; the default ``auto`` applies them on the CPU backend
@@ -94,6 +94,18 @@ def live(dep: jax.typing.ArrayLike) -> jax.Array:
 def after(dep: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
     """``x``, computed only once ``dep`` exists (with the hints on)."""
     return jnp.where(live(dep), x, jnp.zeros((), x.dtype))
+
+
+def zeros_after(dep: jax.typing.ArrayLike, dtype) -> jax.Array:
+    """A zero scalar of ``dtype`` that, with the hints on, is computed from ``dep``.
+
+    Unlike ``after(dep, zeros)``, which the compiler folds to a constant (both
+    branches are 0), this selects between 0 and 1, so a buffer filled from it
+    (a scatter's zeros) waits for ``dep``.
+    """
+    if not enabled():
+        return jnp.zeros((), dtype)
+    return jnp.where(live(dep), jnp.zeros((), dtype), jnp.ones((), dtype))
 
 
 def depends_on(arrays: Sequence[Optional[jax.Array]], dtype) -> jax.Array:

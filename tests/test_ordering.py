@@ -56,6 +56,17 @@ def test_off_leaves_no_dependence_in_the_program():
     jaxpr = jax.make_jaxpr(lambda v: ordering.live(v))(x)
     assert not jaxpr.jaxpr.eqns  # a constant True: nothing for the compiler to order
     assert float(ordering.depends_on([x], jnp.float32)) == 0.0
+    assert not jax.make_jaxpr(lambda v: ordering.zeros_after(v, jnp.float32))(x).jaxpr.eqns
+
+
+def test_on_the_scatter_zeros_are_not_a_foldable_constant():
+    """A where() between two zeros folds to a constant fill scheduled at the start of the
+    step; zeros_after selects between 0 and 1, so the fill waits for its operand."""
+    ordering.set_enabled(True)
+    x = jnp.arange(4.0)
+    text = str(jax.make_jaxpr(lambda v: ordering.zeros_after(v, jnp.float32))(x))
+    assert "1.0" in text and "select_n" in text
+    assert float(ordering.zeros_after(x, jnp.float32)) == 0.0
 
 
 def test_environment_switch(monkeypatch):
