@@ -554,7 +554,8 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
             wmask = compact.put(jnp.ones(plan.idx.shape, bool), plan.idx, 0, (w.shape[plan.w_axis],))
             wmask = jnp.broadcast_to(
                 wmask.reshape([-1 if i == plan.w_axis else 1 for i in range(w.ndim)]), w.shape)
-        w_s = ordering.after(a, jnp.where(wmask, w, jnp.zeros((), w.dtype)))  # backend hint
+        # Backend hint (sparsejax.ordering): W_s is built once the layer's input exists.
+        w_s = jnp.where(wmask & ordering.live(a), w, jnp.zeros((), w.dtype))
 
     if plan is None:
         y, w_keep = op.apply(a, w_s), w_s
