@@ -152,6 +152,10 @@ def policy_fractions(policy: Any, layer: Layer, weight_density: float = 1.0) -> 
     """
     if policy is None:
         return 1.0, 1.0, 1.0
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy_fractions needs a sparsejax.ops.Policy or None for layer "
+                        f"{layer.path!r}, got {type(policy).__name__}; a method's policy is "
+                        "method.layer_policy(info, sparsity).")
 
     def kept(rule: Any, fallback: float = 1.0) -> float:
         if rule is None:

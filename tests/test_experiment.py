@@ -214,6 +214,11 @@ def test_every_recipes_cost_follows_from_its_policy(method, expected):
         np.testing.assert_allclose(got[kernel], fractions, rtol=1e-6)
 
 
+def test_policy_fractions_refuses_what_is_not_a_policy():
+    with pytest.raises(TypeError, match="layer 'fc1'.*method.layer_policy"):
+        costs.policy_fractions("swat", LAYER_COSTS[0])
+
+
 def test_pruned_phases_cost_the_counted_weight_density():
     config = config_lib.base_config()
     config.method = ml_collections.ConfigDict({"name": "magnitude", "sparsity": 0.75})

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -84,7 +85,7 @@ class Study:
                 f"--results_dir={os.path.join(root, self.key)} "
                 f"--workdir=runs/reproduction{'_smoke' if 'smoke' in self.arg else ''}/{self.key}")
 
-    @property
+    @functools.cached_property
     def module(self) -> Any:
         """The imported config file (a relative path is read from the repository root)."""
         return config_lib.load_module(os.path.join(_REPOSITORY, self.config))
