@@ -263,7 +263,7 @@ def test_sort_path_and_bisection_path_agree(monkeypatch):
         return out
 
     small = run()
-    monkeypatch.setattr(select, "_SORT_BELOW", 0)
+    monkeypatch.setattr(select.search, "_SORT_BELOW", 0)
     jax.clear_caches()  # the selection is traced once per shape: retrace with the patch
     loop = run()
     jax.clear_caches()
@@ -321,7 +321,7 @@ def _passes(monkeypatch, fn, *args, **kwargs):
         states.append(int(state[4]))  # the iteration counter
         return state
 
-    monkeypatch.setattr(select.lax, "while_loop", while_loop)
+    monkeypatch.setattr(select.search.lax, "while_loop", while_loop)
     out = fn(*args, **kwargs)
     monkeypatch.undo()
     return out, states
