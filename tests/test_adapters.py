@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import math
 import pickle
 
 import flax.linen as nn
@@ -11,7 +12,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from references import sgd_losses
+from jax import lax
+from references import (masked_op, np_kernel_slices, np_nm, np_relu_row_topk, np_row_topk,
+                        np_topk_ties, sgd_losses)
 
 from sparsejax import methods, monitor
 from sparsejax.adapters import sparsify
@@ -423,6 +426,118 @@ def _assert_not_silently_dense(method, sparse_plan, sparse, dense):
         assert np.abs(np.asarray(sparse_logits) - np.asarray(dense_logits)).max() > 1e-4
 
 
+def _expected_sparse_layers(method, kernels):
+    """The layers each method makes sparse by its paper / official configs, from the kernel
+    shapes in call order (checked against the plan, which the references then follow)."""
+    paths = list(kernels)
+    if isinstance(method, methods.SWAT):  # SWAT-U: first layer dense; ERK / M: every layer
+        return paths[1:] if method.distribution == "uniform" else paths
+    if isinstance(method, methods.STE):  # N:M groups along the input channels
+        return [p for p in paths if kernels[p][-2] % method.pattern.m == 0]
+    assert isinstance(method, (methods.MeProp, methods.DSG)), method
+    return paths[:-1]  # the classifier stays dense
+
+
+def _jl_dim(n_points, eps):
+    """DSG's Johnson-Lindenstrauss projection dimension (Liu et al. 2019, Dasgupta & Gupta)."""
+    return math.ceil(4 * math.log(n_points) / (eps ** 2 / 2 - eps ** 3 / 3))
+
+
+def _reference_ops(method, sparse_plan, kernels):
+    """Layer path -> a hand-written masked op (tests/references.py) following the method's
+    paper, for every layer the method makes sparse (``kernels``: path -> kernel shape, in call
+    order)."""
+    expected = _expected_sparse_layers(method, kernels)
+    assert list(sparse_plan.sparsities) == expected, \
+        f"{method.name} plans {list(sparse_plan.sparsities)} sparse; its paper: {expected}"
+    ops = {}
+    for path, planned in sparse_plan.sparsities.items():
+        conv = len(kernels[path]) == 4
+        base = lax.conv_general_dilated if conv else lax.dot_general
+        if isinstance(method, methods.SWAT):
+            # W_s = W ⊙ topk(|W|) forward and for dA; dW from A ⊙ topk(|A|) at the same
+            # sparsity (|x| >= the k-th largest: SWAT keeps ties). ERK budgets come from the
+            # plan; SWAT-M trains its first step at the uniform starting budget.
+            s = planned if method.distribution == "erk" else method.sparsity
+            assert planned == pytest.approx(s)
+            if method.structured is not False and conv:
+                assert method.structured in (True, "slice"), method.structured
+                weight = lambda w, s=s: np_kernel_slices(w, s)
+            else:
+                weight = lambda w, s=s: np_topk_ties(w, s)
+            ops[path] = masked_op(base, weight=weight, act_saved=lambda a, s=s: np_topk_ties(a, s))
+        elif isinstance(method, methods.STE):
+            # N:M weights forward and for dA, dW dense (straight-through) + SR-STE's decay.
+            assert isinstance(method.pattern, NM) and method.pattern.axis is None
+            n, m = method.pattern.n, method.pattern.m
+            ops[path] = masked_op(base, weight=lambda w: np_nm(w, n, m, axis=-2),
+                                  decay=method.decay)
+        elif isinstance(method, methods.MeProp):
+            # Dense forward; every row of dY keeps its top-k magnitudes for dA and dW (the
+            # bias gradient, outside the op, stays dense as in the official code).
+            assert isinstance(method.k, int) and not method.unified
+            ops[path] = masked_op(base, grad_out=lambda g: np_row_topk(g, method.k))
+        else:
+            # DSG: per row keep the top (1 - s) output neurons scored as after a ReLU; dY
+            # masked alike. Its random projection is skipped: with these shapes the JL
+            # dimension exceeds the contraction size (DSG computes the exact scores there),
+            # so the exact pre-activations score the neurons and nothing is random.
+            assert isinstance(method, methods.DSG)
+            rows, width = math.prod(_data()[0].shape[:-1]), kernels[path][-1]  # SAME convs
+            assert _jl_dim(rows + width, method.epsilon) >= math.prod(kernels[path][:-1])
+            ops[path] = masked_op(base, out=lambda y: np_relu_row_topk(y, method.sparsity))
+    return ops
+
+
+def _close(want):
+    """The reference tolerance, relative to the reference's largest entry (the library matches
+    it bit for bit on CPU; a dense gradient misses it by more than 1000x)."""
+    return dict(rtol=1e-4, atol=1e-4 * float(np.abs(np.asarray(want)).max()))
+
+
+def _assert_matches_reference(method, sparse_plan, got, want, dense):
+    """The first step's logits and every parameter gradient equal the hand reference's; the
+    unmodified model's kernel gradients of the sparse layers fail the same tolerance."""
+    (logits, grads), (ref_logits, ref_grads), (_, dense_grads) = got, want, dense
+    np.testing.assert_allclose(logits, ref_logits, **_close(ref_logits))
+    assert grads.keys() == ref_grads.keys()
+    for name, ref in ref_grads.items():
+        np.testing.assert_allclose(grads[name], ref, **_close(ref),
+                                   err_msg=f"{method.name}: {name}")
+    for path in sparse_plan.sparsities:
+        ref = ref_grads[f"{path}/kernel"]
+        assert not np.allclose(dense_grads[f"{path}/kernel"], ref, **_close(ref)), \
+            f"{method.name}: the dense {path} gradient passes the reference tolerance"
+
+
+def _kernels(grads):
+    return {k.rsplit("/", 1)[0]: v for k, v in grads.items() if k.endswith("/kernel")}
+
+
+def _flat(tree):
+    return {"/".join(k.key for k in path): v for path, v in
+            jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _linen_reference(ops):
+    """``Block().apply`` whose layers in ``ops`` run the reference op instead of lax's."""
+
+    def interceptor(next_fun, args, kwargs, ctx):
+        mod = ctx.module
+        path = "/".join(mod.scope.path) if mod.scope is not None else ""
+        if ctx.method_name != "__call__" or path not in ops:
+            return next_fun(*args, **kwargs)
+        field = "conv_general_dilated" if isinstance(mod, nn.Conv) else "dot_general"
+        layer = mod.clone(parent=None, **{field: ops[path]})
+        return layer.apply({"params": mod.variables["params"]}, *args, **kwargs)
+
+    def apply(*args, **kwargs):
+        with nn.intercept_methods(interceptor):
+            return Block().apply(*args, **kwargs)
+
+    return apply
+
+
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_linen_block_trains(method):
     x, labels = _data()
@@ -435,11 +550,16 @@ def test_linen_block_trains(method):
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
         (_, logits), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        return logits, {k: g[k]["kernel"] for k in g if "kernel" in g[k]}
+        return logits, _flat(g)
 
     dense_vars = {"params": v["params"], "batch_stats": v["batch_stats"]}
-    _assert_not_silently_dense(method, plan(Block(), method, x), first_step(model.apply, v),
-                               first_step(Block().apply, dense_vars))
+    sparse_plan = plan(Block(), method, x)
+    got, dense = first_step(model.apply, v), first_step(Block().apply, dense_vars)
+    _assert_not_silently_dense(method, sparse_plan, (got[0], _kernels(got[1])),
+                               (dense[0], _kernels(dense[1])))
+    kernels = {p: got[1][f"{p}/kernel"].shape for p in ("Conv_0", "Conv_1", "Conv_2", "Dense_0")}
+    want = first_step(_linen_reference(_reference_ops(method, sparse_plan, kernels)), dense_vars)
+    _assert_matches_reference(method, sparse_plan, got, want, dense)
     v, losses, traces = sgd_losses(model, v, x, labels, 50, MUT)
     assert traces == 1
     assert np.isfinite(losses).all()
@@ -474,10 +594,19 @@ def test_nnx_cnn_trains(method):
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
         (_, logits), g = nnx.value_and_grad(loss, has_aux=True)(m)
-        return logits, {k: g[k]["kernel"][...] for k in ("conv1", "conv2", "fc")}
+        return logits, {"/".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(g)}
 
-    _assert_not_silently_dense(method, plan(CNN(nnx.Rngs(0)), method, x), first_step(model),
-                               first_step(CNN(nnx.Rngs(0))))
+    sparse_plan = plan(CNN(nnx.Rngs(0)), method, x)
+    got, dense = first_step(model), first_step(CNN(nnx.Rngs(0)))
+    _assert_not_silently_dense(method, sparse_plan, (got[0], _kernels(got[1])),
+                               (dense[0], _kernels(dense[1])))
+    # The reference: the unmodified CNN (the same weights) with hand-written masked ops.
+    reference = CNN(nnx.Rngs(0))
+    kernels = {p: got[1][f"{p}/kernel"].shape for p in ("conv1", "conv2", "fc")}
+    for path, op in _reference_ops(method, sparse_plan, kernels).items():
+        layer = getattr(reference, path)
+        setattr(layer, "conv_general_dilated" if isinstance(layer, nnx.Conv) else "dot_general", op)
+    _assert_matches_reference(method, sparse_plan, got, first_step(reference), dense)
     opt = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
     traces = []
 

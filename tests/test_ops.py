@@ -315,8 +315,16 @@ def test_flax_linen_and_nnx_layers():
         sparse_conv_general_dilated, policy=pol), rngs=nnx.Rngs(0))
     for m in (lin, cv):
         k = m.kernel[...]
-        ref = x @ (k * np_topk(k, 0.5)) if m is lin else conv(x, k * np_topk(k, 0.5))
-        np.testing.assert_allclose(m(x), ref, **TOL)
+        op = (lambda a, w: a @ w) if m is lin else conv
+        y = m(x)
+        np.testing.assert_allclose(y, op(x, k * np_topk(k, 0.5)) + m.bias[...], **TOL)
+        # As the linen layers: dW from the sparse saved activation x_s at every entry of W
+        # (straight-through), the bias gradient the dense sum of dY.
+        grads = nnx.grad(lambda m_: jnp.sum(m_(x)))(m)
+        want = jax.grad(lambda w: jnp.sum(op(x_s, w)))(k)
+        np.testing.assert_allclose(grads["kernel"][...], want, **TOL)
+        assert not np.allclose(want, jax.grad(lambda w: jnp.sum(op(x, w)))(k), atol=1e-3)
+        np.testing.assert_allclose(grads["bias"][...], np.full(4, y[..., 0].size, np.float32))
 
 
 @pytest.mark.parametrize("ties", ["index", "all"])
