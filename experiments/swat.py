@@ -17,9 +17,10 @@ Args (comma-separated, e.g. ``experiments/swat.py:model=vgg16,sparsity=0.9,smoke
   distribution: uniform (SWAT-U) | erk (SWAT-ERK) | momentum (SWAT-M).
   structured: none | slice | filter | channel.
   period: steps between exact top-K refreshes (1; the official code uses 10-20).
-  saved: masked | packed | remat: how the activation saved for dW is kept (masked dense
-    array; bits + kept values, period 1 and uniform/erk only; recomputed in the backward pass,
-    least memory with BatchNorm).
+  saved: auto | packed | masked | remat: how the activation saved for dW is kept (auto:
+    bits + kept values wherever the kept count is static, i.e. period 1 and uniform/erk, else a
+    masked dense array; packed: always, period 1 and uniform/erk only; masked: a masked dense
+    array; remat: recomputed in the backward pass, least memory with BatchNorm).
   smoke: a few steps of a narrow model on the offline digits (seconds on CPU).
 """
 
@@ -31,7 +32,7 @@ from sparsejax.experiment import config as config_lib
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """SWAT config; see the module docstring for ``arg``."""
     a = config_lib.parse_arg(arg, model="resnet18", sparsity=0.9, distribution="uniform",
-                             structured="none", period=1, saved="masked", smoke=False)
+                             structured="none", period=1, saved="auto", smoke=False)
     c = config_lib.imagenet_config() if a.model == "resnet50" else config_lib.cifar_config(a.model)
     c.name = f"swat_{a.distribution}_{round(100 * a.sparsity)}"
     c.method = ml_collections.ConfigDict({

@@ -27,15 +27,18 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.interpreters import batching, mlir
 
-from sparsejax import ordering
+from sparsejax import native, ordering
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -202,10 +205,105 @@ def pack(x: ArrayLike, mask: ArrayLike, k: int, tie: Optional[ArrayLike] = None)
     return Packed(bits, values, tuple(x.shape), ties, tie)
 
 
+def _pack_threshold_xla(x: Array, tie: Array, *, k: int) -> tuple[Array, Array, Array]:
+    p = pack(x, jnp.abs(x.astype(jnp.float32)) >= tie, k, tie)
+    return p.bits, p.ties, p.values
+
+
+def _unpack_threshold_xla(bits, ties, values, tie, *, shape):
+    return _unpack(Packed(bits, values, shape, ties, tie))
+
+
+def _kernel_lowering(xla_fn, kernel, multiple_results):
+    """The CPU kernel's custom call where allowed, else the XLA formulation
+    (:func:`sparsejax.native.custom_call_allowed`)."""
+    fallback = mlir.lower_fun(xla_fn, multiple_results=multiple_results)
+
+    def lower(ctx, *operands, **params):
+        if native.custom_call_allowed(ctx):
+            return kernel(ctx, *operands)
+        return fallback(ctx, *operands, **params)
+
+    return lower
+
+
+def _vmapped(xla_fn, n_out):
+    """Batching rule: the XLA formulation, vectorised (the kernels take one tensor)."""
+
+    def rule(args, dims, **params):
+        out = jax.vmap(functools.partial(xla_fn, **params), in_axes=dims)(*args)
+        return out, (0,) * n_out if n_out > 1 else 0
+
+    return rule
+
+
+def _primitive(name, xla_fn, abstract, kernel, n_out):
+    p = jax.extend.core.Primitive(name)
+    p.multiple_results = n_out > 1
+    p.def_abstract_eval(abstract)
+    p.def_impl(lambda *args, **params: jax.jit(functools.partial(p.bind, **params))(*args))
+    batching.primitive_batchers[p] = _vmapped(xla_fn, n_out)
+    mlir.register_lowering(p, mlir.lower_fun(xla_fn, multiple_results=n_out > 1))
+    mlir.register_lowering(p, _kernel_lowering(xla_fn, kernel, n_out > 1), platform="cpu")
+    return p
+
+
+def _words(size: int) -> int:
+    return -(-size // _GROUP)
+
+
+_pack_p = _primitive(
+    "pack_threshold", _pack_threshold_xla,
+    lambda x, tie, *, k: (jax.core.ShapedArray((_words(x.size),), jnp.uint32),
+                          jax.core.ShapedArray((_words(x.size),), jnp.uint32),
+                          jax.core.ShapedArray((k,), x.dtype)),
+    native.pack_lowering, 3)
+_unpack_p = _primitive(
+    "unpack_threshold", _unpack_threshold_xla,
+    lambda bits, ties, values, tie, *, shape: jax.core.ShapedArray(shape, values.dtype),
+    native.unpack_lowering, 1)
+
+
+def pack_threshold(x: ArrayLike, tie: ArrayLike, k: int) -> Packed:
+    """Stores ``where(|x| >= tie, x, 0)`` as a :class:`Packed` with a tie plane.
+
+    The same value as ``pack(x, |x| >= tie, k, tie)`` (SWAT's rule: every
+    entry at the threshold kept); on the CPU one pass of a kernel
+    (:mod:`sparsejax.native`) where the XLA formulation compiles a loop of
+    kernels per shape. Slots past the stored values hold zeros (the XLA
+    formulation leaves arbitrary values there; neither is read back).
+
+    Args:
+      x: array to store.
+      tie: float32 scalar threshold.
+      k: static number of value slots: at least the number of entries with
+        ``|x| > tie``.
+
+    Returns:
+      A :class:`Packed` value with ``ties`` and ``tie`` set.
+
+    Example:
+      >>> p = pack_threshold(jnp.array([1., -3., 2., 3.]), 2.0, 2)
+      >>> unpack(p).tolist()
+      [0.0, -3.0, 2.0, 3.0]
+
+    References:
+      Rhu et al., HPCA 2018 (ZVC); Raihan & Aamodt, NeurIPS 2020 (SWAT's rule).
+    """
+    x = jnp.asarray(x)
+    tie = jnp.asarray(tie, jnp.float32)
+    if x.dtype == jnp.float32 and native.enabled():
+        bits, ties, values = _pack_p.bind(x, tie, k=k)
+    else:
+        bits, ties, values = _pack_threshold_xla(x, tie, k=k)
+    return Packed(bits, values, tuple(x.shape), ties, tie)
+
+
 def unpack(p: Packed) -> Array:
     """Rebuilds the dense masked array from a :class:`Packed` value.
 
-    One fused gather: each entry's slot is computed from the word popcounts.
+    One fused gather: each entry's slot is computed from the word popcounts
+    (on the CPU, a threshold pack of float32 values is one pass of a kernel).
 
     Args:
       p: the packed tensor.
@@ -217,6 +315,12 @@ def unpack(p: Packed) -> Array:
       >>> unpack(pack(jnp.eye(2), jnp.eye(2, dtype=bool), 2)).tolist()
       [[1.0, 0.0], [0.0, 1.0]]
     """
+    if p.ties is not None and p.values.dtype == jnp.float32 and native.enabled():
+        return _unpack_p.bind(p.bits, p.ties, p.values, p.tie, shape=tuple(p.shape))
+    return _unpack(p)
+
+
+def _unpack(p: Packed) -> Array:
     size = math.prod(p.shape)
     store = p.bits if p.ties is None else p.bits & ~p.ties
     occupied, slot = _slots(store)

@@ -62,7 +62,7 @@ import optax
 
 from sparsejax import paths, select
 from sparsejax.distributions import erk_sparsities
-from sparsejax.ops import Aux, Policy, Stats
+from sparsejax.ops import SAVED, Aux, Policy, Stats
 from sparsejax.patterns import NM, Channel, Pattern
 from sparsejax.sparsifiers import (Cached, PatternRule, RandomProjection, RowTopK,
                                    SharedColumns, TopK)
@@ -494,8 +494,7 @@ class SWAT(Method):
     dense_last: bool = False
     sample_size: Optional[int] = None
     straight_through: bool = True
-    pack_saved: bool = False
-    remat_saved: bool = False
+    saved: str = "auto"
     cache: str = "conv"
     redistribution: str = "official"
 
@@ -535,20 +534,17 @@ class SWAT(Method):
             raise ValueError(f"swat(redistribution=...) must be 'official' or 'proportional' "
                              f"(SWAT-M's re-share of capped budgets), got {self.redistribution!r}.")
         _check_bool(self.straight_through, "straight_through")
-        _check_bool(self.pack_saved, "pack_saved")
-        _check_bool(self.remat_saved, "remat_saved")
-        if self.pack_saved and (self.period > 1 or self.sample_size is not None
-                                or self._momentum):
+        if self.saved not in SAVED:
+            raise ValueError(f"swat(saved=...) must be one of {', '.join(map(repr, SAVED))}, "
+                             f"got {self.saved!r}.")
+        if self.saved == "packed" and (self.period > 1 or self.sample_size is not None
+                                       or self._momentum):
             raise ValueError(
-                f"swat(pack_saved=True) packs each saved activation into a fixed number of value "
+                f"swat(saved='packed') packs each saved activation into a fixed number of value "
                 f"slots, so its kept count must be known when tracing: period=1, no sample_size, "
                 f"distribution 'uniform' or 'erk'; got period={self.period}, sample_size="
                 f"{self.sample_size}, distribution={self.distribution!r}. With cached, sampled "
-                f"or momentum budgets use remat_saved=True (ResNet-18: 0.68x dense temporary "
-                f"memory at period 20 as at period 1).")
-        if self.pack_saved and self.remat_saved:
-            raise ValueError("swat(pack_saved=True, remat_saved=True): a recomputed activation "
-                             "is never stored, so there is nothing to pack; choose one.")
+                f"or momentum budgets use saved='remat' (or 'auto', which keeps those masked).")
 
     @property
     def _momentum(self) -> bool:
@@ -647,7 +643,7 @@ class SWAT(Method):
             if not isinstance(a_rule, Cached) or training:
                 kw["a_sparsity"] = s
         return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through,
-                       pack_saved=self.pack_saved, remat_saved=self.remat_saved),
+                       saved=self.saved),
                 Aux(**kw))
 
     def update(self, info, state, shared, stats, kernel):
@@ -671,7 +667,7 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
          dense_last: bool = False, redistribution: str = "official",
          include: Any = None, exclude: Any = None, sparse_eval: bool = True,
          sample_size: int | None = None, straight_through: bool = True,
-         pack_saved: bool = False, remat_saved: bool = False) -> SWAT:
+         saved: str = "auto", pack_saved: bool = False, remat_saved: bool = False) -> SWAT:
     """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
     Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
@@ -773,21 +769,16 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         GEMMs (forward, dA, dW) run at the kept size instead of two. Pruned
         weights can still return when the selection changes, since the kernel
         is re-scored every step, but they no longer accumulate gradient.
-      pack_saved: store each saved activation as bits + kept values
-        (``Policy.pack_saved``: about a quarter of its dense bytes at 80%),
-        and each kernel as itself plus its mask bits instead of a copy of W_s;
-        the backward pass then runs dW before dA. Needs a static budget
-        (``period=1``, uniform or ERK, no ``sample_size``; other settings
-        raise). Measured on a 2-core CPU, batch 32: step temporary memory
-        1.0x -> 0.75x dense on ResNet-18 and 0.81x on the reference CNN, for a
-        step 1.09-1.14x / 1.21x dense.
-      remat_saved: recompute each saved activation in the backward pass from
-        its producer's inputs instead of keeping it (``Policy.remat_saved``).
-        In a BatchNorm model those inputs are kept for BatchNorm's own backward,
-        so the saved activations cost no memory: ResNet-18 step temporary
-        memory 1.0x -> 0.68x dense for a 2-7% slower step (2-core CPU, batch
-        32). Without BatchNorm (the reference CNN) 0.83x: its ReLUs keep each
-        conv output anyway. Excludes ``pack_saved``.
+      saved: how each saved activation is kept until the backward pass
+        (``Policy.saved``): ``"auto"`` (default: bits + kept values, about a
+        quarter of the dense bytes at 80%, wherever the kept count is static,
+        i.e. ``period=1``, uniform or ERK, no ``sample_size``; a masked dense
+        copy otherwise), ``"packed"`` (always packed; other settings raise),
+        ``"masked"`` (never packed: no pack/unpack work) or ``"remat"``
+        (recomputed in the backward pass from its producer's inputs, which a
+        BatchNorm model keeps anyway). The kernels save only their threshold.
+        Figures per format: the README's benchmark table.
+      pack_saved, remat_saved: earlier names; raise, naming ``saved=``.
 
     Returns:
       A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
@@ -805,11 +796,15 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       Zettlemoyer, "Sparse Networks from Scratch: Faster Training without Losing
       Performance", 2019 (momentum redistribution).
     """
+    if pack_saved or remat_saved:
+        raise TypeError("swat(pack_saved=True) / swat(remat_saved=True) became "
+                        "swat(saved='packed') / swat(saved='remat'); the default saved='auto' "
+                        "already packs wherever the kept count is static.")
     return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
                 distribution=distribution, structured=structured, period=period,
                 dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
-                straight_through=straight_through, pack_saved=pack_saved,
-                remat_saved=remat_saved, cache=cache, redistribution=redistribution)
+                straight_through=straight_through, saved=saved, cache=cache,
+                redistribution=redistribution)
 
 
 # ---------------------------------------------------------------------- STE

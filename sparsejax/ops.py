@@ -31,19 +31,12 @@ zero gradient and then dW runs compacted too (all three GEMMs shrink). Both
 equal the masked dense computation exactly. ``SharedColumns`` (unified meProp)
 likewise gathers its ``k`` gradient columns so dA and dW are smaller GEMMs.
 
-Memory: with ``pack_saved=True`` a sparsified W is saved as W itself (the
-op's input, alive anyway) plus its mask bits, not as a dense copy W_s, and an
-``act_saved`` rule with a static kept count (``TopK`` with a Python sparsity,
-including SWAT's ``ties="all"``, N:M, channel) saves A as
-:class:`sparsejax.compact.Packed` (bits + kept values) instead of a dense
-masked copy. Both are rebuilt in the backward pass, after dY exists, and dW
-runs before dA so that the rebuilt A_s and dW's layout copies are freed
-before dA's output is allocated. Without it W_s and A_s are saved as they are
-(no pack/unpack work in the step). ``remat_saved=True`` instead rebuilds A_s
-in the backward pass from A's producer: with BatchNorm before the layer, the
-saved activation then costs no memory at all (see :class:`Policy`). In every
-mode W_s is built only once the layer's input exists, so the forward pass
-holds one layer's W_s at a time, not all of them.
+Memory: ``Policy.saved`` chooses, once per layer, how the activation saved
+for dW is kept: packed (bits + kept values; the default wherever the kept
+count is static), a masked dense copy, or recomputed in the backward pass. A
+threshold weight rule (SWAT's) saves only its threshold: W_s is rebuilt in the
+backward pass from W, a parameter. :func:`sparsejax.residuals.residual_bytes`
+reports what each layer saves, from JAX's own residuals.
 
 References:
   Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020;
@@ -78,6 +71,11 @@ Padding = str | Sequence[tuple[int, int]]
 _SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"), ("act", "x"),
           ("grad_weight", "d"))
 _FIELDS = ("sparsity", "threshold", "refresh", "mask")
+# How the activation saved for dW is kept (Policy.saved).
+SAVED = ("auto", "masked", "packed", "remat")
+# "auto" packs a saved activation of at least this many entries: a smaller one
+# saves under 128 KiB (float32), less than a pack's fixed cost is worth.
+PACK_MIN_SIZE = 1 << 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +98,7 @@ class Policy:
         ``op(A ⊙ mask, W)`` for the mask held fixed); ``dW`` uses the sparse A
         (or, when ``act_saved`` is also set, act_saved's rule applied on top of
         the sparse A). The mask is kept for the backward pass (as bits with
-        ``pack_saved``).
+        ``saved="packed"``).
       grad_weight: rule applied to dW at the end of the backward pass: only the
         kept entries reach the optimizer. Its rows are the output features (its
         ``feature_axes`` are W's contraction axes), so ``RowTopK(k)`` keeps the
@@ -113,26 +111,32 @@ class Policy:
         this also compacts the dW GEMM.
       compact: gather kept channels / shared gradient columns into smaller dense
         ops where the kept count is static (same result as masking).
-      pack_saved: store A_s as bits + values (1 bit per entry plus the kept
-        values; see :mod:`sparsejax.compact`), which
-        needs the act_saved rule's kept count at trace time (``TopK`` with a
-        Python sparsity, N:M, channel; a cached or sampled threshold raises),
-        and a sparsified W as W + mask bits, and run dW before dA in the
-        backward pass (the rebuilt A_s and dW's layout copies are then freed
-        before dA's output exists; dA and dW no longer overlap);
-        ``swat(..., pack_saved=True)`` sets it. Off by default: pack and
-        unpack are extra passes over A and W.
-      remat_saved: recompute the activation saved for dW in the backward pass
-        instead of keeping it from the forward pass. Its use there is made to
-        read dY, so XLA cannot schedule it early: it fuses A's producer (e.g.
-        BatchNorm + ReLU), the mask and the dW layout copy into one backward
-        kernel that reads the producer's inputs, which a BatchNorm model keeps
-        for its own backward anyway (a model without BatchNorm keeps less of
-        them: its ReLUs keep each conv output). Excludes ``pack_saved``
-        (nothing is left to pack). The memory and step-time figures of both
-        formats are in the README's benchmark table
-        (``benchmarks/bench_training_methods.py``); the orderings that make
-        them hold on XLA:CPU are :mod:`sparsejax.ordering`'s backend hints.
+      saved: how A_s (the activation saved for dW) is kept until the
+        backward pass, one strategy per layer:
+
+        * ``"packed"``: as :class:`sparsejax.compact.Packed` (1 bit per entry
+          plus the kept values: about a quarter of the dense bytes at 80%);
+          needs the act_saved rule's kept count at trace time (``TopK`` with
+          a Python sparsity, N:M, channel; a cached or sampled threshold
+          raises). The backward pass runs dW before dA, so the rebuilt A_s and
+          dW's layout copies are freed before dA's output is allocated.
+        * ``"masked"``: a dense masked copy (no pack or unpack work).
+        * ``"remat"``: recomputed in the backward pass from A's producer. Its
+          use there is made to read dY, so XLA cannot schedule it early: it
+          fuses the producer (e.g. BatchNorm + ReLU), the mask and the dW
+          layout copy into one backward kernel reading the producer's inputs,
+          which a BatchNorm model keeps for its own backward anyway.
+        * ``"auto"`` (default): ``"packed"`` where the kept count is static and
+          A has at least :data:`PACK_MIN_SIZE` entries, else ``"masked"``.
+
+        In every format a weight rule that keeps ``|W| >=`` a threshold
+        (SWAT's) saves only that scalar: the backward pass rebuilds W_s from W,
+        a parameter. Other weight rules save W_s (or, with ``"packed"``, W's
+        mask as bits). Memory and step-time figures of the formats are in the
+        README's benchmark table (``benchmarks/bench_training_methods.py``);
+        the orderings that make them hold on XLA:CPU are
+        :mod:`sparsejax.ordering`'s backend hints. ``pack_saved=True`` /
+        ``remat_saved=True`` (earlier names) raise, naming the replacement.
 
     Example:
       >>> swat = Policy(weight=TopK(0.8), act_saved=TopK(0.8))
@@ -149,10 +153,15 @@ class Policy:
     weight_decay_pruned: float = 0.0
     straight_through: bool = True
     compact: bool = True
-    pack_saved: bool = False
-    remat_saved: bool = False
+    saved: str = "auto"
+    pack_saved: dataclasses.InitVar[bool] = False
+    remat_saved: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self, pack_saved: bool, remat_saved: bool):
+        if pack_saved or remat_saved:
+            raise TypeError("Policy(pack_saved=/remat_saved=) became Policy(saved='packed') / "
+                            "Policy(saved='remat'); the default saved='auto' packs wherever the "
+                            "kept count is static.")
         for slot, _ in _SLOTS:
             rule = getattr(self, slot)
             if rule is not None and not isinstance(rule, Sparsifier):
@@ -164,13 +173,13 @@ class Policy:
                                  f"not Policy.{slot}.")
         if not self.weight_decay_pruned >= 0.0:
             raise ValueError(f"Policy.weight_decay_pruned must be >= 0, got {self.weight_decay_pruned}.")
-        for name in ("straight_through", "compact", "pack_saved", "remat_saved"):
+        for name in ("straight_through", "compact"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Policy.{name} must be True or False, got "
                                 f"{getattr(self, name)!r}.")
-        if self.pack_saved and self.remat_saved:
-            raise ValueError("Policy.pack_saved and Policy.remat_saved both set: a recomputed "
-                             "activation is never stored, so there is nothing to pack; choose one.")
+        if self.saved not in SAVED:
+            raise ValueError(f"Policy.saved must be one of {', '.join(map(repr, SAVED))}, got "
+                             f"{self.saved!r}.")
         if self.weight is None and (self.weight_decay_pruned or not self.straight_through):
             raise ValueError("weight_decay_pruned / straight_through=False act on the pruned "
                              "weights; set Policy.weight too.")
@@ -397,11 +406,13 @@ class _Residuals:
       meta: the input and kernel shapes and dtypes.
       a: the activation dW reads (masked, packed, compacted or to recompute).
       w: the kernel dA reads (``W_s``; the dense W when its mask is packed).
-      wbits: the weight mask as bits (``pack_saved``).
+      wbits: the weight mask as bits (``saved="packed"``).
       wmask: the weight mask, when dW is masked like W (``straight_through=False``).
+      wthr: the weight rule's threshold when its mask is ``|W| >= wthr`` (the
+        backward pass rebuilds the mask from W, a parameter, and this scalar).
       omask: the ``out`` rule's output mask (DSG), reapplied to dY.
       xmask: the ``act`` rule's input mask, applied to dA.
-      xbits: ``xmask`` as bits (``pack_saved``).
+      xbits: ``xmask`` as bits (``saved="packed"``).
       g: the ``grad_out`` rule's dynamic inputs.
       d: the ``grad_weight`` rule's dynamic inputs.
       idx: the kept channels of a compacted layer.
@@ -413,6 +424,7 @@ class _Residuals:
     w: Any
     wbits: Any = None
     wmask: Any = None
+    wthr: Any = None
     omask: Any = None
     xmask: Any = None
     xbits: Any = None
@@ -521,18 +533,22 @@ _NAN = float("nan")
 
 def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput, where: Optional[str]):
     """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``
-    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots`); a rule without a
-    static kept count raises rather than storing the activation unpacked."""
-    if not pol.pack_saved:
+    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots` and ``Policy.saved``); a
+    ``"packed"`` rule without a static kept count raises rather than storing it unpacked."""
+    if pol.saved not in ("packed", "auto"):
         return None
     slots = pol.act_saved.pack_slots(shape, given)
-    if slots is None:
+    if slots is None and pol.saved == "packed":
         raise ValueError(
-            f"{where or 'sparse op'}: Policy.pack_saved needs the act_saved rule's kept count at "
-            f"trace time, but {pol.act_saved!r} has none here (a cached or sampled threshold, "
-            "or a traced sparsity in aux); use remat_saved=True, or a TopK with a Python "
+            f"{where or 'sparse op'}: Policy.saved='packed' needs the act_saved rule's kept count "
+            f"at trace time, but {pol.act_saved!r} has none here (a cached or sampled threshold, "
+            "or a traced sparsity in aux); use saved='remat' or 'auto', or a TopK with a Python "
             "sparsity.")
-    return slots if slots[0] < math.prod(shape) else None
+    if slots is None or slots[0] >= math.prod(shape):
+        return None
+    if pol.saved == "auto" and math.prod(shape) < PACK_MIN_SIZE:
+        return None
+    return slots
 
 
 def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
@@ -589,9 +605,11 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
             a_saved = compact.take(a_s, plan.idx, plan.axis)
         elif room is not None and save:
             count, by_threshold = room
-            a_saved = compact.pack(a, amask, count, a_thr if by_threshold else None)
-            y = y + ordering.depends_on(  # backend hint: pack in the forward pass
-                [a_saved.bits, a_saved.values, a_saved.ties], y.dtype)
+            a_saved = (compact.pack_threshold(a, a_thr, count) if by_threshold
+                       else compact.pack(a, amask, count))
+            # Backend hint: pack in the forward pass. The values are computed last (from
+            # the bit planes), so waiting for them waits for the whole pack.
+            y = y + ordering.depends_on([a_saved.values], y.dtype)
     elif plan is not None and plan.role == "in" and not pol.straight_through:
         a_saved = compact.take(a, plan.idx, plan.axis)
 
@@ -602,20 +620,23 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         w_density=_density(w_s), a_density=_density(a_s), a_input_density=a_input_density,
         out_density=jnp.float32(1.0) if omask is None else jnp.mean(omask.astype(jnp.float32)),
         x_threshold=nan if x_thr is None else jnp.asarray(x_thr, jnp.float32))
-    # With pack_saved, W_s is not saved either: W is alive anyway (a parameter) and its
-    # mask takes 1/32 of its bytes; the backward rebuilds W_s (a saved W_s, and the
-    # transposed copies XLA makes of it for dA ahead of time, hold a dense copy of every
-    # kernel). Without it, W_s is saved as is (no pack/unpack work in the step).
-    wbits = wmask_saved = None
+    # W_s is rebuilt in the backward pass from W (a parameter, alive anyway) and the
+    # threshold (a threshold rule) or, with saved="packed", its mask bits (1/32 of its
+    # bytes): a saved W_s, and the transposed copies XLA makes of it for dA ahead of
+    # time, would hold a dense copy of every kernel.
+    wbits = wmask_saved = wthr = None
     if wmask is not None and plan is None:
-        if pol.pack_saved:
+        if pol.saved != "masked" and pol.weight.by_threshold(_slot(aux, "w")):
+            w_keep, wthr = w, jnp.asarray(w_thr, jnp.float32)
+        elif pol.saved == "packed":
             w_keep, wbits = w, compact.pack_bits(wmask)
         elif not pol.straight_through:
             wmask_saved = wmask
     xbits = None
-    if xmask is not None and pol.pack_saved:  # 1 bit per entry of A instead of a bool byte.
+    if xmask is not None and pol.saved == "packed":  # 1 bit per entry of A, not a bool byte.
         xbits, xmask = compact.pack_bits(xmask), None
-    res = _Residuals(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, omask=omask,
+    res = _Residuals(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, wthr=wthr,
+               omask=omask,
                xmask=xmask, xbits=xbits, g=_slot(aux, "g"), d=_slot(aux, "d"),
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
@@ -633,12 +654,17 @@ def _backward(cfg: _Cfg, res: _Residuals, cts):
     after = lambda x: ordering.after(g, x)  # backend hint: rebuild residuals in the backward
     a_saved = res.a
     if isinstance(a_saved, compact.Packed):
-        a_saved = compact.unpack(jax.tree.map(after, a_saved))
-    elif pol.remat_saved:  # see Policy.remat_saved
+        # Everything the unpack reads comes with the bits: making them wait for dY makes
+        # the rebuild wait too.
+        a_saved = compact.unpack(dataclasses.replace(a_saved, bits=after(a_saved.bits)))
+    elif pol.saved == "remat":  # see Policy.saved
         a_saved = after(a_saved)
     w_keep, idx, wmask = res.w, res.idx, res.wmask
     if res.wbits is not None:
         wmask = compact.unpack_bits(after(res.wbits), w_struct.shape)
+        w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
+    elif res.wthr is not None:
+        wmask = jnp.abs(after(w_keep).astype(jnp.float32)) >= res.wthr
         w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
     plan = None
     if idx is not None:
@@ -665,8 +691,6 @@ def _backward(cfg: _Cfg, res: _Residuals, cts):
                          out_w, w_struct.shape)
     elif plan is None:
         dw = _t_w(op, a_saved, w_struct, g)
-        if pol.pack_saved:  # backend hint: dA after dW (not with remat_saved: slower)
-            w_keep = ordering.after(dw, w_keep)
         da = _t_a(op, w_keep, a_struct, g)
     else:
         n = idx.size

@@ -13,12 +13,12 @@ are the ``benchmarks/bench_training_methods.py`` memory ratios (README,
 * the forward's ``W_s`` is built once the layer's input exists
   (:func:`sparsejax.ops` forward), or every layer's masked kernel is held
   through the forward pass;
-* with ``pack_saved``, the layer's output waits for the packed activation
-  (:func:`depends_on`), or the pack runs lazily in the backward pass and the
-  dense activation stays alive across the network; everything rebuilt from a
-  packed or rematerialised residual reads ``dY`` (:func:`after`), or XLA hoists
-  the rebuild into the forward pass; dA waits for dW, so the rebuilt
-  activation is freed before dA's output exists;
+* a packed saved activation (``Policy.saved``) is packed in the forward pass
+  (the layer's output waits for it, :func:`depends_on`), or the pack runs
+  lazily in the backward pass and the dense activation stays alive across the
+  network; everything rebuilt from a packed or rematerialised residual, and
+  a kernel rebuilt from its threshold, reads ``dY`` (:func:`after`), or XLA
+  hoists the rebuild into the forward pass;
 * a compacted layer's scatter fills its zeros only once its values exist
   (:func:`zeros_after` in :func:`sparsejax.compact.put`).
 

@@ -146,6 +146,15 @@ class Sparsifier:
         count = self.static_count(shape, given)
         return None if count is None else (count, False)
 
+    def by_threshold(self, given: SlotInput) -> bool:
+        """True when :meth:`keep`'s mask is ``|x| >=`` the threshold it returns.
+
+        A kept tensor's mask can then be rebuilt from the tensor and that scalar
+        (the sparse ops rebuild W's mask in the backward pass instead of saving it).
+        """
+        del given
+        return False
+
     def check(self, shape: tuple[int, ...], feature_axes: tuple[int, ...],
               where: str | None = None) -> None:
         """Raises a clear error if the rule cannot apply to a tensor of ``shape``."""
@@ -227,6 +236,9 @@ class TopK(Sparsifier):
             return None
         return select.keep_count(self.sparsity, math.prod(shape))
 
+    def by_threshold(self, given):
+        return self.ties == "all" or self.sample_size is not None
+
     def pack_slots(self, shape, given):
         # ties="all" keeps |x| >= t with fewer than k entries strictly above t:
         # those take the k slots, the ties go to the tie plane.
@@ -269,6 +281,9 @@ class Cached(Sparsifier):
 
     def density(self, width):
         return None if self.sparsity is None else 1.0 - self.sparsity
+
+    def by_threshold(self, given):
+        return True
 
     def keep(self, x, given, feature_axes, where=None):
         t = jnp.asarray(given.threshold, jnp.float32)

@@ -400,7 +400,7 @@ class Block(nn.Module):
 
 METHODS = [methods.swat(0.8), methods.swat(0.8, period=5), methods.swat(0.8, distribution="erk"),
            methods.swat(0.8, distribution="momentum"), methods.swat(0.5, structured=True),
-           methods.swat(0.8, pack_saved=True), methods.swat(0.8, remat_saved=True),
+           methods.swat(0.8, saved="packed"), methods.swat(0.8, saved="remat"),
            methods.ste(NM(2, 4)), methods.meprop(2), methods.dsg(0.5)]
 IDS = ["swat", "swat_p5", "swat_erk", "swat_m", "swat_struct", "swat_packed", "swat_remat", "ste",
        "meprop", "dsg"]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax import compact
+from sparsejax import compact, native
 from sparsejax.ops import Policy, sparse_conv_general_dilated
 from sparsejax.patterns import topk_mask
 from sparsejax.sparsifiers import TopK
@@ -86,9 +86,44 @@ def test_packed_residual_reduces_saved_memory():
     wbits = math.ceil(w.size / 32)
     act = lambda ls: sum(l.nbytes for l in ls if l.size not in (w.size, wbits))
     for ties in ("index", "all"):
-        packed = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties), pack_saved=True))
-        dense = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties)))
+        packed = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties), saved="packed"))
+        dense = leaves(Policy(weight=TopK(0.8), act_saved=TopK(0.8, ties=ties), saved="masked"))
         assert [l.size for l in packed if l.size in (w.size, wbits)] == [w.size, wbits]
         tie_bytes = 4 if ties == "all" else 0  # the threshold scalar
         assert act(packed) == compact.packed_nbytes(a.shape, k, a.dtype, ties == "all") + tie_bytes
         assert act(packed) < (0.27 if ties == "all" else 0.24) * act(dense)
+
+
+@pytest.mark.parametrize("shape", [(7, 33), (4, 8, 8, 16), (2, 64, 65)])
+def test_threshold_pack_kernel_matches_the_xla_formulation(shape):
+    # Coarse values: exact zeros, ties at the threshold of both signs.
+    x = jnp.round(jax.random.normal(jax.random.key(5), shape) * 2) / 2
+    k = math.ceil(0.2 * x.size)
+    tie = jnp.sort(jnp.abs(x).ravel())[-k]
+    want = jnp.where(jnp.abs(x) >= tie, x, 0.0)
+    above = int(jnp.sum(jnp.abs(x) > tie))
+    with native.use(True):
+        p = jax.jit(lambda x: compact.pack_threshold(x, tie, k))(x)
+        rebuilt = jax.jit(compact.unpack)(p)
+        batched = jax.jit(jax.vmap(lambda r: compact.unpack(compact.pack_threshold(r, tie, k))))(
+            x[None])
+    with native.use(False):
+        q = jax.jit(lambda x: compact.pack_threshold(x, tie, k))(x)
+        rebuilt_xla = jax.jit(compact.unpack)(q)
+    np.testing.assert_array_equal(p.bits, q.bits)
+    np.testing.assert_array_equal(p.ties, q.ties)
+    np.testing.assert_array_equal(p.values[:above], q.values[:above])
+    assert int(jnp.sum(p.ties != 0)) > 0  # the tie plane was exercised
+    for got in (rebuilt, rebuilt_xla, batched[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not native.available(), reason="no C++ compiler: no CPU kernel")
+def test_threshold_pack_is_a_custom_call_on_cpu_only_outside_export():
+    x = jax.random.normal(jax.random.key(6), (8, 16, 16, 32))
+    f = jax.jit(lambda x: compact.unpack(compact.pack_threshold(x, 1.0, x.size // 2)))
+    with native.use(True):
+        assert "sparsejax_pack_threshold" in f.lower(x).as_text()
+        exported = jax.export.export(f, platforms=["cpu", "cuda"])(x)
+        assert "sparsejax_pack_threshold" not in exported.mlir_module()
+        np.testing.assert_array_equal(jax.export.deserialize(exported.serialize()).call(x), f(x))

@@ -144,9 +144,9 @@ def test_act_with_weight_and_act_saved_rules(kind):
     np.testing.assert_allclose(stats.x_threshold, np.abs(np.asarray(a))[x_mask].min())
 
 
-@pytest.mark.parametrize("mode", [dict(pack_saved=True), dict(remat_saved=True)])
+@pytest.mark.parametrize("mode", [dict(saved="packed"), dict(saved="remat")])
 def test_act_mask_survives_the_memory_modes(mode):
-    """pack_saved keeps the forward input's mask as bits; remat_saved rebuilds the saved
+    """saved="packed" keeps the forward input's mask as bits; "remat" rebuilds the saved
     activation: both give exactly the gradients of the plain mode."""
     a, w, ct, _ = operands("conv", 5)
     policy = lambda **kw: Policy(weight=TopK(0.6, ties="all"), act=TopK(0.5, ties="all"),

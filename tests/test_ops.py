@@ -336,7 +336,8 @@ def test_packed_saved_activation_gives_same_gradients(ties, straight_through):
     a = jnp.round(jnp.maximum(a, -0.5) * 2) / 2
     ct = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
     pol = lambda pack: Policy(weight=TopK(0.8, ties=ties), act_saved=TopK(0.8, ties=ties),
-                              straight_through=straight_through, pack_saved=pack)
+                              straight_through=straight_through,
+                              saved="packed" if pack else "masked")
     got = fwd_bwd(sconv(pol(True)), a, w, ct)
     for g, r in zip(got, fwd_bwd(sconv(pol(False)), a, w, ct)):
         np.testing.assert_array_equal(g, r)
@@ -350,7 +351,8 @@ def test_rematerialised_saved_activation_gives_same_gradients(straight_through):
     a, w = rand(19, (4, 8, 8, 16), (3, 3, 16, 16))
     ct = jax.random.normal(jax.random.key(1), (4, 8, 8, 16))
     pol = lambda remat: Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"),
-                               straight_through=straight_through, remat_saved=remat)
+                               straight_through=straight_through,
+                               saved="remat" if remat else "masked")
     got = fwd_bwd(sconv(pol(True)), a, w, ct)
     for g, r in zip(got, fwd_bwd(sconv(pol(False)), a, w, ct)):
         np.testing.assert_array_equal(g, r)
@@ -405,7 +407,7 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
     def temp_bytes(remat):
         return _grad_temp_bytes(_BNNet(Policy(weight=TopK(0.8, ties="all"),
                                               act_saved=TopK(0.8, ties="all"),
-                                              remat_saved=remat)), x)
+                                              saved="remat" if remat else "masked")), x)
 
     saved = 16 * 32 * 32 * 32 * 4  # one float32 activation of a sparse layer
     assert temp_bytes(True) <= temp_bytes(False) - saved
@@ -420,14 +422,14 @@ def test_rematerialised_saved_activation_is_not_kept_from_the_forward_pass():
     (lambda: Policy(weight=RandomProjection(0.5)), "Policy.out"),
     (lambda: Policy(weight="topk"), "must be a sparsejax"),
     (lambda: Policy(weight_decay_pruned=0.1), "set Policy.weight"),
-    (lambda: Policy(act_saved=TopK(0.5), pack_saved=True, remat_saved=True), "choose one"),
-    (lambda: Policy(act_saved=TopK(0.5), remat_saved="yes"), "remat_saved must be True or False"),
+    (lambda: Policy(act_saved=TopK(0.5), saved="bits"), "Policy.saved must be one of"),
+    (lambda: Policy(act_saved=TopK(0.5), pack_saved=True), "Policy\\(saved='packed'\\)"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN, where="fc1",
-                                policy=Policy(act_saved=Cached(0.5), pack_saved=True),
-                                aux=Aux(a_threshold=1.0)), "fc1: Policy.pack_saved needs"),
+                                policy=Policy(act_saved=Cached(0.5), saved="packed"),
+                                aux=Aux(a_threshold=1.0)), "fc1: Policy.saved='packed' needs"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
-                                policy=Policy(act_saved=TopK(0.5), pack_saved=True),
-                                aux=Aux(a_sparsity=0.5)), "remat_saved=True"),
+                                policy=Policy(act_saved=TopK(0.5), saved="packed"),
+                                aux=Aux(a_sparsity=0.5)), "use saved='remat'"),
     (lambda: sparse_dot_general(jnp.ones((2, 3)), jnp.ones((3, 2)), DENSE_DN,
                                 policy=Policy(weight=TopK(0.5)),
                                 aux=Aux(w_threshold=1.0)), "does not read"),

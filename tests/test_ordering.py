@@ -35,8 +35,8 @@ def _grads(policy):
 
 
 @pytest.mark.parametrize("policy", [
-    Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"), pack_saved=True),
-    Policy(weight=TopK(0.8), act_saved=TopK(0.8), remat_saved=True),
+    Policy(weight=TopK(0.8, ties="all"), act_saved=TopK(0.8, ties="all"), saved="packed"),
+    Policy(weight=TopK(0.8), act_saved=TopK(0.8), saved="remat"),
     Policy(weight=PatternRule(Channel((2,)), 0.5), straight_through=False),
 ])
 def test_hints_change_no_value(policy):

@@ -401,13 +401,11 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
 
 
 _STRUCTURED = {"none": False, "slice": "slice", "filter": "filter", "channel": "channel"}
-# How SWAT keeps the activation saved for dW: swat()'s pack_saved / remat_saved.
-_SAVED = {"masked": {}, "packed": {"pack_saved": True}, "remat": {"remat_saved": True}}
 
 
 def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform",
          structured: str = "none", period: int = 1, dense_first: bool = True,
-         dense_last: bool = False, exclude: str = "", saved: str = "masked") -> list[Phase]:
+         dense_last: bool = False, exclude: str = "", saved: str = "auto") -> list[Phase]:
     """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
     Args:
@@ -421,11 +419,11 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
         sets False for them).
       dense_last: keep the last layer dense.
       exclude: regex of module paths kept dense.
-      saved: how the activation saved for dW is kept: ``"masked"`` (a masked dense
-        array, fastest), ``"packed"`` (bits + kept values, ``pack_saved``; needs
-        ``period=1`` and a uniform or ERK budget) or
-        ``"remat"`` (recomputed in the backward pass, ``remat_saved``: least memory
-        with BatchNorm).
+      saved: how the activation saved for dW is kept (``swat(saved=...)``):
+        ``"auto"`` (packed wherever the kept count is static, else masked),
+        ``"packed"`` (bits + kept values; needs ``period=1`` and a uniform or ERK
+        budget), ``"masked"`` (a masked dense array) or ``"remat"`` (recomputed
+        in the backward pass: least memory with BatchNorm).
 
     Returns:
       One phase.
@@ -438,11 +436,11 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
     if structured not in _STRUCTURED:
         raise ValueError(f"config.method.structured={structured!r}; valid: "
                          f"{', '.join(_STRUCTURED)}.")
-    if saved not in _SAVED:
-        raise ValueError(f"config.method.saved={saved!r}; valid: {', '.join(_SAVED)}.")
+    if saved not in SAVED:
+        raise ValueError(f"config.method.saved={saved!r}; valid: {', '.join(SAVED)}.")
     method = methods.swat(sparsity, distribution=distribution, structured=_STRUCTURED[structured],
                           period=period, dense_first=dense_first, dense_last=dense_last,
-                          exclude=_rule(exclude), **_SAVED[saved])
+                          exclude=_rule(exclude), saved=saved)
     return [Phase("train", ctx.main_steps, method=method)]
 
 

@@ -50,8 +50,12 @@ from typing import Any, Iterator, Sequence
 
 import jax
 
-_SOURCE = os.path.join(os.path.dirname(__file__), "select_kernel.cc")
-_TARGET = "sparsejax_kth_largest_key"
+_SOURCES = [os.path.join(os.path.dirname(__file__), name)
+            for name in ("select_kernel.cc", "pack_kernel.cc")]
+# FFI target name -> the handler symbol the library exports.
+_TARGETS = {"sparsejax_kth_largest_key": "SparsejaxKthLargestKey",
+            "sparsejax_pack_threshold": "SparsejaxPackThreshold",
+            "sparsejax_unpack_threshold": "SparsejaxUnpackThreshold"}
 _log = logging.getLogger("sparsejax")
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": None, "error": None}
@@ -77,12 +81,14 @@ def _build() -> str:
     """Path of the compiled kernel, building it if this source/jaxlib has none yet."""
     import jaxlib
 
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
+    sources = []
+    for name in _SOURCES:
+        with open(name, "rb") as f:
+            sources.append(f.read())
     # Built with -march=native: the tag names this CPU too (a shared cache stays safe).
-    tag = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), sys.platform.encode(),
-                                      _cpu_id().encode()])).hexdigest()
-    path = os.path.join(_cache_dir(), f"select_kernel_{tag[:16]}.so")
+    tag = hashlib.sha256(b"\0".join(sources + [jaxlib.__version__.encode(), sys.platform.encode(),
+                                                _cpu_id().encode()])).hexdigest()
+    path = os.path.join(_cache_dir(), f"kernels_{tag[:16]}.so")
     if os.path.exists(path):
         return path
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
@@ -92,7 +98,7 @@ def _build() -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
     cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w",
-           "-I", jax.ffi.include_dir(), _SOURCE, "-o", tmp]
+           "-I", jax.ffi.include_dir(), *_SOURCES, "-o", tmp]
     try:
         # -march=native vectorises the counting passes for this CPU (1.4x faster on
         # AVX2); a compiler that refuses it builds the portable code.
@@ -123,8 +129,9 @@ def available() -> bool:
         if _state["loaded"] is None and _state["error"] is None:
             try:
                 lib = ctypes.cdll.LoadLibrary(_build())
-                jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.SparsejaxKthLargestKey),
-                                            platform="cpu")
+                for target, symbol in _TARGETS.items():
+                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                                platform="cpu")
                 _state["loaded"] = lib
             except Exception as e:  # noqa: BLE001 - any failure means: use the XLA search
                 _state["error"] = e
@@ -176,7 +183,64 @@ def lowering(ctx: Any, x: Any, k: Any, active: Any) -> Sequence[Any]:
     Returns:
       The custom call's results.
     """
-    if _state["loaded"] is None:  # a traced primitive from elsewhere, kernel never built
-        raise RuntimeError("sparsejax: the CPU selection kernel is not built in this process; "
-                           "trace with sparsejax.native.use(False) to run the XLA search.")
-    return jax.ffi.ffi_lowering(_TARGET)(ctx, x, k, active)
+    return _lowering("sparsejax_kth_largest_key", ctx, x, k, active)
+
+
+def pack_lowering(ctx: Any, x: Any, tie: Any) -> Sequence[Any]:
+    """MLIR lowering of :func:`sparsejax.compact.pack_threshold` on the CPU.
+
+    Args:
+      ctx: the lowering context.
+      x: the float32 tensor's MLIR value.
+      tie: the float32 scalar threshold (``|x| >= tie`` is kept).
+
+    Returns:
+      ``(bits, ties, values)``: the :class:`sparsejax.compact.Packed` planes.
+    """
+    return _lowering("sparsejax_pack_threshold", ctx, x, tie)
+
+
+def unpack_lowering(ctx: Any, bits: Any, ties: Any, values: Any, tie: Any) -> Sequence[Any]:
+    """MLIR lowering of :func:`sparsejax.compact.unpack` of a threshold pack on the CPU.
+
+    Args:
+      ctx: the lowering context.
+      bits, ties, values, tie: the :class:`sparsejax.compact.Packed` fields.
+
+    Returns:
+      The dense float32 tensor.
+    """
+    return _lowering("sparsejax_unpack_threshold", ctx, bits, ties, values, tie)
+
+
+def custom_call_allowed(ctx: Any) -> bool:
+    """Whether a lowering may call a kernel (else it lowers its XLA formulation).
+
+    Not in ``jax.export``, whose artifacts must not name a target that only this
+    process registered, nor in a module XLA partitions over several devices:
+    a custom call has no partitioning rule, so XLA would gather its operands
+    onto every device first.
+
+    Args:
+      ctx: the lowering context.
+
+    Returns:
+      True where the custom call is the lowering to use.
+    """
+    return not (ctx.module_context.lowering_parameters.for_export or _partitioned(ctx))
+
+
+def _partitioned(ctx: Any) -> bool:
+    """Whether the module is lowered for XLA to partition over several devices."""
+    axes = ctx.module_context.axis_context  # duck-typed: JAX's context classes are private
+    manual = getattr(axes, "manual_axes", None)
+    if manual is not None:  # inside shard_map: data along the manual axes is local
+        return any(size > 1 for name, size in axes.mesh.shape.items() if name not in manual)
+    return getattr(axes, "num_devices", 1) > 1  # jit over a mesh; pmap bodies are local
+
+
+def _lowering(target: str, ctx: Any, *operands: Any) -> Sequence[Any]:
+    if _state["loaded"] is None:  # a traced primitive from elsewhere, kernels never built
+        raise RuntimeError("sparsejax: the CPU kernels are not built in this process; trace "
+                           "with sparsejax.native.use(False) to run the XLA formulation.")
+    return jax.ffi.ffi_lowering(target)(ctx, *operands)
