@@ -247,7 +247,7 @@ def test_unknown_names_list_the_valid_ones(tmp_path, section, key, value, match)
 def test_swat_saved_mode_must_be_known():
     config = _smoke("swat.py:smoke")
     config.method.saved = "zipped"
-    with pytest.raises(ValueError, match="saved='zipped'; valid: masked, packed, remat"):
+    with pytest.raises(ValueError, match="saved='zipped'; valid: auto, masked, packed, remat"):
         recipes.build_phases(config, 4, 2)
 
 

@@ -431,13 +431,13 @@ def swat(ctx: "Context", *, sparsity: float = 0.8, distribution: str = "uniform"
     References:
       Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
     """
-    from sparsejax import methods
+    from sparsejax import methods, ops
 
     if structured not in _STRUCTURED:
         raise ValueError(f"config.method.structured={structured!r}; valid: "
                          f"{', '.join(_STRUCTURED)}.")
-    if saved not in SAVED:
-        raise ValueError(f"config.method.saved={saved!r}; valid: {', '.join(SAVED)}.")
+    if saved not in ops.SAVED:
+        raise ValueError(f"config.method.saved={saved!r}; valid: {', '.join(ops.SAVED)}.")
     method = methods.swat(sparsity, distribution=distribution, structured=_STRUCTURED[structured],
                           period=period, dense_first=dense_first, dense_last=dense_last,
                           exclude=_rule(exclude), saved=saved)

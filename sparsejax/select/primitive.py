@@ -77,25 +77,11 @@ batching.primitive_batchers[_kth_p] = _kth_batched
 _search_lowering = mlir.lower_fun(_kth_search, multiple_results=False)
 
 
-def _partitioned(ctx) -> bool:
-    """Whether the module is lowered for XLA to partition over several devices."""
-    axes = ctx.module_context.axis_context  # duck-typed: JAX's context classes are private
-    manual = getattr(axes, "manual_axes", None)
-    if manual is not None:  # inside shard_map: data along the manual axes is local
-        return any(size > 1 for name, size in axes.mesh.shape.items() if name not in manual)
-    return getattr(axes, "num_devices", 1) > 1  # jit over a mesh; pmap bodies are local
-
-
 def _cpu_lowering(ctx, x, k, on, **params):
-    """The kernel's custom call, except where the XLA search is the better lowering:
-
-    - in ``jax.export``, whose artifacts must not name a target that only this
-      process registered;
-    - in a module XLA partitions over several devices: the custom call has no
-      partitioning rule, so XLA would gather the keys onto every device first,
-      where the search's reductions stay sharded.
-    """
-    if ctx.module_context.lowering_parameters.for_export or _partitioned(ctx):
+    """The kernel's custom call, except where :func:`sparsejax.native.custom_call_allowed`
+    says no (``jax.export``; a module XLA partitions over several devices, where the
+    search's reductions stay sharded): the XLA search there."""
+    if not native.custom_call_allowed(ctx):
         return _search_lowering(ctx, x, k, on, **params)
     return native.lowering(ctx, x, k, on)
 
