@@ -12,10 +12,12 @@ from sparsejax.adapters.nnx import SparsityState
 from sparsejax.adapters.planning import LayerPlan, Plan, plan
 from sparsejax.adapters.weights import contraction_axes, effective_params
 from sparsejax.distributions import erk_sparsities
+from sparsejax.dst import DSTState, rigl, snfs, sparse_evolutionary, static_random
 from sparsejax.methods import (LayerInfo, Method, dense, dsg, forward_topk, grad_drop, meprop,
                                momentum_budgets, ste, swat)
 from sparsejax.monitor import MonitorConfig, flatten_metrics
 from sparsejax.paths import leaf_paths, path_str, selected_paths
+from sparsejax.residuals import LayerResiduals, residual_bytes
 from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,
                            sparse_dot_general_with_stats)

@@ -110,6 +110,8 @@ class PruningState(NamedTuple):
     masks: Any
     mask_step: Array
 
+    holds_masks = True  # get_masks finds every state class that sets this (sparsejax.dst too)
+
 
 def _plain(tree: Any) -> Any:
     """Unwraps Flax NNX ``Variable`` leaves (``nnx.Optimizer`` passes them to ``init``).
@@ -354,7 +356,7 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
 
 
 def get_masks(opt_state: Any) -> Any:
-    """The masks of the :func:`pruning` transform inside an optimizer state.
+    """The masks of the :func:`pruning` transform (or a :mod:`sparsejax.dst` wrapper) in a state.
 
     Searches the whole state pytree (``optax.chain`` tuples,
     ``inject_hyperparams``, ``MultiSteps``, ``masked``, a Flax ``TrainState``'s
@@ -365,17 +367,18 @@ def get_masks(opt_state: Any) -> Any:
 
     Returns:
       The bool mask tree (``None`` for untouched leaves; Flax NNX wrappers are
-      removed), or ``None`` if the state holds no :class:`PruningState`.
+      removed), or ``None`` if the state holds no :class:`PruningState` (nor
+      :class:`sparsejax.dst.DSTState`).
 
     Raises:
-      ValueError: if the state holds more than one :class:`PruningState`.
+      ValueError: if the state holds more than one of them.
 
     Example:
       >>> state = optax.chain(optax.sgd(0.1), pruning(0.5)).init({"w": jnp.ones((2, 2))})
       >>> get_masks(state)["w"].sum().item()
       2
     """
-    is_state = lambda x: isinstance(x, PruningState)
+    is_state = lambda x: getattr(type(x), "holds_masks", False) is True
     found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
     if not found:
         return None
