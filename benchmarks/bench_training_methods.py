@@ -22,7 +22,7 @@ rounds of the per-round ratio (benchmarks/common.py):
     work)
   * memory by default: the residuals the sparse layers of the default
     ``swat(0.8)`` save for the backward pass (``residual_ratio``: bytes of
-    JAX's saved residuals, :func:`sparsejax.residuals.residual_bytes`, as a
+    JAX's saved residuals, :func:`sparsejax.analysis.residuals.residual_bytes`, as a
     ratio to what the same layers save when dense; portable, no compiler
     involved)                                            <= 0.35x
     on both models; and on ResNet-18 the default's whole-step temporary
@@ -65,7 +65,7 @@ from sparsejax import zoo
 from sparsejax.adapters import sparsify
 from sparsejax.methods import meprop, ste, swat
 from sparsejax.patterns import NM
-from sparsejax.residuals import residual_bytes
+from sparsejax.analysis.residuals import residual_bytes
 
 BATCH = 32
 COMPILE_REPEATS = 5  # compile-time rounds (caches cleared before each compile)

@@ -194,8 +194,8 @@ def report(r) -> str:
                  WHY.get("erk", "")),
         rp.claim(f"The cost model gives SWAT-U at 90/90 on the official VGG-16 (first conv dense) "
                  f"the published 89.7% training-FLOP reduction", vgg[0],
-                 f"{100 * vgg[1]:.1f}% from `sparsejax.costs` on SWAT's CIFAR VGG-16 layer list; "
-                 f"on {model} SWAT-U at {hi}% saves "
+                 f"{100 * vgg[1]:.1f}% from `sparsejax.analysis.costs` on SWAT's CIFAR VGG-16 "
+                 f"layer list; on {model} SWAT-U at {hi}% saves "
                  f"{100 * (1 - r.mean(f'swat_u{hi}', 'train_flops_ratio')):.1f}% (with its "
                  f"first layer dense) and SWAT-ERK at {b}% "
                  f"{100 * (1 - r.mean(f'swat_erk{b}', 'train_flops_ratio')):.1f}%.",
@@ -221,7 +221,8 @@ def report(r) -> str:
 def _vgg16_reduction() -> tuple[str, float]:
     """Verdict and value of the cost model's SWAT-U 90/90 reduction on the official
     CIFAR VGG-16 (first conv dense): reproduced within 0.5 points of the paper's 89.7%."""
-    from sparsejax import costs, methods, zoo
+    from sparsejax import methods, zoo
+    from sparsejax.analysis import costs
 
     layers = costs.linear_layers(zoo.get_model("vgg16", classifier="official"), (32, 32, 3))
     infos = [methods.LayerInfo(l.path, l.kind, l.kernel_shape, l.out_features) for l in layers]

@@ -309,7 +309,7 @@ class Method:
         Builds the state with :meth:`init_state` / :meth:`init_shared` and calls
         :meth:`policy_aux` abstractly (``jax.eval_shape``: no FLOPs), so code that
         reasons about a method without running it (the cost model of
-        :func:`sparsejax.costs.policy_fractions`) sees what it does.
+        :func:`sparsejax.analysis.costs.policy_fractions`) sees what it does.
 
         Args:
           info: the layer.

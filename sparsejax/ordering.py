@@ -6,7 +6,7 @@ nothing (a zero fill, a masked kernel) is allocated at the start of the step
 and held until its use. :func:`live` gives such work an operand that exists
 only once some other value does. These hints change no value; they exist for
 XLA:CPU's memory and are the only backend tactics of the sparse-op algebra
-(:mod:`sparsejax.ops`, :mod:`sparsejax.compact`). The figures that justify them
+(:mod:`sparsejax.ops`, :mod:`sparsejax.ops.compaction`). The figures that justify them
 are the ``benchmarks/bench_training_methods.py`` memory ratios (README,
 "Benchmarks"); each hint, where it is used:
 
@@ -20,7 +20,7 @@ are the ``benchmarks/bench_training_methods.py`` memory ratios (README,
   a kernel rebuilt from its threshold, reads ``dY`` (:func:`after`), or XLA
   hoists the rebuild into the forward pass;
 * a compacted layer's scatter fills its zeros only once its values exist
-  (:func:`zeros_after` in :func:`sparsejax.compact.put`).
+  (:func:`zeros_after` in :func:`sparsejax.ops.compaction.put`).
 
 Switch: ``SPARSEJAX_BACKEND_HINTS=off`` (or :func:`set_enabled`) turns them
 off; ``on`` forces them; the default ``auto`` applies them on the CPU backend

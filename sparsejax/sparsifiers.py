@@ -136,7 +136,7 @@ class Sparsifier:
         return None
 
     def pack_slots(self, shape: tuple[int, ...], given: SlotInput) -> Optional[tuple[int, bool]]:
-        """How a kept tensor packs (:func:`sparsejax.compact.pack`), if statically.
+        """How a kept tensor packs (:func:`sparsejax.ops.compaction.pack`), if statically.
 
         Returns:
           ``(value slots, ties)`` or ``None``: ``ties=True`` when the kept entries
@@ -168,7 +168,7 @@ class Sparsifier:
         Returns:
           The kept fraction, or ``None`` when only the data decides it (a
           :class:`Fixed` mask, a :class:`Cached` threshold without a target).
-          The cost model (:func:`sparsejax.costs.policy_fractions`) reads it.
+          The cost model (:func:`sparsejax.analysis.costs.policy_fractions`) reads it.
         """
         del width
         return None

@@ -16,10 +16,11 @@ from jax import lax
 from references import (masked_op, np_kernel_slices, np_nm, np_relu_row_topk, np_row_topk,
                         np_topk_ties, sgd_losses)
 
-from sparsejax import methods, monitor
+from sparsejax import methods
 from sparsejax.adapters import sparsify
 from sparsejax.adapters.planning import plan
 from sparsejax.adapters.nnx import SparsityState
+from sparsejax.analysis import monitor
 from sparsejax.patterns import NM, nm_mask, topk_mask
 
 MUT = ["batch_stats", "sparsity"]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax import compression, tensorcore
+from sparsejax.analysis import compression, tensorcore
 
 
 def test_zvc_matches_formula_and_jits():

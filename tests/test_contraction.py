@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 import sparsejax as sj
-from sparsejax import ops
-from sparsejax.compression import export_compressed, load_compressed
+from sparsejax.analysis.compression import export_compressed, load_compressed
+from sparsejax.ops import algebra
 from sparsejax.paths import leaf_paths
 from sparsejax.zoo.vit import ViT, vit_tiny
 
@@ -55,7 +55,7 @@ def _vit_axes(path):
 def captured(monkeypatch):
     """Records the kernel W_s every sparse op's forward multiplies with, by layer path."""
     seen = {}
-    original = ops._forward
+    original = algebra._forward
 
     def forward(cfg, a, w, aux, save=True):
         out = original(cfg, a, w, aux, save)
@@ -63,7 +63,7 @@ def captured(monkeypatch):
                            out[1].w)
         return out
 
-    monkeypatch.setattr(ops, "_forward", forward)
+    monkeypatch.setattr(algebra, "_forward", forward)
     return seen
 
 

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from sparsejax import costs, zoo
+from sparsejax import zoo
+from sparsejax.analysis import costs
 from sparsejax.experiment import config as config_lib
 from sparsejax.experiment import recipes, train
 

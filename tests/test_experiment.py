@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from sparsejax import zoo
 from sparsejax.experiment import config as config_lib
-from sparsejax import costs
+from sparsejax.analysis import costs
 from sparsejax.ops import Policy
 from sparsejax.sparsifiers import TopK
 from sparsejax.experiment import recipes, train
@@ -183,7 +183,7 @@ def test_mlp_layer_flops_and_meprop_cost():
 
 
 # (recipe arguments, per-layer (f, a, w) on the 3-layer LAYER_COSTS model): the table of
-# sparsejax.costs (SPECS §3), written out by hand, for every built-in recipe.
+# sparsejax.analysis.costs (SPECS §3), written out by hand, for every built-in recipe.
 LAYER_COSTS = [costs.Layer("fc1", "dense", "fc1/kernel", (64, 32), 2 * 64 * 32, 32),
                costs.Layer("fc2", "dense", "fc2/kernel", (32, 16), 2 * 32 * 16, 16),
                costs.Layer("fc3", "dense", "fc3/kernel", (16, 8), 2 * 16 * 8, 8)]

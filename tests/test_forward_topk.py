@@ -16,7 +16,8 @@ from jax import lax
 from jax.test_util import check_grads
 from references import fwd_bwd, np_topk, sgd_losses, tiny_config
 
-from sparsejax import costs, methods, plan, sparsify
+from sparsejax import methods, plan, sparsify
+from sparsejax.analysis import costs
 from sparsejax.experiment import recipes
 from sparsejax.experiment.config import ConfigError
 from sparsejax.ops import (Aux, Policy, sparse_conv_general_dilated,

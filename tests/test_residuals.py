@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sparsejax import compact, methods
+from sparsejax import methods
 from sparsejax.adapters import sparsify
-from sparsejax.residuals import residual_bytes
+from sparsejax.analysis.residuals import residual_bytes
+from sparsejax.ops import compaction
 
 MUT = ["sparsity", "batch_stats"]
 
@@ -50,7 +51,7 @@ def test_default_swat_packs_the_saved_activation_and_keeps_only_the_weight_thres
         k = math.ceil(0.2 * n)
         # bits + tie plane + k values, and two float32 thresholds (activation, weight):
         # no kernel-sized residual (W_s is rebuilt from W, a parameter, and its threshold).
-        assert l.saved_bytes == compact.packed_nbytes((n,), k, jnp.float32, ties=True) + 8
+        assert l.saved_bytes == compaction.packed_nbytes((n,), k, jnp.float32, ties=True) + 8
     ratio = sum(l.saved_bytes for l in layers[1:]) / sum(l.dense_bytes for l in layers[1:])
     assert ratio <= 0.35
 

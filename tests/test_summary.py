@@ -1,4 +1,4 @@
-"""Tests for sparsejax.summary."""
+"""Tests for sparsejax.analysis.summary."""
 
 import json
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax.summary import LayerSummary, Summary, summary
+from sparsejax.analysis.summary import LayerSummary, Summary, summary
 
 
 def _tree():

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax import methods, monitor
+from sparsejax import methods
 from sparsejax.adapters import sparsify
+from sparsejax.analysis import monitor
 from sparsejax.methods import LayerInfo
 
 MUT = ["batch_stats", "sparsity"]

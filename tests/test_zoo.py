@@ -193,7 +193,7 @@ def test_vgg16_official_classifier_is_the_swat_codes_16_layer_vgg16():
     # SWAT's CIFAR VGG-16 (official models/vgg.py, cfg "VGG16"): 13 conv3x3 with these
     # output channels, then Linear 512->4096, ReLU, Dropout, 4096->4096, ReLU, Dropout,
     # 4096->10.
-    from sparsejax import costs
+    from sparsejax.analysis import costs
 
     convs = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     fcs = [(512, 4096), (4096, 4096), (4096, 10)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsejax.methods import Method
-from sparsejax.monitor import MonitorConfig
+from sparsejax.analysis.monitor import MonitorConfig
 
 
 def sparsify(model: Any, method: Method, *example_args: Any,
@@ -29,7 +29,7 @@ def sparsify(model: Any, method: Method, *example_args: Any,
         them that raises; order-free methods (``ste``...) use the graph order.
       monitor: activation-monitor settings. Linen: sampling settings (metrics
         are sown whenever ``"sparsity_metrics"`` is mutable). NNX: ``True`` or a
-        :class:`~sparsejax.monitor.MonitorConfig` turns the metrics on.
+        :class:`~sparsejax.analysis.monitor.MonitorConfig` turns the metrics on.
       **example_kwargs: NNX only: keyword arguments of the example call.
 
     Returns:

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sparsejax import monitor, ops
+from sparsejax import ops
+from sparsejax.analysis import monitor
 from sparsejax.methods import LayerInfo, Method, State
 from sparsejax.sparsifiers import Cached
 

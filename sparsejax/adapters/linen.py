@@ -29,8 +29,8 @@ a layer is sparse iff it has state, and each layer's static sparsity is
 recomputed from the sparse layers' kernel shapes (``method.sparsities``).
 
 Metrics: with ``"sparsity_metrics"`` mutable, every sparse layer sows the
-:mod:`sparsejax.monitor` metrics there (use
-:func:`sparsejax.monitor.flatten_metrics`).
+:mod:`sparsejax.analysis.monitor` metrics there (use
+:func:`sparsejax.analysis.monitor.flatten_metrics`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from sparsejax.adapters import common
 from sparsejax.methods import Dense, LayerInfo, Method
-from sparsejax.monitor import MonitorConfig
+from sparsejax.analysis.monitor import MonitorConfig
 
 logger = logging.getLogger("sparsejax")
 

@@ -39,7 +39,7 @@ from flax import nnx
 
 from sparsejax.adapters import common
 from sparsejax.methods import Dense, LayerInfo, Method
-from sparsejax.monitor import MonitorConfig
+from sparsejax.analysis.monitor import MonitorConfig
 
 logger = logging.getLogger("sparsejax")
 
@@ -51,7 +51,7 @@ class SparsityState(nnx.Variable):
 
 
 class SparsityMetric(nnx.Variable):
-    """Activation-monitor metrics of a sparse layer (see :mod:`sparsejax.monitor`)."""
+    """Activation-monitor metrics of a sparse layer (see :mod:`sparsejax.analysis.monitor`)."""
 
 
 def _field(layer: nnx.Module) -> Optional[str]:
@@ -264,7 +264,7 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
         the order (``ste``, ``swat(dense_first=False)``...); ``swat``'s default
         ``dense_first``, ``meprop`` and ``dsg`` (dense last layer) raise, asking
         for example inputs (see :func:`layer_order`).
-      monitor: ``True`` or a :class:`~sparsejax.monitor.MonitorConfig`: every
+      monitor: ``True`` or a :class:`~sparsejax.analysis.monitor.MonitorConfig`: every
         sparse layer keeps the latest monitor metrics in :class:`SparsityMetric`
         variables (``nnx.state(model, SparsityMetric)``).
       **example_kwargs: keyword arguments of the example call.

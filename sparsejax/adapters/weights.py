@@ -8,7 +8,7 @@
 * :func:`effective_params` – the parameters the sparse forward actually
   multiplies with (SWAT's top-K weights, STE's N:M kernels, pruning masks), as
   a pytree the *plain* (un-sparsified) model runs: for export
-  (:func:`sparsejax.compression.export_compressed`), inspection, or serving
+  (:func:`sparsejax.analysis.compression.export_compressed`), inspection, or serving
   with a dense runtime.
 
 References:
@@ -234,7 +234,7 @@ def effective_params(model: Any, variables: Any = None, *example_args: Any,
     the plain model does not reproduce that). Running the un-sparsified model
     on the result reproduces the sparsified model's forward (evaluation mode
     by default), so it can be exported
-    (:func:`sparsejax.compression.export_compressed`) or served by a dense
+    (:func:`sparsejax.analysis.compression.export_compressed`) or served by a dense
     runtime.
 
     Args:

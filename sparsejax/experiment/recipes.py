@@ -27,7 +27,7 @@ forward_topk    train with top-K forward input activations or weights (SWAT's
 ==============  =================================================================
 
 A phase's training-FLOP estimate follows from the policies its layers train
-with (:meth:`Phase.fractions`, :func:`sparsejax.costs.policy_fractions`).
+with (:meth:`Phase.fractions`, :func:`sparsejax.analysis.costs.policy_fractions`).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ import ml_collections
 import optax
 
 from sparsejax import schedules
-from sparsejax import costs
+from sparsejax.analysis import costs
 from sparsejax.distributions import DISTRIBUTIONS
 from sparsejax.experiment.config import ConfigError, nearest
-from sparsejax.summary import summary
+from sparsejax.analysis.summary import summary
 from sparsejax.patterns import NM, Pattern, Unstructured
 from sparsejax.transform import pruning
 
@@ -101,7 +101,7 @@ class Phase:
 
         The method's layers (:meth:`~sparsejax.methods.Method.plan` and
         :meth:`~sparsejax.methods.Method.layer_policy`), or every layer under
-        :data:`sparsejax.costs.PRUNED` in a phase with pruning masks; empty for a
+        :data:`sparsejax.analysis.costs.PRUNED` in a phase with pruning masks; empty for a
         dense phase.
         """
         if self.method is not None:
@@ -119,7 +119,7 @@ class Phase:
         A method's weight rule gives it (SWAT and STE report their per-layer plan
         ``1 - s_l``; SWAT-M's budgets move during training around the same
         total); otherwise the nonzeros of the final params are counted with
-        :func:`sparsejax.summary.summary` (pruned weights are exactly 0).
+        :func:`sparsejax.analysis.summary.summary` (pruned weights are exactly 0).
         """
         kernels = {l.kernel: l for l in layers}
         rows = summary(jax.device_get(state["params"])).layers if state else []
@@ -134,7 +134,7 @@ class Phase:
     def fractions(self, layers: Sequence[costs.Layer], densities: Mapping[str, float]
                   ) -> dict[str, costs.Fractions]:
         """Kernel path -> ``(f, a, w)`` cost fractions of the phase's layers
-        (:func:`sparsejax.costs.policy_fractions`; ``densities`` give the weight
+        (:func:`sparsejax.analysis.costs.policy_fractions`; ``densities`` give the weight
         density of masks only the data decides)."""
         by_kernel = {l.kernel: l for l in layers}
         return {k: costs.policy_fractions(p, by_kernel[k], densities.get(k, 1.0))

@@ -2,8 +2,8 @@
 
 ``summary.json`` of a run holds the final test accuracy, the achieved weight
 sparsity (of the weights the forward pass multiplies with, over the linear
-layers' kernels, counted with :func:`sparsejax.summary.summary`) and the
-training-FLOP estimate of :mod:`sparsejax.costs`:
+layers' kernels, counted with :func:`sparsejax.analysis.summary.summary`) and the
+training-FLOP estimate of :mod:`sparsejax.analysis.costs`:
 
 * ``step_flops_ratio``: (FLOPs of one step of the last phase) / (FLOPs of a
   dense step), the cost while the method is active (``step_flop_reduction`` is
@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 
-from sparsejax import costs
+from sparsejax.analysis import costs
 from sparsejax.experiment import config as config_lib
 
 # Per-run numbers summarised over the seeds of a group (mean, std, n).
@@ -61,7 +61,7 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
       phases: the recipe's phases.
       densities: per phase, kernel path -> weight density at its end
         (:meth:`sparsejax.experiment.recipes.Phase.densities`).
-      layers: the model's linear layers (:func:`sparsejax.costs.linear_layers`).
+      layers: the model's linear layers (:func:`sparsejax.analysis.costs.linear_layers`).
       main_steps: steps of the main phase (the dense reference length).
       evaluation: final ``{"accuracy", "loss"}``.
       wall_time: seconds spent by this process.

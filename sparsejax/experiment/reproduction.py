@@ -420,7 +420,7 @@ changed since.
 datasets (60,000 MNIST images; CIFAR-10/100; ImageNet), so a claim can fail here
 for reasons of scale; each verdict says why when it does. Accuracies are mean ±
 sample std over the seeds (n per point in the tables); "step FLOPs" is the
-cost model's (`sparsejax.costs`) training FLOPs of one step relative to dense.
+cost model's (`sparsejax.analysis.costs`) training FLOPs of one step relative to dense.
 
 **Verdict rules** (fixed before the results; never tuned to agree). With `d` the
 difference of two means in points and `se` its standard error

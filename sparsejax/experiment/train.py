@@ -55,7 +55,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sparsejax.experiment import checkpoint as ckpt_lib
 from sparsejax.experiment import config as config_lib
-from sparsejax import costs
+from sparsejax.analysis import costs
 from sparsejax.experiment import recipes, report
 from sparsejax.adapters.weights import contraction_axes
 from sparsejax.transform import get_masks

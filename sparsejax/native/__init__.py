@@ -187,7 +187,7 @@ def lowering(ctx: Any, x: Any, k: Any, active: Any) -> Sequence[Any]:
 
 
 def pack_lowering(ctx: Any, x: Any, tie: Any) -> Sequence[Any]:
-    """MLIR lowering of :func:`sparsejax.compact.pack_threshold` on the CPU.
+    """MLIR lowering of :func:`sparsejax.ops.compaction.pack_threshold` on the CPU.
 
     Args:
       ctx: the lowering context.
@@ -195,17 +195,17 @@ def pack_lowering(ctx: Any, x: Any, tie: Any) -> Sequence[Any]:
       tie: the float32 scalar threshold (``|x| >= tie`` is kept).
 
     Returns:
-      ``(bits, ties, values)``: the :class:`sparsejax.compact.Packed` planes.
+      ``(bits, ties, values)``: the :class:`sparsejax.ops.compaction.Packed` planes.
     """
     return _lowering("sparsejax_pack_threshold", ctx, x, tie)
 
 
 def unpack_lowering(ctx: Any, bits: Any, ties: Any, values: Any, tie: Any) -> Sequence[Any]:
-    """MLIR lowering of :func:`sparsejax.compact.unpack` of a threshold pack on the CPU.
+    """MLIR lowering of :func:`sparsejax.ops.compaction.unpack` of a threshold pack on the CPU.
 
     Args:
       ctx: the lowering context.
-      bits, ties, values, tie: the :class:`sparsejax.compact.Packed` fields.
+      bits, ties, values, tie: the :class:`sparsejax.ops.compaction.Packed` fields.
 
     Returns:
       The dense float32 tensor.

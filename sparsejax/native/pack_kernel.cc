@@ -1,6 +1,6 @@
 // Threshold packing of a saved activation on the CPU, as XLA FFI custom calls.
 //
-// The same format as sparsejax.compact.pack / unpack with a tie threshold t
+// The same format as sparsejax.ops.compaction.pack / unpack with a tie threshold t
 // (SWAT's rule: keep |x| >= t): entry 32 g + j is bit 31 - j of word g.
 //   bits:   entries stored as a value (|x| > t, x != 0), and negative ties;
 //   ties:   entries with |x| == t (x != 0), which take no value slot;

@@ -143,7 +143,7 @@ def threshold(x: ArrayLike, sparsity: ArrayLike, *,
     With ``sample_size`` the threshold is estimated from an evenly strided sample
     of that many entries (Spartan-style, one pass over ``sample_size`` values
     instead of 32 over ``x``); the realised sparsity is then approximate and
-    is reported by :mod:`sparsejax.monitor` for the sparse ops.
+    is reported by :mod:`sparsejax.analysis.monitor` for the sparse ops.
 
     Args:
       x: floating array.

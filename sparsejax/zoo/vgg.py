@@ -33,7 +33,7 @@ class VGG16(nn.Module):
     33,625,792 kernel weights (33,646,666 parameters with the biases and the
     BatchNorm scales and offsets) for 10 classes, the network of SWAT's CIFAR
     tables; SWAT at 90/90 with a dense first conv saves 89.5% of its training
-    FLOPs (:mod:`sparsejax.costs`; the paper reports 89.7%). Its hidden
+    FLOPs (:mod:`sparsejax.analysis.costs`; the paper reports 89.7%). Its hidden
     width is ``4096 · width / 64``. Dropout needs a ``"dropout"`` rng when
     ``train=True``.
 

@@ -197,7 +197,7 @@ def step_flops(layers: Sequence[Layer],
 
 def __getattr__(name: str) -> Any:
     if name in ("layer_fractions", "COSTS"):
-        raise AttributeError(f"sparsejax.costs.{name} was removed: a layer's cost now follows "
+        raise AttributeError(f"{__name__}.{name} was removed: a layer's cost now follows "
                              "from its Policy; use costs.policy_fractions(policy, layer) and "
                              "costs.step_flops(layers, fractions).")
-    raise AttributeError(f"module 'sparsejax.costs' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Analysis of sparse training: monitor, cost models, compression, residuals and summaries."""
