@@ -310,7 +310,11 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     # time, would hold a dense copy of every kernel.
     wbits = wmask_saved = wthr = None
     if wmask is not None and plan is None:
-        if pol.saved != "masked" and pol.weight.by_threshold(_slot(aux, "w")):
+        # The kernel is rebuilt from its threshold where the layer keeps nothing dense: its
+        # activation packed or recomputed. Elsewhere ("masked", or "auto" where A cannot
+        # be packed) W_s is saved as is, which spares the backward pass the rebuild.
+        lean = pol.saved == "remat" or isinstance(a_saved, compaction.Packed)
+        if lean and pol.weight.by_threshold(_slot(aux, "w")):
             w_keep, wthr = w, jnp.asarray(w_thr, jnp.float32)
         elif pol.saved == "packed":
             w_keep, wbits = w, compaction.pack_bits(wmask)

@@ -81,10 +81,10 @@ class Policy:
         * ``"auto"`` (default): ``"packed"`` where the kept count is static and
           A has at least :data:`PACK_MIN_SIZE` entries, else ``"masked"``.
 
-        In every format a weight rule that keeps ``|W| >=`` a threshold
-        (SWAT's) saves only that scalar: the backward pass rebuilds W_s from W,
-        a parameter. Other weight rules save W_s (or, with ``"packed"``, W's
-        mask as bits). Memory and step-time figures of the formats are in the
+        Where A is packed or recomputed, a weight rule that keeps ``|W| >=`` a
+        threshold (SWAT's) saves only that scalar: the backward pass rebuilds
+        W_s from W, a parameter. Elsewhere W_s is saved as is (or, with
+        ``"packed"`` and another weight rule, W's mask as bits). Memory and step-time figures of the formats are in the
         README's benchmark table (``benchmarks/bench_training_methods.py``);
         the orderings that make them hold on XLA:CPU are
         :mod:`sparsejax.ordering`'s backend hints. ``pack_saved=True`` /
