@@ -115,7 +115,7 @@ from sparsejax import select
 from sparsejax.distributions import erk_sparsities
 from sparsejax.methods import momentum_budgets
 from sparsejax.paths import PathMatcher, PathRule, flatten, path_str, selected_paths
-from sparsejax.transform import _plain, _raise_if
+from sparsejax.transform import _plain, _raise_if, pruned_nonzeros
 from sparsejax.validate import check_sparsity
 
 Array = jax.Array
@@ -498,12 +498,9 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
 
 def _chain_error(method: str, names: list[str]) -> Callable[..., Exception]:
     def error(step, counts):
-        counts = np.asarray(counts).reshape(-1)
-        worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
-                 if c > 0][:3]
         return ValueError(
-            f"{method}: at step {int(step)} the params hold {int(counts.sum())} non-zero weights "
-            f"that its masks prune ({', '.join(worst)}): its updates were changed before "
+            f"{method}: at step {int(step)} the params hold {pruned_nonzeros(counts, names)}: "
+            "its updates were changed before "
             "optax.apply_updates (a transform chained after it) or the params were changed "
             "outside the optimizer. Chain other transforms inside it: "
             f"{method}(optax.chain(..., optimizer), ...). If the params are changed between steps "

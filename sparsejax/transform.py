@@ -147,14 +147,20 @@ def _raise_if(flag: Array, error: Callable[..., Exception], *operands: Array) ->
     lax.cond(flag, lambda ops: jax.debug.callback(fail, *ops), lambda ops: None, operands)
 
 
+def pruned_nonzeros(counts: Any, names: list[str]) -> str:
+    """``"N non-zero weights that its masks prune (n1 in 'a', ...)"``: the message part of a
+    mask check, from per-layer counts (the three largest named)."""
+    counts = np.asarray(counts).reshape(-1)
+    worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
+             if c > 0][:3]
+    return f"{int(counts.sum())} non-zero weights that its masks prune ({', '.join(worst)})"
+
+
 def _chain_error(names: list[str]) -> Callable[..., Exception]:
     def error(step, counts):
-        counts = np.asarray(counts).reshape(-1)
-        worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
-                 if c > 0][:3]
         return ValueError(
-            f"pruning: at step {int(step)} the params hold {int(counts.sum())} non-zero weights "
-            f"that its masks prune ({', '.join(worst)}): a transform after pruning in the chain "
+            f"pruning: at step {int(step)} the params hold {pruned_nonzeros(counts, names)}: "
+            "a transform after pruning in the chain "
             "changed its updates (an optimizer, a learning rate, weight decay), or the params "
             "were changed outside the optimizer, so pruned weights are not kept at exactly 0. "
             "Put pruning last in the chain: optax.chain(optax.sgd(...), sparsejax.pruning(...)). "
