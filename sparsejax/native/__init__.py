@@ -1,4 +1,4 @@
-"""The CPU selection kernel: exact k-th largest key as an XLA FFI custom call.
+"""CPU kernels as XLA FFI custom calls: exact k-th largest key, threshold pack and unpack.
 
 :func:`sparsejax.select.kth_largest_key` answers a single population with a
 counting search written in XLA ops. On XLA:CPU every distinct kernel costs
