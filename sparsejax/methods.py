@@ -54,7 +54,7 @@ import logging
 import math
 import numbers
 import zlib
-from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -134,35 +134,165 @@ class LayerInfo:
         return math.prod(self.kernel_shape)
 
 
-def _check_rule(rule: Any, name: str) -> Any:
+def _check_rule(rule: Any, where: str) -> Any:
     if rule is None or callable(rule) or isinstance(rule, str):
         return rule
     if isinstance(rule, (list, tuple)) and all(isinstance(r, str) for r in rule):
         return tuple(rule)
-    raise TypeError(f"{name} must be a regex string, a sequence of regex strings or a callable "
+    raise TypeError(f"{where} must be a regex string, a sequence of regex strings or a callable "
                     f"(path, leaf) -> bool, got {rule!r}.")
 
 
-def _check_bool(value: Any, name: str) -> None:
+Check = Callable[[Any, str], Any]
+"""A field's rule: ``check(value, where)`` raises an error naming ``where`` (e.g.
+``"swat(period=...)"``) and the fix, or returns the value to store (a normalised
+one, e.g. a list of regexes as a tuple; ``None`` keeps the value as given)."""
+
+
+def option(default: Any = dataclasses.MISSING, check: Optional[Check] = None) -> Any:
+    """A method field and its validity rule, checked by :class:`Method` on construction.
+
+    Every method validates its fields in one place, ``Method.__post_init__``:
+    each field's ``check`` with ``where = "<method name>(<field>=...)"``, then the
+    method's :meth:`Method.check` for rules that relate several fields.
+
+    Args:
+      default: the field's default (omit for a required field).
+      check: ``check(value, where)``: raises naming ``where`` and the fix, or
+        returns the value to store (``None``: the value as given). The checks of
+        this module: :func:`check_sparsity`, :func:`boolean`, :func:`one_of`,
+        :func:`integer`.
+
+    Returns:
+      A ``dataclasses.field``.
+
+    Example:
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class Mine(Method):
+      ...     sparsity: float = option(check=check_sparsity)
+      ...     period: int = option(1, integer(1))
+    """
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+def boolean(value: Any, where: str) -> None:
+    """:func:`option` check: ``True`` or ``False`` (not 0/1, not a string).
+
+    Example:
+      >>> boolean("yes", "swat(dense_last=...)")  # raises TypeError
+    """
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}.")
+        raise TypeError(f"{where} must be True or False, got {value!r}.")
 
 
-def _state_sparsity(s: float) -> Array:
-    return jnp.asarray(s, jnp.float32)
+def one_of(values: Sequence[Any], what: str = "") -> Check:
+    """:func:`option` check: one of ``values`` (compared by ``==``, bools by identity).
+
+    Args:
+      values: the valid values.
+      what: what they choose, for the message (``"the forward-side operand"``).
+
+    Returns:
+      The check.
+
+    Example:
+      >>> one_of(("uniform", "erk"))("global", "swat(distribution=...)")  # raises ValueError
+    """
+    def check(value: Any, where: str) -> None:
+        if not any(value is v if isinstance(v, bool) or isinstance(value, bool) else value == v
+                   for v in values):
+            why = f" ({what})" if what else ""
+            raise ValueError(f"{where} must be one of {', '.join(map(repr, values))}{why}, got "
+                             f"{value!r}.")
+    return check
+
+
+def integer(minimum: int, what: str = "", *, optional: bool = False) -> Check:
+    """:func:`option` check: an int (not a bool) ``>= minimum`` (or ``None`` if ``optional``).
+
+    Args:
+      minimum: the smallest valid value.
+      what: what the value means, for the message.
+      optional: ``None`` is valid too.
+
+    Returns:
+      The check.
+
+    Example:
+      >>> integer(1, "steps between refreshes")(0, "swat(period=...)")  # raises ValueError
+    """
+    def check(value: Any, where: str) -> None:
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            why = f" ({what})" if what else ""
+            none = " or None" if optional else ""
+            raise ValueError(f"{where} must be an int >= {minimum}{none}{why}, got {value!r}.")
+    return check
+
+
+def _non_negative(what: str) -> Check:
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0.0:
+            raise ValueError(f"{where} must be a number >= 0 ({what}), got {value!r}.")
+    return check
+
+
+def _open_unit(what: str) -> Check:
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not 0.0 < value < 1.0:
+            raise ValueError(f"{where} must be in (0, 1) ({what}), got {value!r}.")
+    return check
+
+
+def _seed(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where} must be an int, got {value!r}.")
+
+
+def _pattern(value: Any, where: str) -> None:
+    if not isinstance(value, Pattern):
+        raise TypeError(f"{where} needs a sparsejax.patterns Pattern (NM(2, 4), Unstructured(), "
+                        f"Channel(...), Block(...)), got {value!r}.")
+
+
+def _kept(value: Any, where: str) -> None:
+    """meProp's ``k``: an int count >= 1 or a kept fraction in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be an int (entries kept per row) or a fraction in (0, 1), "
+                        f"got {value!r}.")
+    if isinstance(value, numbers.Integral):
+        if value < 1:
+            raise ValueError(f"{where} must be >= 1 (entries kept per row), got {value}.")
+    elif not 0.0 < value < 1.0:
+        raise ValueError(f"{where}: a float k is the kept fraction and must be in (0, 1), got "
+                         f"{value}; pass an int for a count.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """Base class: a hashable recipe turning layers into sparse-op policies.
+    """Base class: a hashable value turning layers into sparse-op policies.
 
-    Subclasses implement :meth:`sparsities` (each chosen layer's sparsity) and
-    :meth:`policy_aux` (the layer's :class:`~sparsejax.ops.Policy` and dynamic
-    inputs); they may override :meth:`_select` (which layers, after
-    include/exclude) and, when they keep state between steps, :meth:`init_state`
-    (extending the base state, which holds the layer's ``"sparsity"``) /
-    :meth:`update` (and the ``shared`` hooks for state that spans layers,
-    SWAT-M's budgets).
+    A method answers three questions, each one hook:
+
+    * **which layers, at which sparsity**: :meth:`sparsities` (each chosen
+      layer's sparsity from the kernel shapes) and, optionally,
+      :meth:`choose_layers` (which layers, after ``include`` / ``exclude``);
+      :meth:`plan` runs both;
+    * **which policy** runs a layer: :meth:`policy_aux` (the layer's
+      :class:`~sparsejax.ops.Policy` and its dynamic inputs);
+    * **what state** it keeps between steps, if any: :meth:`init_state`
+      (extending the base state, which holds the layer's ``"sparsity"``) and
+      :meth:`update` (and the ``shared`` hooks for state that spans layers,
+      SWAT-M's budgets).
+
+    A method is a frozen dataclass: its own fields come first
+    (``MyMethod(0.8)``), the base fields below are keyword-only. Declare a field
+    with :func:`option` to have it validated on construction; rules that relate
+    several fields go in :meth:`check`. Renamed arguments are listed in the
+    class attribute ``renamed`` (old name -> replacement) and refused with a
+    message naming the replacement.
 
     Attributes:
       include: optional module-path rule; only matching layers are sparse.
@@ -172,16 +302,33 @@ class Method:
     """
 
     _: dataclasses.KW_ONLY  # A subclass's own fields come first: MyMethod(0.8).
-    include: Any = None
-    exclude: Any = None
-    sparse_eval: bool = True
+    include: Any = option(None, _check_rule)
+    exclude: Any = option(None, _check_rule)
+    sparse_eval: bool = option(True, boolean)
 
     name: ClassVar[str] = "method"
+    renamed: ClassVar[Mapping[str, str]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        for old in kwargs.keys() & cls.renamed.keys():
+            raise TypeError(f"{cls.name}({old}=...) became {cls.renamed[old]}.")
+        return super().__new__(cls)
 
     def __post_init__(self):
-        object.__setattr__(self, "include", _check_rule(self.include, "include"))
-        object.__setattr__(self, "exclude", _check_rule(self.exclude, "exclude"))
-        _check_bool(self.sparse_eval, "sparse_eval")
+        for field in dataclasses.fields(self):
+            check = field.metadata.get("check")
+            if check is not None:
+                value = check(getattr(self, field.name), f"{self.name}({field.name}=...)")
+                if value is not None:
+                    object.__setattr__(self, field.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that relate several fields (each field's own rule is its :func:`option`).
+
+        Raises:
+          ValueError: naming the conflicting arguments and the fix.
+        """
 
     # ----------------------------------------------------------------- plan
     def plan(self, layers: Sequence[LayerInfo]) -> dict[str, float]:
@@ -216,7 +363,7 @@ class Method:
                 stays_dense(self.name, info.path, str(veto))
                 continue
             chosen.append(info)
-        chosen = self._select(list(layers), chosen)
+        chosen = self.choose_layers(list(layers), chosen)
         plan = self.sparsities({c.path: c.kernel_shape for c in chosen})
         for path, s in plan.items():
             logger.info("%s: %s sparse at %.4f", self.name, path, s)
@@ -247,11 +394,18 @@ class Method:
         default = f"{self.name} makes no layer sparse" if not plan else f"not chosen by {self.name}"
         return plan, {i.path: reasons.get(i.path, default) for i in layers if i.path not in plan}
 
-    def _select(self, layers: list[LayerInfo], chosen: list[LayerInfo]) -> list[LayerInfo]:
+    def choose_layers(self, layers: list[LayerInfo], chosen: list[LayerInfo]
+                      ) -> list[LayerInfo]:
         """Method-specific filtering of the layers left by include/exclude.
 
-        Report each layer dropped here with :func:`stays_dense` (its reason then
-        shows in :meth:`explain` and :func:`sparsejax.plan`).
+        Args:
+          layers: every supported layer, in call order.
+          chosen: those ``include`` / ``exclude`` leave, in call order.
+
+        Returns:
+          The sparse layers (default: ``chosen``). Report each layer dropped here
+          with :func:`stays_dense` (its reason then shows in :meth:`explain` and
+          :func:`sparsejax.plan`).
         """
         return chosen
 
@@ -484,190 +638,6 @@ def _momentum_score(kernel: Array, prev_kernel: Array, threshold: Array) -> Arra
 
 @dataclasses.dataclass(frozen=True)
 class SWAT(Method):
-    """Sparse Weight Activation Training; build it with :func:`swat`."""
-
-    sparsity: float = 0.8
-    distribution: str = "uniform"
-    structured: Any = False
-    period: int = 1
-    dense_first: Optional[bool] = None
-    dense_last: bool = False
-    sample_size: Optional[int] = None
-    straight_through: bool = True
-    saved: str = "auto"
-    cache: str = "conv"
-    redistribution: str = "official"
-
-    name: ClassVar[str] = "swat"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sparsity(self.sparsity, "swat(sparsity=...)")
-        if self.distribution not in ("uniform", "erk", "momentum"):
-            raise ValueError(f"swat(distribution=...) must be 'uniform', 'erk' or 'momentum', got "
-                             f"{self.distribution!r}.")
-        if not any(self.structured is k or (isinstance(k, str) and self.structured == k)
-                   for k in _STRUCTURES):
-            raise ValueError(f"swat(structured=...) must be False, True or 'slice' ((filter, "
-                             f"channel) kernel slices), 'filter' or 'channel', got "
-                             f"{self.structured!r}.")
-        if self.sample_size is not None and (isinstance(self.sample_size, bool) or
-                                             not isinstance(self.sample_size, int) or
-                                             self.sample_size <= 0):
-            raise ValueError(f"swat(sample_size=...) must be a positive int or None (exact), got "
-                             f"{self.sample_size!r}.")
-        if self.structured is not False and self.distribution == "momentum":
-            raise ValueError("structured SWAT supports distribution='uniform' or 'erk'; SWAT-M "
-                             "(distribution='momentum') is unstructured.")
-        if isinstance(self.period, bool) or not isinstance(self.period, numbers.Integral) \
-                or self.period < 1:
-            raise ValueError(f"swat(period=...) must be an int >= 1 (steps between exact top-K "
-                             f"refreshes; 1 = exact top-K every step), got {self.period!r}.")
-        if self.dense_first is not None:
-            _check_bool(self.dense_first, "dense_first")
-        _check_bool(self.dense_last, "dense_last")
-        if self.cache not in ("conv", "all"):
-            raise ValueError(f"swat(cache=...) must be 'conv' (with period > 1 only convolutions "
-                             f"reuse cached thresholds, as the official code) or 'all', got "
-                             f"{self.cache!r}.")
-        if self.redistribution not in _REDISTRIBUTIONS:
-            raise ValueError(f"swat(redistribution=...) must be 'official' or 'proportional' "
-                             f"(SWAT-M's re-share of capped budgets), got {self.redistribution!r}.")
-        _check_bool(self.straight_through, "straight_through")
-        if self.saved not in SAVED:
-            raise ValueError(f"swat(saved=...) must be one of {', '.join(map(repr, SAVED))}, "
-                             f"got {self.saved!r}.")
-        if self.saved == "packed" and (self.period > 1 or self.sample_size is not None
-                                       or self._momentum):
-            raise ValueError(
-                f"swat(saved='packed') packs each saved activation into a fixed number of value "
-                f"slots, so its kept count must be known when tracing: period=1, no sample_size, "
-                f"distribution 'uniform' or 'erk'; got period={self.period}, sample_size="
-                f"{self.sample_size}, distribution={self.distribution!r}. With cached, sampled "
-                f"or momentum budgets use saved='remat' (or 'auto', which keeps those masked).")
-
-    @property
-    def _momentum(self) -> bool:
-        return self.distribution == "momentum"
-
-    @property
-    def first_dense(self) -> bool:
-        """Whether the first layer stays dense: ``dense_first``, or when it is ``None``
-        the official configs' choice (SWAT-U: dense; SWAT-ERK and SWAT-M: sparse)."""
-        if self.dense_first is not None:
-            return self.dense_first
-        return self.distribution == "uniform"
-
-    def _cached(self, info: LayerInfo) -> bool:
-        """Whether ``info`` reuses cached thresholds between refreshes."""
-        return self.period > 1 and (self.cache == "all" or info.kind == "conv")
-
-    def _select(self, layers, chosen):
-        chosen = _first_last(layers, chosen, self.first_dense, self.dense_last, self.name)
-        if self.structured is not False:
-            for c in chosen:
-                if c.kind != "conv":
-                    logger.info("%s: %s is a %s layer: unstructured top-K weights (structured=%r "
-                                "applies to convolutions)", self.name, c.path, c.kind,
-                                self.structured)
-        return chosen
-
-    def sparsities(self, shapes):
-        if self.distribution == "erk":
-            return erk_sparsities(shapes, float(self.sparsity))
-        return {p: float(self.sparsity) for p in shapes}
-
-    def init_state(self, info, sparsity, kernel):
-        state = super().init_state(info, sparsity, kernel)
-        if self._cached(info):
-            state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
-                         a_threshold=jnp.zeros((), jnp.float32))
-        if self._momentum:
-            # W_t and the threshold of step t: SWAT-M scores |W_{t+1} - W_t| on |W_t| >= it.
-            state["prev_kernel"] = jnp.asarray(kernel)
-            state.setdefault("w_threshold", jnp.zeros((), jnp.float32))
-        return state
-
-    def init_shared(self, plan):
-        if not self._momentum:
-            return None
-        return {"score": {p: jnp.zeros((), jnp.float32) for p in plan},
-                "sparsity": {p: jnp.asarray(s, jnp.float32) for p, s in plan.items()}}
-
-    def refresh_shared(self, shared, sizes, kernels=None, states=None):
-        if not self._momentum:
-            return shared
-        score = shared["score"]
-        if kernels is not None and states is not None:
-            # The current step's momentum: W_{t+1} - W_t is the optimizer's last update.
-            score = {p: _momentum_score(kernels[p], states[p]["prev_kernel"],
-                                        states[p]["w_threshold"]) for p in sizes}
-        budgets = momentum_budgets(sizes, score, self.sparsity,
-                                   redistribution=self.redistribution)
-        # No update seen yet (the first step): keep the initial budgets, as the
-        # official code trains its first batch with them.
-        seen = sum(jnp.asarray(score[p], jnp.float32) for p in sizes) > 0
-        return {"score": score,
-                "sparsity": {p: jnp.where(seen, budgets[p], shared["sparsity"][p])
-                             for p in budgets}}
-
-    def policy_aux(self, info, sparsity, state, shared, training):
-        if not (training or self.sparse_eval):
-            return None, None
-        pattern = _STRUCTURES[self.structured]
-        cached = self._cached(info)
-        kw = {}
-        if pattern is not None and info.kind == "conv":
-            w_rule = PatternRule(pattern, sparsity)
-        elif cached:
-            w_rule = Cached(sparsity)
-            kw["w_threshold"] = state["w_threshold"]
-        else:
-            w_rule = TopK(sparsity, ties="all")
-        # The saved-activation rule only shapes the backward pass, so it is set in
-        # read-only calls too: a gradient taken through an evaluation call still
-        # follows SWAT (nothing is computed for it when no gradient is taken).
-        a_rule = (Cached(sparsity, sample_size=self.sample_size) if cached
-                  else TopK(sparsity, sample_size=self.sample_size, ties="all"))
-        if cached:
-            kw["a_threshold"] = state["a_threshold"]
-        if training and cached:
-            refresh = state["step"] % self.period == 0
-            kw["a_refresh"] = refresh
-            if isinstance(w_rule, Cached):
-                kw["w_refresh"] = refresh
-        if self._momentum:
-            s = shared["sparsity"][info.path]
-            if not isinstance(w_rule, Cached) or training:
-                kw["w_sparsity"] = s
-            if not isinstance(a_rule, Cached) or training:
-                kw["a_sparsity"] = s
-        return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through,
-                       saved=self.saved),
-                Aux(**kw))
-
-    def update(self, info, state, shared, stats, kernel):
-        state = dict(state)
-        if self._momentum:
-            # W_t - W_{t-1} on |W_{t-1}| >= its threshold: the previous step's momentum,
-            # used by refresh_shared only when the adapter passes no kernels (NNX).
-            score = _momentum_score(kernel, state["prev_kernel"], state["w_threshold"])
-            state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
-            state["w_threshold"] = stats.w_threshold
-            shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
-            state["sparsity"] = shared["sparsity"][info.path]
-        if self._cached(info):
-            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
-                         a_threshold=stats.a_threshold)
-        return state, shared
-
-
-def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | str = False,
-         period: int = 1, cache: str = "conv", dense_first: Optional[bool] = None,
-         dense_last: bool = False, redistribution: str = "official",
-         include: Any = None, exclude: Any = None, sparse_eval: bool = True,
-         sample_size: int | None = None, straight_through: bool = True,
-         saved: str = "auto", pack_saved: bool = False, remat_saved: bool = False) -> SWAT:
     """SWAT: top-K weights forward, top-K weights and activations saved for backward.
 
     Per sparse layer with sparsity ``s``: the forward uses ``W_s = TopK(W, s)``
@@ -778,10 +748,9 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
         (recomputed in the backward pass from its producer's inputs, which a
         BatchNorm model keeps anyway). The kernels save only their threshold.
         Figures per format: the README's benchmark table.
-      pack_saved, remat_saved: earlier names; raise, naming ``saved=``.
 
-    Returns:
-      A hashable :class:`SWAT` method for :func:`sparsejax.adapters.sparsify`.
+    Earlier names ``pack_saved=True`` / ``remat_saved=True`` raise, naming
+    ``saved=``.
 
     Example:
       >>> method = swat(0.8, period=20)
@@ -796,48 +765,217 @@ def swat(sparsity: float, *, distribution: str = "uniform", structured: bool | s
       Zettlemoyer, "Sparse Networks from Scratch: Faster Training without Losing
       Performance", 2019 (momentum redistribution).
     """
-    if pack_saved or remat_saved:
-        raise TypeError("swat(pack_saved=True) / swat(remat_saved=True) became "
-                        "swat(saved='packed') / swat(saved='remat'); the default saved='auto' "
-                        "already packs wherever the kept count is static.")
-    return SWAT(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
-                distribution=distribution, structured=structured, period=period,
-                dense_first=dense_first, dense_last=dense_last, sample_size=sample_size,
-                straight_through=straight_through, saved=saved, cache=cache,
-                redistribution=redistribution)
+
+    sparsity: float = option(check=check_sparsity)
+    _: dataclasses.KW_ONLY
+    distribution: str = option("uniform", one_of(("uniform", "erk", "momentum")))
+    structured: Any = option(False, one_of(tuple(_STRUCTURES), "kernel slices (True = 'slice'), "
+                                                               "whole filters or channels"))
+    period: int = option(1, integer(1, "steps between exact top-K refreshes; 1 = exact top-K "
+                                       "every step"))
+    cache: str = option("conv", one_of(("conv", "all"), "with period > 1, 'conv' caches only "
+                                                        "convolutions, as the official code"))
+    dense_first: Optional[bool] = option(None, lambda v, where: None if v is None
+                                         else boolean(v, where))
+    dense_last: bool = option(False, boolean)
+    redistribution: str = option("official", one_of(_REDISTRIBUTIONS, "SWAT-M's re-share of "
+                                                                      "capped budgets"))
+    sample_size: Optional[int] = option(None, integer(1, "entries sampled per threshold",
+                                                      optional=True))
+    straight_through: bool = option(True, boolean)
+    saved: str = option("auto", one_of(SAVED))
+
+    name: ClassVar[str] = "swat"
+    renamed: ClassVar[Mapping[str, str]] = {
+        "pack_saved": "swat(saved='packed'); the default saved='auto' already packs wherever "
+                      "the kept count is static",
+        "remat_saved": "swat(saved='remat')"}
+
+    def check(self):
+        if self.structured is not False and self.distribution == "momentum":
+            raise ValueError("structured SWAT supports distribution='uniform' or 'erk'; SWAT-M "
+                             "(distribution='momentum') is unstructured.")
+        if self.saved == "packed" and (self.period > 1 or self.sample_size is not None
+                                       or self._momentum):
+            raise ValueError(
+                f"swat(saved='packed') packs each saved activation into a fixed number of value "
+                f"slots, so its kept count must be known when tracing: period=1, no sample_size, "
+                f"distribution 'uniform' or 'erk'; got period={self.period}, sample_size="
+                f"{self.sample_size}, distribution={self.distribution!r}. With cached, sampled "
+                f"or momentum budgets use saved='remat' (or 'auto', which keeps those masked).")
+
+    @property
+    def _momentum(self) -> bool:
+        return self.distribution == "momentum"
+
+    @property
+    def first_dense(self) -> bool:
+        """Whether the first layer stays dense: ``dense_first``, or when it is ``None``
+        the official configs' choice (SWAT-U: dense; SWAT-ERK and SWAT-M: sparse)."""
+        if self.dense_first is not None:
+            return self.dense_first
+        return self.distribution == "uniform"
+
+    def _cached(self, info: LayerInfo) -> bool:
+        """Whether ``info`` reuses cached thresholds between refreshes."""
+        return self.period > 1 and (self.cache == "all" or info.kind == "conv")
+
+    def choose_layers(self, layers, chosen):
+        chosen = _first_last(layers, chosen, self.first_dense, self.dense_last, self.name)
+        if self.structured is not False:
+            for c in chosen:
+                if c.kind != "conv":
+                    logger.info("%s: %s is a %s layer: unstructured top-K weights (structured=%r "
+                                "applies to convolutions)", self.name, c.path, c.kind,
+                                self.structured)
+        return chosen
+
+    def sparsities(self, shapes):
+        if self.distribution == "erk":
+            return erk_sparsities(shapes, float(self.sparsity))
+        return {p: float(self.sparsity) for p in shapes}
+
+    def init_state(self, info, sparsity, kernel):
+        state = super().init_state(info, sparsity, kernel)
+        if self._cached(info):
+            state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
+                         a_threshold=jnp.zeros((), jnp.float32))
+        if self._momentum:
+            # W_t and the threshold of step t: SWAT-M scores |W_{t+1} - W_t| on |W_t| >= it.
+            state["prev_kernel"] = jnp.asarray(kernel)
+            state.setdefault("w_threshold", jnp.zeros((), jnp.float32))
+        return state
+
+    def init_shared(self, plan):
+        if not self._momentum:
+            return None
+        return {"score": {p: jnp.zeros((), jnp.float32) for p in plan},
+                "sparsity": {p: jnp.asarray(s, jnp.float32) for p, s in plan.items()}}
+
+    def refresh_shared(self, shared, sizes, kernels=None, states=None):
+        if not self._momentum:
+            return shared
+        score = shared["score"]
+        if kernels is not None and states is not None:
+            # The current step's momentum: W_{t+1} - W_t is the optimizer's last update.
+            score = {p: _momentum_score(kernels[p], states[p]["prev_kernel"],
+                                        states[p]["w_threshold"]) for p in sizes}
+        budgets = momentum_budgets(sizes, score, self.sparsity,
+                                   redistribution=self.redistribution)
+        # No update seen yet (the first step): keep the initial budgets, as the
+        # official code trains its first batch with them.
+        seen = sum(jnp.asarray(score[p], jnp.float32) for p in sizes) > 0
+        return {"score": score,
+                "sparsity": {p: jnp.where(seen, budgets[p], shared["sparsity"][p])
+                             for p in budgets}}
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        pattern = _STRUCTURES[self.structured]
+        cached = self._cached(info)
+        kw = {}
+        if pattern is not None and info.kind == "conv":
+            w_rule = PatternRule(pattern, sparsity)
+        elif cached:
+            w_rule = Cached(sparsity)
+            kw["w_threshold"] = state["w_threshold"]
+        else:
+            w_rule = TopK(sparsity, ties="all")
+        # The saved-activation rule only shapes the backward pass, so it is set in
+        # read-only calls too: a gradient taken through an evaluation call still
+        # follows SWAT (nothing is computed for it when no gradient is taken).
+        a_rule = (Cached(sparsity, sample_size=self.sample_size) if cached
+                  else TopK(sparsity, sample_size=self.sample_size, ties="all"))
+        if cached:
+            kw["a_threshold"] = state["a_threshold"]
+        if training and cached:
+            refresh = state["step"] % self.period == 0
+            kw["a_refresh"] = refresh
+            if isinstance(w_rule, Cached):
+                kw["w_refresh"] = refresh
+        if self._momentum:
+            s = shared["sparsity"][info.path]
+            if not isinstance(w_rule, Cached) or training:
+                kw["w_sparsity"] = s
+            if not isinstance(a_rule, Cached) or training:
+                kw["a_sparsity"] = s
+        return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through,
+                       saved=self.saved),
+                Aux(**kw))
+
+    def update(self, info, state, shared, stats, kernel):
+        state = dict(state)
+        if self._momentum:
+            # W_t - W_{t-1} on |W_{t-1}| >= its threshold: the previous step's momentum,
+            # used by refresh_shared only when the adapter passes no kernels (NNX).
+            score = _momentum_score(kernel, state["prev_kernel"], state["w_threshold"])
+            state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
+            state["w_threshold"] = stats.w_threshold
+            shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
+            state["sparsity"] = shared["sparsity"][info.path]
+        if self._cached(info):
+            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
+                         a_threshold=stats.a_threshold)
+        return state, shared
+
+
+swat = SWAT
 
 
 # ---------------------------------------------------------------------- STE
 @dataclasses.dataclass(frozen=True)
 class STE(Method):
-    """Straight-through sparse training (STE / SR-STE); build it with :func:`ste`."""
+    """STE / SR-STE: forward with the masked weight, dense gradient to the dense weight.
 
-    pattern: Pattern = NM(2, 4)
-    sparsity: Optional[float] = None
-    decay: float = 0.0
+    Every step the mask is recomputed from the current dense weights (N:M groups
+    along each layer's flattened contraction dimension, read from the layer:
+    the input axis of Dense / Conv kernels, axis 0 of a DenseGeneral ``(in,
+    heads, head_dim)``, axes ``(0, 1)`` of an attention output projection
+    ``(heads, head_dim, out)``, the contracted labels of an Einsum; see
+    :class:`sparsejax.patterns.NM`); the backward passes the
+    gradient of the masked weight straight through to all of W. ``decay > 0``
+    is SR-STE: ``λ · (1 − mask) · W`` is added to the gradient of the pruned
+    weights. Layers that do not fit the pattern (e.g. a first conv with 3 input
+    channels for 2:4) stay dense, with the reason logged.
+
+    Args:
+      pattern: a :mod:`sparsejax.patterns` value: ``NM(2, 4)`` (default),
+        ``Unstructured()``, ``Channel(...)``, ``Block(...)``.
+      sparsity: required for patterns that do not fix it (all but N:M).
+      decay: SR-STE's λ (``0`` = plain STE).
+      include: module-path rule of the layers to sparsify.
+      exclude: module-path rule of layers to keep dense.
+      sparse_eval: evaluate with the masked weights (True) or dense (False).
+
+    Example:
+      >>> ste(NM(2, 4), decay=2e-4)            # SR-STE 2:4
+      >>> ste(Unstructured(), sparsity=0.8)    # unstructured STE
+
+    References:
+      Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
+      From Scratch", ICLR 2021; Bengio et al., "Estimating or Propagating
+      Gradients Through Stochastic Neurons", 2013 (straight-through estimator).
+    """
+
+    pattern: Pattern = option(NM(2, 4), _pattern)
+    _: dataclasses.KW_ONLY
+    sparsity: Optional[float] = option(None, lambda v, where: None if v is None
+                                       else check_sparsity(v, where))
+    decay: float = option(0.0, _non_negative("SR-STE's λ; 0 = plain STE"))
 
     name: ClassVar[str] = "ste"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.pattern, Pattern):
-            raise TypeError(f"ste(pattern) needs a sparsejax.patterns Pattern (NM(2, 4), "
-                            f"Unstructured(), Channel(...), Block(...)), got {self.pattern!r}.")
+    def check(self):
         if self.pattern.fixed_sparsity is not None:
             if self.sparsity is not None:
-                raise ValueError(f"{self.pattern!r} fixes its sparsity ({self.pattern.fixed_sparsity}); "
-                                 f"drop sparsity={self.sparsity}.")
+                raise ValueError(f"{self.pattern!r} fixes its sparsity "
+                                 f"({self.pattern.fixed_sparsity}); drop sparsity={self.sparsity}.")
         elif self.sparsity is None:
             raise ValueError(f"ste({self.pattern!r}) needs sparsity=... in [0, 1), e.g. "
                              f"ste(Unstructured(), sparsity=0.8).")
-        else:
-            check_sparsity(self.sparsity, "ste(sparsity=...)")
-        if isinstance(self.decay, bool) or not isinstance(self.decay, numbers.Real) \
-                or not self.decay >= 0.0:
-            raise ValueError(f"ste(decay=...) must be a number >= 0 (SR-STE's λ; 0 = plain STE), "
-                             f"got {self.decay!r}.")
 
-    def _select(self, layers, chosen):
+    def choose_layers(self, layers, chosen):
         kept = []
         for c in chosen:
             reason = self.pattern.along(c.contraction_axes).ineligible(c.kernel_shape)
@@ -862,100 +1000,12 @@ class STE(Method):
                       straight_through=True), None
 
 
-def ste(pattern: Pattern = NM(2, 4), *, sparsity: Optional[float] = None, decay: float = 0.0,
-        include: Any = None, exclude: Any = None, sparse_eval: bool = True) -> STE:
-    """STE / SR-STE: forward with the masked weight, dense gradient to the dense weight.
-
-    Every step the mask is recomputed from the current dense weights (N:M groups
-    along each layer's flattened contraction dimension, read from the layer:
-    the input axis of Dense / Conv kernels, axis 0 of a DenseGeneral ``(in,
-    heads, head_dim)``, axes ``(0, 1)`` of an attention output projection
-    ``(heads, head_dim, out)``, the contracted labels of an Einsum; see
-    :class:`sparsejax.patterns.NM`); the backward passes the
-    gradient of the masked weight straight through to all of W. ``decay > 0``
-    is SR-STE: ``λ · (1 − mask) · W`` is added to the gradient of the pruned
-    weights. Layers that do not fit the pattern (e.g. a first conv with 3 input
-    channels for 2:4) stay dense, with the reason logged.
-
-    Args:
-      pattern: a :mod:`sparsejax.patterns` value: ``NM(2, 4)`` (default),
-        ``Unstructured()``, ``Channel(...)``, ``Block(...)``.
-      sparsity: required for patterns that do not fix it (all but N:M).
-      decay: SR-STE's λ (``0`` = plain STE).
-      include: module-path rule of the layers to sparsify.
-      exclude: module-path rule of layers to keep dense.
-      sparse_eval: evaluate with the masked weights (True) or dense (False).
-
-    Returns:
-      A hashable :class:`STE` method.
-
-    Example:
-      >>> ste(NM(2, 4), decay=2e-4)            # SR-STE 2:4
-      >>> ste(Unstructured(), sparsity=0.8)    # unstructured STE
-
-    References:
-      Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks
-      From Scratch", ICLR 2021; Bengio et al., "Estimating or Propagating
-      Gradients Through Stochastic Neurons", 2013 (straight-through estimator).
-    """
-    return STE(include=include, exclude=exclude, sparse_eval=sparse_eval, pattern=pattern,
-               sparsity=sparsity, decay=decay)
+ste = STE
 
 
 # ------------------------------------------------------------------- meProp
 @dataclasses.dataclass(frozen=True)
 class MeProp(Method):
-    """meProp gradient top-k; build it with :func:`meprop`."""
-
-    k: Any = 0.2
-    unified: bool = False
-
-    name: ClassVar[str] = "meprop"
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_bool(self.unified, "unified")
-        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Real):
-            raise TypeError(f"meprop(k) must be an int (entries kept per row) or a fraction in "
-                            f"(0, 1), got {self.k!r}.")
-        if isinstance(self.k, numbers.Integral):
-            if self.k < 1:
-                raise ValueError(f"meprop(k={self.k}) must be >= 1.")
-        elif not 0.0 < self.k < 1.0:
-            raise ValueError(f"meprop(k={self.k}): a float k is the kept fraction and must be in "
-                             f"(0, 1); pass an int for a count.")
-
-    def kept(self, width: int) -> int:
-        """Kept gradient entries per row for a layer with ``width`` output features."""
-        if isinstance(self.k, numbers.Integral):
-            return int(self.k)
-        return max(1, math.ceil(round(self.k * width, 9)))
-
-    def _select(self, layers, chosen):
-        chosen = _first_last(layers, chosen, False, True, self.name)
-        for c in chosen:
-            if self.kept(c.out_features) > c.out_features:
-                raise ValueError(f"meprop(k={self.k}) keeps more gradient entries than layer "
-                                 f"{c.path!r} has output features ({c.out_features}); use k <= "
-                                 f"{c.out_features}, a fraction, or exclude={c.path!r}.")
-        return chosen
-
-    def sparsities(self, shapes):
-        # Dropped fraction of dY per row, for reporting only (int k: relative to the
-        # kernel's last dim); the kept count itself comes from LayerInfo.out_features.
-        return {p: 1.0 - self.kept(s[-1]) / s[-1] if isinstance(self.k, numbers.Integral)
-                else 1.0 - float(self.k) for p, s in shapes.items()}
-
-    def policy_aux(self, info, sparsity, state, shared, training):
-        # Backward-only: read-only (evaluation) calls get the rule too, so a
-        # gradient through them still follows meProp; the forward is unchanged.
-        k = self.kept(info.out_features)
-        rule = SharedColumns(k) if self.unified else RowTopK(k)
-        return Policy(grad_out=rule), None
-
-
-def meprop(k: int | float, *, unified: bool = False, include: Any = None,
-           exclude: Any = None) -> MeProp:
     """meProp: keep the top-k output gradients of each row in the backward pass.
 
     The forward is unchanged. In the backward of every hidden linear layer each
@@ -992,57 +1042,48 @@ def meprop(k: int | float, *, unified: bool = False, include: Any = None,
       Simplification and Model Simplification for Deep Learning: A Minimal
       Effort Back Propagation Method", IEEE TKDE 2018 (unified meProp).
     """
-    return MeProp(include=include, exclude=exclude, k=k, unified=unified)
+
+    k: Any = option(check=_kept)
+    _: dataclasses.KW_ONLY
+    unified: bool = option(False, boolean)
+
+    name: ClassVar[str] = "meprop"
+
+    def kept(self, width: int) -> int:
+        """Kept gradient entries per row for a layer with ``width`` output features."""
+        if isinstance(self.k, numbers.Integral):
+            return int(self.k)
+        return max(1, math.ceil(round(self.k * width, 9)))
+
+    def choose_layers(self, layers, chosen):
+        chosen = _first_last(layers, chosen, False, True, self.name)
+        for c in chosen:
+            if self.kept(c.out_features) > c.out_features:
+                raise ValueError(f"meprop(k={self.k}) keeps more gradient entries than layer "
+                                 f"{c.path!r} has output features ({c.out_features}); use k <= "
+                                 f"{c.out_features}, a fraction, or exclude={c.path!r}.")
+        return chosen
+
+    def sparsities(self, shapes):
+        # Dropped fraction of dY per row, for reporting only (int k: relative to the
+        # kernel's last dim); the kept count itself comes from LayerInfo.out_features.
+        return {p: 1.0 - self.kept(s[-1]) / s[-1] if isinstance(self.k, numbers.Integral)
+                else 1.0 - float(self.k) for p, s in shapes.items()}
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        # Backward-only: read-only (evaluation) calls get the rule too, so a
+        # gradient through them still follows meProp; the forward is unchanged.
+        k = self.kept(info.out_features)
+        rule = SharedColumns(k) if self.unified else RowTopK(k)
+        return Policy(grad_out=rule), None
+
+
+meprop = MeProp
 
 
 # ---------------------------------------------------------------------- DSG
 @dataclasses.dataclass(frozen=True)
 class DSG(Method):
-    """Dynamic Sparse Graph; build it with :func:`dsg`."""
-
-    sparsity: float = 0.5
-    epsilon: float = 0.5
-    seed: int = 0
-
-    name: ClassVar[str] = "dsg"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sparsity(self.sparsity, "dsg(sparsity=...)")
-        if not isinstance(self.epsilon, numbers.Real) or not 0.0 < self.epsilon < 1.0:
-            raise ValueError(f"dsg(epsilon=...) must be in (0, 1) (Johnson–Lindenstrauss "
-                             f"distortion; DSG uses 0.5), got {self.epsilon!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise TypeError(f"dsg(seed=...) must be an int, got {self.seed!r}.")
-
-    def _select(self, layers, chosen):
-        return _first_last(layers, chosen, False, True, self.name)
-
-    def sparsities(self, shapes):
-        return {p: float(self.sparsity) for p in shapes}
-
-    def init_state(self, info, sparsity, kernel):
-        state = super().init_state(info, sparsity, kernel)
-        state["step"] = jnp.zeros((), jnp.int32)
-        return state
-
-    def key(self, info: LayerInfo, step: ArrayLike) -> Array:
-        """The layer's projection key at ``step``: ``fold_in(fold_in(seed, crc32(path)), step)``."""
-        layer = zlib.crc32(info.path.encode()) & 0x7FFFFFFF
-        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), layer), step)
-
-    def policy_aux(self, info, sparsity, state, shared, training):
-        if not (training or self.sparse_eval):
-            return None, None
-        policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
-        return policy, Aux(key=self.key(info, state["step"]))
-
-    def update(self, info, state, shared, stats, kernel):
-        return {**state, "step": state["step"] + 1}, shared
-
-
-def dsg(sparsity: float, *, epsilon: float = 0.5, seed: int = 0, include: Any = None,
-        exclude: Any = None, sparse_eval: bool = True) -> DSG:
     """DSG: per row, compute only the output neurons a random projection ranks highest.
 
     Each output neuron's pre-activation is estimated with a sparse ternary random
@@ -1069,17 +1110,47 @@ def dsg(sparsity: float, *, epsilon: float = 0.5, seed: int = 0, include: Any = 
       exclude: module-path rule of layers to keep dense.
       sparse_eval: evaluate with the selection too (True) or dense (False).
 
-    Returns:
-      A hashable :class:`DSG` method.
-
     Example:
       >>> dsg(0.8)
 
     References:
       Liu et al., "Dynamic Sparse Graph for Efficient Deep Learning", ICLR 2019.
     """
-    return DSG(include=include, exclude=exclude, sparse_eval=sparse_eval, sparsity=sparsity,
-               epsilon=epsilon, seed=seed)
+
+    sparsity: float = option(check=check_sparsity)
+    _: dataclasses.KW_ONLY
+    epsilon: float = option(0.5, _open_unit("Johnson–Lindenstrauss distortion; DSG uses 0.5"))
+    seed: int = option(0, _seed)
+
+    name: ClassVar[str] = "dsg"
+
+    def choose_layers(self, layers, chosen):
+        return _first_last(layers, chosen, False, True, self.name)
+
+    def sparsities(self, shapes):
+        return {p: float(self.sparsity) for p in shapes}
+
+    def init_state(self, info, sparsity, kernel):
+        state = super().init_state(info, sparsity, kernel)
+        state["step"] = jnp.zeros((), jnp.int32)
+        return state
+
+    def key(self, info: LayerInfo, step: ArrayLike) -> Array:
+        """The layer's projection key at ``step``: ``fold_in(fold_in(seed, crc32(path)), step)``."""
+        layer = zlib.crc32(info.path.encode()) & 0x7FFFFFFF
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), layer), step)
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
+        return policy, Aux(key=self.key(info, state["step"]))
+
+    def update(self, info, state, shared, stats, kernel):
+        return {**state, "step": state["step"] + 1}, shared
+
+
+dsg = DSG
 
 
 # -------------------------------------------------------------- forward top-K
@@ -1089,43 +1160,6 @@ FORWARD_OPERANDS = ("activations", "weights")
 
 @dataclasses.dataclass(frozen=True)
 class ForwardTopK(Method):
-    """One forward-side operand sparsified by top-K; build it with :func:`forward_topk`."""
-
-    sparsity: float = 0.8
-    operand: str = "activations"
-    dense_first: bool = True
-    dense_last: bool = False
-
-    name: ClassVar[str] = "forward_topk"
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sparsity(self.sparsity, "forward_topk(sparsity=...)")
-        if self.operand not in FORWARD_OPERANDS:
-            raise ValueError(f"forward_topk(operand=...) must be one of "
-                             f"{', '.join(map(repr, FORWARD_OPERANDS))} (the forward-side operand "
-                             f"to sparsify), got {self.operand!r}.")
-        _check_bool(self.dense_first, "dense_first")
-        _check_bool(self.dense_last, "dense_last")
-
-    def _select(self, layers, chosen):
-        return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
-
-    def sparsities(self, shapes):
-        return {p: float(self.sparsity) for p in shapes}
-
-    def policy_aux(self, info, sparsity, state, shared, training):
-        if not (training or self.sparse_eval):
-            return None, None
-        rule = TopK(sparsity, ties="all")  # SWAT's rule: |x| >= the k-th largest magnitude.
-        if self.operand == "weights":
-            return Policy(weight=rule, straight_through=True), None
-        return Policy(act=rule), None
-
-
-def forward_topk(sparsity: float, *, operand: str = "activations", dense_first: bool = True,
-                 dense_last: bool = False, include: Any = None, exclude: Any = None,
-                 sparse_eval: bool = True) -> ForwardTopK:
     """SWAT's sensitivity study: sparsify one forward-side operand of every chosen layer.
 
     Each sparse layer applies a whole-tensor magnitude top-K (SWAT's rule,
@@ -1145,7 +1179,7 @@ def forward_topk(sparsity: float, *, operand: str = "activations", dense_first: 
       the same math as ``ste(Unstructured(), sparsity=s)``).
 
     The paper's Section 3 compares these forward-side operands with the
-    backward-side ones (SWAT's saved activations, :func:`swat`). Layers are
+    backward-side ones (SWAT's saved activations, :class:`SWAT`). Layers are
     chosen as in SWAT-U: the first layer (in call order) stays dense by default.
     Evaluation (read-only state) applies the same top-K unless
     ``sparse_eval=False``.
@@ -1160,9 +1194,6 @@ def forward_topk(sparsity: float, *, operand: str = "activations", dense_first: 
       exclude: module-path rule of layers to keep dense.
       sparse_eval: evaluate with the top-K operand (True) or dense (False).
 
-    Returns:
-      A hashable :class:`ForwardTopK` method for :func:`sparsejax.adapters.sparsify`.
-
     Raises:
       ValueError: ``sparsity`` outside ``[0, 1)`` (or NaN), or an unknown ``operand``.
 
@@ -1174,19 +1205,49 @@ def forward_topk(sparsity: float, *, operand: str = "activations", dense_first: 
       Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020
       (Section 3, the sensitivity of forward- and backward-side operands).
     """
-    return ForwardTopK(include=include, exclude=exclude, sparse_eval=sparse_eval,
-                       sparsity=sparsity, operand=operand, dense_first=dense_first,
-                       dense_last=dense_last)
+
+    sparsity: float = option(check=check_sparsity)
+    _: dataclasses.KW_ONLY
+    operand: str = option("activations", one_of(FORWARD_OPERANDS,
+                                                "the forward-side operand to sparsify"))
+    dense_first: bool = option(True, boolean)
+    dense_last: bool = option(False, boolean)
+
+    name: ClassVar[str] = "forward_topk"
+
+    def choose_layers(self, layers, chosen):
+        return _first_last(layers, chosen, self.dense_first, self.dense_last, self.name)
+
+    def sparsities(self, shapes):
+        return {p: float(self.sparsity) for p in shapes}
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        if not (training or self.sparse_eval):
+            return None, None
+        rule = TopK(sparsity, ties="all")  # SWAT's rule: |x| >= the k-th largest magnitude.
+        if self.operand == "weights":
+            return Policy(weight=rule, straight_through=True), None
+        return Policy(act=rule), None
+
+
+forward_topk = ForwardTopK
 
 
 # -------------------------------------------------------------------- dense
 @dataclasses.dataclass(frozen=True)
 class Dense(Method):
-    """The dense baseline: no layer is sparse; build it with :func:`dense`."""
+    """The dense baseline, so experiment code can treat every run alike.
+
+    :func:`sparsejax.adapters.sparsify` with it returns a model that runs
+    exactly like the original and adds no state.
+
+    Example:
+      >>> model = sparsify(zoo.get_model("refcnn"), dense())
+    """
 
     name: ClassVar[str] = "dense"
 
-    def _select(self, layers, chosen):
+    def choose_layers(self, layers, chosen):
         return []
 
     def sparsities(self, shapes):
@@ -1196,17 +1257,7 @@ class Dense(Method):
         return None, None
 
 
-def dense() -> Dense:
-    """The dense baseline, so experiment code can treat every run alike.
-
-    Returns:
-      A :class:`Dense` method: :func:`sparsejax.adapters.sparsify` returns a
-      model that runs exactly like the original and adds no state.
-
-    Example:
-      >>> model = sparsify(zoo.get_model("refcnn"), dense())
-    """
-    return Dense()
+dense = Dense
 
 
 # ---------------------------------------------------------------- grad drop

@@ -1,5 +1,6 @@
 """Tests of sparsejax.methods: constructors, plans, SWAT-M budgets, grad_drop."""
 
+import dataclasses
 import logging
 
 import jax
@@ -120,6 +121,45 @@ def test_ste_skips_layers_that_do_not_fit():
 def test_invalid_arguments(build, exc, match):
     with pytest.raises(exc, match=match):
         build()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mine(methods.Method):
+    sparsity: float = methods.option(check=methods.check_sparsity)
+    period: int = methods.option(1, methods.integer(1, "steps between refreshes"))
+    mode: str = methods.option("a", methods.one_of(("a", "b")))
+    flag: bool = methods.option(False, methods.boolean)
+
+    name = "mine"
+    renamed = {"every": "mine(period=...)"}
+
+    def sparsities(self, shapes):
+        return {p: self.sparsity for p in shapes}
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        return None, None
+
+
+@pytest.mark.parametrize("build, exc, match", [
+    (lambda: _Mine(1.0), ValueError, r"mine\(sparsity=...\).*\[0, 1\)"),
+    (lambda: _Mine(0.5, period=0), ValueError,
+     r"mine\(period=...\) must be an int >= 1 \(steps between refreshes\), got 0"),
+    (lambda: _Mine(0.5, period=True), ValueError, r"mine\(period=...\)"),
+    (lambda: _Mine(0.5, mode="c"), ValueError, r"mine\(mode=...\) must be one of 'a', 'b'"),
+    (lambda: _Mine(0.5, flag=1), TypeError, r"mine\(flag=...\) must be True or False"),
+    (lambda: _Mine(0.5, every=2), TypeError, r"mine\(every=...\) became mine\(period=...\)"),
+    (lambda: _Mine(0.5, include=3), TypeError, r"mine\(include=...\) must be a regex"),
+])
+def test_a_methods_own_fields_are_validated_by_their_option(build, exc, match):
+    with pytest.raises(exc, match=match):
+        build()
+
+
+def test_option_checks_normalise_and_keep_valid_values():
+    m = _Mine(0.5, period=3, mode="b", flag=True, exclude=["head", "fc"])
+    assert (m.sparsity, m.period, m.mode, m.flag, m.exclude) == (0.5, 3, "b", True, ("head", "fc"))
+    assert methods.swat(0.8).dense_first is None and methods.swat(0.8).first_dense is True
+    assert hash(m) == hash(_Mine(0.5, period=3, mode="b", flag=True, exclude=("head", "fc")))
 
 
 def test_grad_drop_keeps_exact_topk_of_each_kernel():
