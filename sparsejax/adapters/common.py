@@ -190,6 +190,44 @@ def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,
     return LayerResult(y, state, shared, out)
 
 
+def layer_info(path: str, kind: str, kernel_shape: tuple[int, ...], *, batch_dims: int = 0,
+               contracting_dims: int = 1, einsum_str: Optional[str] = None) -> LayerInfo:
+    """The :class:`~sparsejax.methods.LayerInfo` of a layer, from its kernel's layout.
+
+    One rule for both adapters (linen and NNX describe the same layers with
+    different attribute names): a ``"dense"`` kernel is ``batch dims +
+    contracted input dims + output features`` (Dense / Linear ``(in, out)``,
+    DenseGeneral / LinearGeneral), a ``"conv"`` kernel ``(*spatial, in / groups,
+    out)`` (contracted along the input channels per position), an ``"einsum"``
+    kernel is labelled by the second operand of ``einsum_str``.
+
+    Args:
+      path: the layer's module path.
+      kind: ``"dense"``, ``"conv"`` or ``"einsum"``.
+      kernel_shape: the kernel's shape (without ``nnx.vmap`` stack dims).
+      batch_dims: ``"dense"``: number of leading batch dims of the kernel.
+      contracting_dims: ``"dense"``: number of contracted input dims after them.
+      einsum_str: ``"einsum"``: the layer's equation.
+
+    Returns:
+      The layer's info: output features (the product of the kernel's output
+      dims) and contraction axes (non-negative, kernel order).
+
+    Example:
+      >>> layer_info("attn/out", "dense", (4, 16, 64), contracting_dims=2).contraction_axes
+      (0, 1)
+    """
+    shape = tuple(int(n) for n in kernel_shape)
+    if kind == "einsum":
+        return LayerInfo(path, kind, shape, einsum_out_features(einsum_str, shape),
+                         einsum_contraction_axes(einsum_str, shape))
+    if kind == "conv":
+        return LayerInfo(path, kind, shape, shape[-1], (len(shape) - 2,))
+    first_out = batch_dims + contracting_dims
+    return LayerInfo(path, kind, shape, math.prod(shape[first_out:]),
+                     tuple(range(batch_dims, first_out)))
+
+
 def einsum_out_features(einsum_str: str, kernel_shape: tuple[int, ...]) -> int:
     """Product of the kernel dims that appear in the einsum's output.
 

@@ -79,41 +79,22 @@ def _path(module: nn.Module, root: Any = None) -> Optional[str]:
     return "/".join(full[len(base):]) if full[:len(base)] == base else None
 
 
-def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv):
-        return "conv"
-    return "einsum" if isinstance(module, nn.Einsum) else "dense"
-
-
-def _out_features(module: nn.Module, kernel_shape: tuple[int, ...], args, kwargs) -> int:
+def layer_info(module: nn.Module, path: str, kernel_shape: tuple[int, ...], args,
+               kwargs) -> LayerInfo:
+    """The :class:`LayerInfo` of a supported layer called with ``(args, kwargs)``
+    (:func:`sparsejax.adapters.common.layer_info` on the module's layout)."""
     if isinstance(module, nn.Einsum):
-        return common.einsum_out_features(_einsum_str(module, args, kwargs), kernel_shape)
-    feats = module.features
-    return math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats)
-
-
-def _contraction_axes(module: nn.Module, kernel_shape: tuple[int, ...], args,
-                      kwargs) -> tuple[int, ...]:
-    """The kernel axes ``module`` contracts with its input (non-negative, kernel order)."""
-    ndim = len(kernel_shape)
-    if isinstance(module, nn.Einsum):
-        return common.einsum_contraction_axes(_einsum_str(module, args, kwargs), kernel_shape)
+        return common.layer_info(path, "einsum", kernel_shape,
+                                 einsum_str=_einsum_str(module, args, kwargs))
     if isinstance(module, nn.Conv):
-        return (ndim - 2,)  # (*spatial, in / groups, out): the input channels per position
+        return common.layer_info(path, "conv", kernel_shape)
     if isinstance(module, nn.DenseGeneral):
         # kernel = batch dims + contracted input dims + features (flax DenseGeneral).
         n_axis = len(module.axis) if isinstance(module.axis, (tuple, list)) else 1
         n_batch = len(module.batch_dims) if isinstance(module.batch_dims, (tuple, list)) else 1
-        return tuple(range(n_batch, n_batch + n_axis))
-    return (0,)  # nn.Dense (in, out)
-
-
-def _layer_info(module: nn.Module, path: str, kernel_shape: tuple[int, ...], args,
-                kwargs) -> LayerInfo:
-    """The :class:`LayerInfo` of a supported layer called with ``(args, kwargs)``."""
-    return LayerInfo(path, _kind(module), kernel_shape,
-                     _out_features(module, kernel_shape, args, kwargs),
-                     _contraction_axes(module, kernel_shape, args, kwargs))
+        return common.layer_info(path, "dense", kernel_shape, batch_dims=n_batch,
+                                 contracting_dims=n_axis)
+    return common.layer_info(path, "dense", kernel_shape)  # nn.Dense (in, out)
 
 
 def _einsum_str(module: nn.Einsum, args, kwargs) -> str:
@@ -207,7 +188,7 @@ def discover(model: nn.Module, args: tuple, kwargs: dict, rng_names: Any = ("par
             no_hook[path] = type(mod).__name__
         elif isinstance(mod, _SUPPORTED) and path not in layers:
             shape = tuple(mod.get_variable("params", "kernel").shape)
-            layers[path] = _layer_info(mod, path, shape, a, kw)
+            layers[path] = layer_info(mod, path, shape, a, kw)
             dtypes[path] = getattr(mod, "dtype", None)
         return y
 
@@ -318,7 +299,7 @@ class Sparsified(nn.Module):
 
             def sparse_op(lhs, rhs, *op_args, **op_kwargs):
                 shape = tuple(rhs.shape)
-                info = _layer_info(mod, path, shape, args, kwargs)
+                info = layer_info(mod, path, shape, args, kwargs)
                 if initializing:
                     values = common.initial_state(method, info, sparsities[path], rhs)
                     vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)

@@ -78,27 +78,22 @@ def _stack_shape(layer: nnx.Module) -> tuple[int, ...]:
     return tuple(layer.kernel.shape[:layer.kernel.ndim - _unstacked_ndim(layer)])
 
 
-def _info(path: str, layer: nnx.Module) -> LayerInfo:
+def layer_info(path: str, layer: nnx.Module) -> LayerInfo:
+    """The :class:`LayerInfo` of a supported layer (:func:`sparsejax.adapters.common.layer_info`
+    on its layout; ``nnx.vmap`` stack dims removed)."""
     shape = tuple(layer.kernel.shape)[len(_stack_shape(layer)):]
     if isinstance(layer, nnx.Conv):
-        # (*spatial, in / groups, out): N:M along the input channels per position.
-        return LayerInfo(path, "conv", shape, int(layer.out_features), (len(shape) - 2,))
+        return common.layer_info(path, "conv", shape)
     if isinstance(layer, nnx.Einsum):
         if layer.einsum_str is None:
             raise ValueError(f"nnx.Einsum {path!r} gets its einsum_str at call time; the sparse "
                              "adapter needs it at construction (Einsum(einsum_str=...)).")
-        return LayerInfo(path, "einsum", shape,
-                         common.einsum_out_features(layer.einsum_str, shape),
-                         common.einsum_contraction_axes(layer.einsum_str, shape))
-    feats = layer.out_features
-    contraction = (0,)  # nnx.Linear (in, out)
+        return common.layer_info(path, "einsum", shape, einsum_str=layer.einsum_str)
     if isinstance(layer, nnx.LinearGeneral):
         # kernel = batch_axis dims + in_features + out_features (nnx.LinearGeneral).
-        n_batch = len(layer.batch_axis)
-        contraction = tuple(range(n_batch, n_batch + len(layer.in_features)))
-    return LayerInfo(path, "dense", shape,
-                     math.prod(feats) if isinstance(feats, (tuple, list)) else int(feats),
-                     contraction)
+        return common.layer_info(path, "dense", shape, batch_dims=len(layer.batch_axis),
+                                 contracting_dims=len(layer.in_features))
+    return common.layer_info(path, "dense", shape)  # nnx.Linear (in, out)
 
 
 class SharedState(nnx.Module):
@@ -237,7 +232,7 @@ def layer_order(model: nnx.Module, method: Method, layers: dict[str, nnx.Module]
     if args or kwargs:
         return _call_order(model, layers, args, kwargs)
     order = list(layers)
-    moving = common.order_dependence(method, [_info(p, layers[p]) for p in order])
+    moving = common.order_dependence(method, [layer_info(p, layers[p]) for p in order])
     if moving:
         raise ValueError(
             f"sparsify: {method.name} chooses layers by their call order (first / last layer "
@@ -290,7 +285,7 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
     if isinstance(method, Dense):
         return model
     order = layer_order(model, method, layers, example_args, example_kwargs)
-    infos = [_info(p, layers[p]) for p in order]
+    infos = [layer_info(p, layers[p]) for p in order]
     for p in order:
         field = _field(layers[p])
         current = getattr(layers[p], field)

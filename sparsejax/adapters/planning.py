@@ -227,7 +227,7 @@ def plan(model: Any, method: Method, *example_args: Any,
             order = list(layers)
         else:
             order = nnx_adapter.layer_order(model, method, layers, example_args, example_kwargs)
-        infos = [nnx_adapter._info(p, layers[p]) for p in order]  # pylint: disable=protected-access
+        infos = [nnx_adapter.layer_info(p, layers[p]) for p in order]
         ordered = [(p, "") for p in order] + [(p, t) for p, t in no_hook.items()]
         return _build(method, infos, ordered, "call" if given else "graph")
     raise TypeError(f"plan(model) needs a flax.linen.Module or flax.nnx.Module, got "

@@ -119,7 +119,7 @@ def contraction_axes(model: Any, *example_args: Any,
         out = {}
         for path, layer in _nnx_layers(model).items():
             stack = len(nnx_adapter._stack_shape(layer))  # pylint: disable=protected-access
-            info = nnx_adapter._info(path, layer)  # pylint: disable=protected-access
+            info = nnx_adapter.layer_info(path, layer)
             out[f"{path}/kernel"] = tuple(stack + a for a in info.contraction_axes)
         return out
     raise TypeError(f"contraction_axes(model) needs a flax.linen.Module or flax.nnx.Module, got "
