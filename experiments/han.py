@@ -12,6 +12,11 @@ Args (e.g. ``experiments/han.py:model=lenet5,iterations=3,smoke``):
   iterations: prune → retrain rounds (1 = one-shot; Han used 5 for VGG-16).
   dataset: mnist (TFDS download, 60K images) | mnist_5k (5,000 real MNIST images that
     ship offline: 4,000 train / 1,000 test).
+  criterion: magnitude (Han) | random | saliency (|w·g| with the first retraining batch's
+    gradient) | snip (prune at initialisation from the first batch's gradient, then train
+    sparse; SNIP prunes globally: add distribution=global). A non-default criterion is
+    added to the run name.
+  distribution: uniform | erk | global.
   smoke: a few steps on the offline digits.
 """
 
@@ -23,10 +28,12 @@ from sparsejax.experiment import config as config_lib
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Han prune → retrain config; see the module docstring for ``arg``."""
     a = config_lib.parse_arg(arg, model="lenet300100", sparsity=0.92, iterations=1,
-                             dataset="mnist", smoke=False)
+                             dataset="mnist", criterion="magnitude", distribution="uniform",
+                             smoke=False)
     c = config_lib.base_config()
     c.name = f"han_{a.model}_{round(100 * a.sparsity)}" + (
-        f"_x{a.iterations}" if a.iterations > 1 else "")
+        f"_x{a.iterations}" if a.iterations > 1 else "") + (
+        f"_{a.criterion}" if a.criterion != "magnitude" else "")
     c.dataset.name = a.dataset
     c.model = ml_collections.ConfigDict({"name": a.model, "kwargs": {}})
     c.batch_size = 64
@@ -39,8 +46,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2000
     c.method = ml_collections.ConfigDict({
         "name": "magnitude", "sparsity": a.sparsity, "iterations": a.iterations,
-        "retrain_epochs": 20.0, "retrain_lr_scale": 0.1, "distribution": "uniform",
-        "q": 0.0, "layers": "", "exclude": ""})
+        "retrain_epochs": 20.0, "retrain_lr_scale": 0.1, "distribution": a.distribution,
+        "q": 0.0, "layers": "", "exclude": "", "criterion": a.criterion})
     if a.smoke:
         config_lib.smoke(c)
     return c

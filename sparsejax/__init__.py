@@ -7,7 +7,7 @@ and is imported explicitly.
 
 import sys as _sys
 
-from sparsejax import analysis, ops, schedules
+from sparsejax import analysis, criteria, ops, schedules
 from sparsejax.adapters import sparsify
 from sparsejax.adapters.linen import Sparsified
 from sparsejax.adapters.nnx import SparsityState
@@ -17,8 +17,10 @@ from sparsejax.analysis import compression, costs, tensorcore
 from sparsejax.analysis.monitor import MonitorConfig, flatten_metrics
 from sparsejax.analysis.residuals import LayerResiduals, residual_bytes
 from sparsejax.analysis.summary import Summary, summary
+from sparsejax.criteria import SNIP, Criterion, Magnitude, Random, Saliency
 from sparsejax.distributions import erk_sparsities
 from sparsejax.dst import DSTState, rigl, snfs, sparse_evolutionary, static_random
+from sparsejax.alternating import acdc
 from sparsejax.methods import (LayerInfo, Method, dense, dsg, forward_topk, grad_drop, meprop,
                                momentum_budgets, ste, swat)
 from sparsejax.ops import (Aux, Policy, Stats, sparse_conv_general_dilated,
@@ -35,6 +37,8 @@ from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection,
                                    SharedColumns, TopK)
 from sparsejax.transform import PruningState, get_masks, pruning
 from sparsejax.tree import apply_masks, compute_masks, prune
+from sparsejax.wanda import (per_output_mask, wanda, wanda_layers, wanda_masks, wanda_norms,
+                             wanda_scores)
 
 # Compatibility table: old module path -> where the module now lives. Only code outside this
 # repository uses the old paths (`import sparsejax.monitor`, `from sparsejax.compact import

@@ -115,8 +115,8 @@ from sparsejax import select
 from sparsejax.distributions import erk_sparsities
 from sparsejax.methods import momentum_budgets
 from sparsejax.paths import PathMatcher, PathRule, flatten, path_str, selected_paths
-from sparsejax.transform import _plain, _raise_if, pruned_nonzeros
-from sparsejax.validate import check_sparsity
+from sparsejax.validate import (check_pruned_zero, check_sparsity, plain, pruned_nonzeros,
+                                raise_if)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -148,21 +148,46 @@ class DSTState(NamedTuple):
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_int(value: Any, name: str, minimum: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({what}), got {value!r}.")
-    return int(value)
+# Every numeric argument of the factories (here and in sparsejax.alternating): name ->
+# (minimum integer, or "fraction" for a number in [0, 1); None allowed; what it means).
+_ARGUMENTS: dict[str, tuple[int | str, bool, str]] = {
+    "drop_fraction": ("fraction", False, "fraction of the active weights replaced per update, "
+                                         "e.g. 0.3"),
+    "update_every": (1, False, "steps between mask updates, e.g. 100"),
+    "end_step": (1, True, "no mask update from this step on, e.g. 75% of training; None "
+                          "(where allowed) never stops"),
+    "momentum": ("fraction", False, "decay of the gradient momentum regrowth ranks by, e.g. 0.9"),
+    "warmup_steps": (0, False, "dense steps before the first sparse phase, e.g. 10% of training"),
+    "sparse_steps": (1, False, "length of each compressed (sparse) phase, e.g. 5 epochs"),
+    "dense_steps": (1, True, "length of each decompressed (dense) phase, e.g. 5 epochs; None: "
+                             "as sparse_steps"),
+    "finetune_step": (0, True, "the step the final sparse phase starts, e.g. 90% of training; "
+                               "None: phases alternate to the end"),
+}
 
 
-def _check_fraction(value: Any, name: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1) ({what}), got {value!r}.")
-    return float(value)
+def _validate(method: str, optimizer: Any, sparsity: Any, distribution: Any, seed: Any,
+              check: Any, *, distributions: tuple[str, ...] = _DISTRIBUTIONS,
+              required: tuple[str, ...] = (), **arguments: Any
+              ) -> tuple[optax.GradientTransformationExtraArgs, dict[str, Any]]:
+    """The one place the factories check their arguments.
 
+    Args:
+      method: the factory's name (error messages read ``method(arg=...)``).
+      optimizer, sparsity, distribution, seed, check: the common arguments.
+      distributions: the distributions the factory accepts.
+      required: names of ``arguments`` that may not be ``None`` even if
+        :data:`_ARGUMENTS` allows it (RigL's ``end_step``).
+      **arguments: the factory's numeric arguments, each checked by its
+        :data:`_ARGUMENTS` rule.
 
-def _check_common(method: str, optimizer: Any, sparsity: Any, distribution: Any,
-                  seed: Any, check: Any) -> optax.GradientTransformationExtraArgs:
+    Returns:
+      The optimizer with extra-args support and ``arguments`` as Python
+      ``int`` / ``float`` (``None`` kept where allowed).
+
+    Raises:
+      ValueError: naming the first bad argument, its valid range and an example.
+    """
     if not isinstance(optimizer, optax.GradientTransformation) and callable(
             getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
         # optax.MultiSteps and other optimizer objects with init / update (extra args ok)
@@ -179,15 +204,34 @@ def _check_common(method: str, optimizer: Any, sparsity: Any, distribution: Any,
         raise ValueError(f"{method}(sparsity=...) must be a number in [0, 1) (0.9 = keep 10% "
                          f"of each pruned layer's weights), got {sparsity!r}.")
     check_sparsity(sparsity, f"{method}(sparsity)")
-    if not isinstance(distribution, str) or distribution not in _DISTRIBUTIONS:
-        raise ValueError(f"{method}(distribution=...) must be 'uniform' (every layer at the "
-                         f"sparsity) or 'erk' (Erdős–Rényi-Kernel), got {distribution!r}.")
+    if not isinstance(distribution, str) or distribution not in distributions:
+        names = {"uniform": "'uniform' (every layer at the sparsity)",
+                 "erk": "'erk' (Erdős–Rényi-Kernel)", "global": "'global' (one threshold)"}
+        raise ValueError(f"{method}(distribution=...) must be "
+                         f"{' or '.join(names[d] for d in distributions)}, got {distribution!r}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"{method}(seed=...) must be an integer (the random masks' seed), "
                          f"got {seed!r}.")
     if not isinstance(check, bool):
         raise ValueError(f"{method}(check=...) must be True or False, got {check!r}.")
-    return optax.with_extra_args_support(optimizer)
+    out = {}
+    for name, value in arguments.items():
+        rule, optional, what = _ARGUMENTS[name]
+        if value is None and optional and name not in required:
+            out[name] = None
+        elif rule == "fraction":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{method}({name}=...) must be a number in [0, 1) ({what}), "
+                                 f"got {value!r}.")
+            out[name] = float(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                    or value < rule:
+                raise ValueError(f"{method}({name}=...) must be an integer >= {rule} ({what}), "
+                                 f"got {value!r}.")
+            out[name] = int(value)
+    return optax.with_extra_args_support(optimizer), out
 
 
 # ----------------------------------------------------------------------------- layers
@@ -387,7 +431,7 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
         return layers, _state_plan(state_shapes, params, layers, keep_matcher, method)
 
     def init_fn(params):
-        params = _plain(params)
+        params = plain(params)
         layers, _ = plan_for(params)
         if keep_matcher is not None:
             keep_matcher.warn_unmatched([p for p, _ in flatten(jax.eval_shape(
@@ -442,17 +486,15 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
         if params is None:
             raise ValueError(f"{method} needs the params: call tx.update(grads, opt_state, "
                              "params) (flax TrainState and nnx.Optimizer pass them).")
-        params, grads = _plain(params), updates
+        params, grads = plain(params), updates
         layers, plan = plan_for(params)
         names = list(layers)
         count = state.count
         masks = _from_tree(state.masks, names)
         p_sel = _from_tree(params, names)
         g_sel = _from_tree(grads, names)
-        if check and names:
-            found = jnp.stack([jnp.sum(~masks[p] & (p_sel[p] != 0) & jnp.isfinite(p_sel[p]),
-                                       dtype=jnp.int32) for p in names])
-            _raise_if((count > 0) & jnp.any(found > 0), _chain_error(method, names), count, found)
+        if check:
+            check_pruned_zero(masks, p_sel, count, lambda paths: _chain_error(method, paths))
         masked_grads = _replace(grads, {p: jnp.where(masks[p], g_sel[p],
                                                      jnp.zeros((), g_sel[p].dtype))
                                         for p in names})
@@ -470,22 +512,23 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
             after = masks
         else:
             refresh = is_update_step(count)
-            candidate = {p: p_sel[p] + u_sel[p].astype(p_sel[p].dtype) for p in names}
 
             def refreshed(operands):
-                masks_, candidate_, grads_, mom_, inner_ = operands
+                masks_, (p_, u_), grads_, mom_, inner_ = operands
+                # the post-step weights, computed only in the update branch
+                candidate_ = {p: p_[p] + u_[p].astype(p_[p].dtype) for p in names}
                 if check and grow == "gradient":  # masked gradients leave nothing to grow by
                     silent = jnp.all(jnp.stack([jnp.all(masks_[p] | (grads_[p] == 0))
                                                 for p in names]))
                     room = jnp.any(jnp.stack([jnp.any(~masks_[p]) for p in names]))
-                    _raise_if(silent & room, _no_gradient_error, count)
+                    raise_if(silent & room, _no_gradient_error, count)
                 out = new_masks(masks_, candidate_, grads_, mom_, count)
                 changed = {p: out[p] != masks_[p] for p in names}
                 return out, _reset_state(inner_, plan, changed)
 
             after, inner_state = lax.cond(refresh, refreshed,
                                           lambda ops: (ops[0], ops[4]),
-                                          (masks, candidate, g_sel, mom, inner_state))
+                                          (masks, (p_sel, u_sel), g_sel, mom, inner_state))
         emitted = {p: jnp.where(masks[p] & after[p], u_sel[p], -jnp.asarray(p_sel[p],
                                                                             u_sel[p].dtype))
                    for p in names}
@@ -567,7 +610,7 @@ def static_random(optimizer: optax.GradientTransformation, sparsity: float, *,
       Evci et al., "Rigging the Lottery", ICML 2020 (the static and ERK
       baselines); Mocanu et al., Nature Communications 2018.
     """
-    optimizer = _check_common("static_random", optimizer, sparsity, distribution, seed, check)
+    optimizer, _ = _validate("static_random", optimizer, sparsity, distribution, seed, check)
     return _wrapper("static_random", optimizer, float(sparsity), grow=None, drop_fraction=0.0,
                     update_every=1, end_step=None, cosine=False, distribution=distribution,
                     include=include, exclude=exclude, seed=int(seed), momentum=None,
@@ -624,19 +667,12 @@ def sparse_evolutionary(optimizer: optax.GradientTransformation, sparsity: float
       adaptive sparse connectivity inspired by network science", Nature
       Communications 9, 2383 (2018).
     """
-    name = "sparse_evolutionary"
-    optimizer = _check_common(name, optimizer, sparsity, distribution, seed, check)
-    drop_fraction = _check_fraction(drop_fraction, f"{name}(drop_fraction=...)",
-                                    "fraction of the active weights replaced per update, e.g. 0.3")
-    update_every = _check_int(update_every, f"{name}(update_every=...)", 1,
-                              "steps between mask updates, e.g. 100")
-    if end_step is not None:
-        end_step = _check_int(end_step, f"{name}(end_step=...)", 1,
-                              "no mask update from this step on; None never stops")
-    return _wrapper(name, optimizer, float(sparsity), grow="random", drop_fraction=drop_fraction,
-                    update_every=update_every, end_step=end_step, cosine=False,
-                    distribution=distribution, include=include, exclude=exclude, seed=int(seed),
-                    momentum=None, keep_state=keep_state, check=check)
+    optimizer, args = _validate("sparse_evolutionary", optimizer, sparsity, distribution, seed,
+                                check, drop_fraction=drop_fraction,
+                                update_every=update_every, end_step=end_step)
+    return _wrapper("sparse_evolutionary", optimizer, float(sparsity), grow="random",
+                    cosine=False, distribution=distribution, include=include, exclude=exclude,
+                    seed=int(seed), momentum=None, keep_state=keep_state, check=check, **args)
 
 
 def rigl(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: int,
@@ -707,18 +743,12 @@ def rigl(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
       Tickets Winners", ICML 2020 (official code: google-research/rigl,
       ``SparseRigLOptimizer``).
     """
-    name = "rigl"
-    optimizer = _check_common(name, optimizer, sparsity, distribution, seed, check)
-    drop_fraction = _check_fraction(drop_fraction, f"{name}(drop_fraction=...)",
-                                    "initial fraction of active weights replaced, e.g. 0.3")
-    update_every = _check_int(update_every, f"{name}(update_every=...)", 1,
-                              "steps between mask updates, e.g. 100")
-    end_step = _check_int(end_step, f"{name}(end_step=...)", 1,
-                          "the step where mask updates stop, e.g. 75% of training")
-    return _wrapper(name, optimizer, float(sparsity), grow="gradient",
-                    drop_fraction=drop_fraction, update_every=update_every, end_step=end_step,
-                    cosine=True, distribution=distribution, include=include, exclude=exclude,
-                    seed=int(seed), momentum=None, keep_state=keep_state, check=check)
+    optimizer, args = _validate("rigl", optimizer, sparsity, distribution, seed, check,
+                                required=("end_step",), drop_fraction=drop_fraction,
+                                update_every=update_every, end_step=end_step)
+    return _wrapper("rigl", optimizer, float(sparsity), grow="gradient", cosine=True,
+                    distribution=distribution, include=include, exclude=exclude, seed=int(seed),
+                    momentum=None, keep_state=keep_state, check=check, **args)
 
 
 def snfs(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: int,
@@ -779,17 +809,9 @@ def snfs(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
       Dettmers & Zettlemoyer, "Sparse Networks from Scratch: Faster Training
       without Losing Performance", arXiv:1907.04840, 2019.
     """
-    name = "snfs"
-    optimizer = _check_common(name, optimizer, sparsity, distribution, seed, check)
-    drop_fraction = _check_fraction(drop_fraction, f"{name}(drop_fraction=...)",
-                                    "the initial prune rate, e.g. 0.5")
-    update_every = _check_int(update_every, f"{name}(update_every=...)", 1,
-                              "steps between mask updates, e.g. 100")
-    end_step = _check_int(end_step, f"{name}(end_step=...)", 1,
-                          "the step where mask updates stop (the end of training)")
-    momentum = _check_fraction(momentum, f"{name}(momentum=...)",
-                               "decay of the gradient momentum regrowth ranks by, e.g. 0.9")
-    return _wrapper(name, optimizer, float(sparsity), grow="momentum",
-                    drop_fraction=drop_fraction, update_every=update_every, end_step=end_step,
-                    cosine=True, distribution=distribution, include=include, exclude=exclude,
-                    seed=int(seed), momentum=momentum, keep_state=keep_state, check=check)
+    optimizer, args = _validate("snfs", optimizer, sparsity, distribution, seed, check,
+                                required=("end_step",), drop_fraction=drop_fraction,
+                                update_every=update_every, end_step=end_step, momentum=momentum)
+    return _wrapper("snfs", optimizer, float(sparsity), grow="momentum", cosine=True,
+                    distribution=distribution, include=include, exclude=exclude, seed=int(seed),
+                    keep_state=keep_state, check=check, **args)

@@ -1,5 +1,9 @@
 """Magnitude pruning as an optax transform: masks live in the optimizer state.
 
+(Other criteria rank entries with the same machinery: ``pruning(...,
+criterion=Random(seed) | Saliency() | SNIP(loss_fn, batches))``, see
+:mod:`sparsejax.criteria` and the ``criterion`` argument of :func:`pruning`.)
+
 :func:`pruning` is a ``GradientTransformationExtraArgs`` placed *last* in an
 ``optax.chain``. Its state :class:`PruningState` holds the step ``count``, the
 bool ``masks`` (the params' structure, ``None`` for untouched leaves) and
@@ -74,7 +78,6 @@ References:
 from __future__ import annotations
 
 import numbers
-import sys
 from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import jax
@@ -84,11 +87,13 @@ import optax
 from jax import lax
 
 from sparsejax import paths
+from sparsejax.criteria import Criterion, Magnitude, check_criterion
 from sparsejax.patterns import Pattern, Unstructured
 from sparsejax.paths import PathRule
 from sparsejax.schedules import check_schedule
 from sparsejax.tree import compute_masks
-from sparsejax.validate import check_sparsity, is_concrete
+from sparsejax.validate import (check_pruned_zero, check_sparsity, plain, pruned_nonzeros,
+                                raise_if)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -113,47 +118,10 @@ class PruningState(NamedTuple):
     holds_masks = True  # get_masks finds every state class that sets this (sparsejax.dst too)
 
 
-def _plain(tree: Any) -> Any:
-    """Unwraps Flax NNX ``Variable`` leaves (``nnx.Optimizer`` passes them to ``init``).
-
-    Only a loaded ``flax.nnx`` can have put Variables in the tree, so the core
-    does not import flax for plain optax users.
-    """
-    nnx = sys.modules.get("flax.nnx")
-    return tree if nnx is None else nnx.as_pure(tree)
-
-
 def _check_step(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"pruning({name}=...) must be an integer >= {minimum}, got {value!r}.")
     return int(value)
-
-
-def _raise_if(flag: Array, error: Callable[..., Exception], *operands: Array) -> None:
-    """Raises ``error(*operands)`` when ``flag`` holds, eagerly or from inside ``jit``.
-
-    Concrete values raise here; traced ones raise from a ``jax.debug.callback``
-    in a ``lax.cond`` branch taken only when ``flag`` holds (JAX then raises a
-    runtime error whose message contains this error's).
-    """
-    if is_concrete(flag):
-        if bool(flag):
-            raise error(*(np.asarray(o) for o in operands))
-        return
-
-    def fail(*values):
-        raise error(*values)
-
-    lax.cond(flag, lambda ops: jax.debug.callback(fail, *ops), lambda ops: None, operands)
-
-
-def pruned_nonzeros(counts: Any, names: list[str]) -> str:
-    """``"N non-zero weights that its masks prune (n1 in 'a', ...)"``: the message part of a
-    mask check, from per-layer counts (the three largest named)."""
-    counts = np.asarray(counts).reshape(-1)
-    worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
-             if c > 0][:3]
-    return f"{int(counts.sum())} non-zero weights that its masks prune ({', '.join(worst)})"
 
 
 def _chain_error(names: list[str]) -> Callable[..., Exception]:
@@ -182,8 +150,10 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
             exclude: PathRule | None = None, strict: bool = False,
             q: ArrayLike | dict | None = None,
             axes: dict | None = None,
-            check: bool = True) -> optax.GradientTransformationExtraArgs:
-    """Magnitude pruning that keeps pruned weights exactly 0; place it last in a chain.
+            check: bool = True,
+            criterion: Criterion = Magnitude()) -> optax.GradientTransformationExtraArgs:
+    """Pruning (by magnitude or a criterion) that keeps pruned weights exactly 0; place it
+    last in a chain.
 
     Args:
       sparsity_or_schedule: a sparsity in ``[0, 1)``, a schedule ``step ->
@@ -220,6 +190,29 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         when params are changed between steps on purpose, or for a step
         serialized with ``jax.export``, which cannot serialize the check's host
         callback).
+      criterion: what ranks the entries at a mask refresh
+        (:mod:`sparsejax.criteria`). ``Magnitude()`` (default) ranks the
+        candidate ``params + updates`` as described above. Every other
+        criterion is scored at the ``params`` the update receives (where the
+        step's gradient was taken; pruned weights are exactly 0 there, so they
+        score 0 and stay pruned as the sparsity grows), the masks then apply
+        to the update as usual:
+
+        * ``Random(seed)``: a fresh draw per refresh (the step is folded into
+          the key); masks at ``init`` like magnitude.
+        * ``Saliency()``: ``|w · g|`` with the raw gradient, which the update
+          must receive as an extra argument: ``tx.update(updates, state,
+          params, grads=grads)`` (``optax.chain`` forwards it; plain
+          transforms ignore it; the sparsejax training loop passes it). ``init``
+          has no gradient, so the first masks come from the first refresh
+          (with a constant sparsity, ``update_every=None`` and
+          ``begin_step=0``: step 0, i.e. SNIP on the first batch, then fixed).
+        * ``SNIP(loss_fn, batches)``: masks computed once by ``init`` from the
+          params it gets (pruning at initialisation) and kept: needs a constant
+          sparsity (or an N:M pattern), ``update_every=None`` and
+          ``begin_step=0``.
+
+        Han's ``q`` takes ``Magnitude()`` only.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -241,6 +234,10 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         (``jax.errors.JaxRuntimeError``) whose message contains it. Such an
         out-of-range sparsity is also clamped into ``[0, 1)`` for the masks
         (:func:`sparsejax.select.keep_count`), so they stay meaningful.
+        At construction: ``q`` with a criterion other than ``Magnitude()``;
+        ``SNIP`` with a schedule, ``update_every`` or ``begin_step > 0``. When
+        the update is traced: a criterion that needs ``grads`` (``Saliency()``)
+        called without ``grads=``, naming how to pass them.
 
     Example:
       >>> params = {"w": jnp.array([[1., -3.], [0.5, 2.]])}
@@ -257,7 +254,23 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pruning(pattern=...) must be a sparsejax Pattern (Unstructured(), "
                         f"NM(2, 4), Channel(...), Block(...)), got {pattern!r}.")
+    check_criterion(criterion, "pruning")
+    by_magnitude = type(criterion) is Magnitude
+    needs_grads = "grads" in criterion.needs
+    if not by_magnitude and q is not None:
+        raise ValueError(f"pruning(criterion={criterion!r}, q=...): q= (Han's |W| > q·std(W) "
+                         "rule) thresholds the weights themselves; pass a sparsity (or a "
+                         "schedule) with this criterion, or use criterion=Magnitude() with q.")
     schedule = sparsity_or_schedule if callable(sparsity_or_schedule) else None
+    if criterion.fixed_at_init and (schedule is not None or update_every is not None
+                                    or begin_step != 0):
+        raise ValueError(
+            f"pruning(criterion={criterion!r}) prunes once, at init (SNIP: pruning at "
+            "initialisation); a refresh during training would need the loss at the current "
+            "params. Use a constant sparsity with update_every=None and begin_step=0 (got "
+            f"{'a schedule' if schedule is not None else 'a constant sparsity'}, "
+            f"update_every={update_every!r}, begin_step={begin_step!r}), or "
+            "criterion=Saliency() (|w·g| with each step's gradient) to refresh masks.")
     if sparsity_or_schedule is None:
         if pattern.fixed_sparsity is None and q is None:
             raise ValueError(f"pruning(None, pattern={pattern!r}) needs a sparsity: pass a float "
@@ -286,7 +299,10 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
     # A constant sparsity with update_every=None from step 0: init computed the
     # masks (or the sparsity is 0) and no later step can refresh them, so the
     # update skips the refresh branch entirely (Han / ASP retraining).
-    masks_fixed_at_init = update_every is None and schedule is None and begin_step == 0
+    # A criterion that needs the step's gradient cannot score at init: its first masks come
+    # from the first refresh (step 0 with these settings).
+    masks_fixed_at_init = (update_every is None and schedule is None and begin_step == 0
+                           and not needs_grads)
 
     def sparsity_at(step: ArrayLike) -> ArrayLike | None:
         """The argument ``compute_masks`` gets at ``step``."""
@@ -300,8 +316,13 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
             return jnp.float32(max(sparsity_or_schedule.values()))
         return jnp.float32(1.0 if sparsity_or_schedule is None else sparsity_or_schedule)
 
-    def masks_at(params: Any, step: ArrayLike) -> Any:
-        return compute_masks(params, sparsity_at(step), **options)
+    def masks_at(candidate: Any, step: ArrayLike, params: Any = None, grads: Any = None) -> Any:
+        """Masks of ``candidate`` at ``step``; a non-magnitude criterion scores ``params``
+        (the update's incoming params; ``candidate`` itself at init)."""
+        if by_magnitude:
+            return compute_masks(candidate, sparsity_at(step), **options)
+        scores = criterion.scores(candidate if params is None else params, grads=grads, step=step)
+        return compute_masks(candidate, sparsity_at(step), scores=scores, **options)
 
     def should_refresh(count: Array, mask_step: Array) -> Array:
         in_window = count >= begin_step
@@ -313,45 +334,49 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
         return in_window & (level(count) != previous)
 
     def init_fn(params):
-        params = _plain(params)
+        params = plain(params)
         with jax.ensure_compile_time_eval():
             s0 = level(0)
         if schedule is not None:
             check_sparsity(s0, "pruning schedule at step 0")
-        if begin_step == 0 and float(s0) > 0.0:
+        if begin_step == 0 and float(s0) > 0.0 and not needs_grads:
             return PruningState(jnp.zeros((), jnp.int32), masks_at(params, 0), jnp.zeros((), jnp.int32))
-        shapes = jax.eval_shape(masks_at, params, jnp.zeros((), jnp.int32))
+        shapes = jax.eval_shape(lambda p: compute_masks(p, sparsity_at(0), **options), params)
         ones = jax.tree.map(lambda s: jnp.ones(s.shape, bool), shapes)
         return PruningState(jnp.zeros((), jnp.int32), ones, jnp.full((), -1, jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        grads = extra_args.get("grads")
         if params is None:
             raise ValueError("pruning needs the params: call tx.update(grads, opt_state, params) "
                              "(flax TrainState and nnx.Optimizer pass them).")
+        if needs_grads and not masks_fixed_at_init and grads is None:
+            raise ValueError(
+                f"pruning(criterion={criterion!r}) scores |w · g| with the raw loss gradient, "
+                "and this update got none: pass it as an extra argument, "
+                "tx.update(grads, opt_state, params, grads=grads) (optax.chain forwards it to "
+                "pruning; other transforms ignore it). flax's TrainState.apply_gradients does "
+                "not pass it: call tx.update yourself.")
         count = state.count
         if check:
             # Pruning last in the chain => the params it gets are the previous step's
-            # masked ones: every pruned weight exactly 0 (non-finite ones: divergence).
-            found = jax.tree.map(
-                lambda m, p: None if m is None else jnp.sum(
-                    ~m & (p != 0) & jnp.isfinite(p), dtype=jnp.int32),
-                state.masks, params, is_leaf=lambda x: x is None)
-            pairs = [(n, c) for n, c in paths.flatten(found)[0] if c is not None]
-            if pairs:
-                counts = jnp.stack([c for _, c in pairs])
-                _raise_if((count > 0) & jnp.any(counts > 0), _chain_error([n for n, _ in pairs]),
-                          count, counts)
+            # masked ones: every pruned weight exactly 0.
+            pairs = [(n, m) for n, m in paths.flatten(state.masks)[0] if m is not None]
+            by_path = dict(paths.flatten(params)[0])
+            check_pruned_zero(dict(pairs), {n: by_path[n] for n, _ in pairs}, count,
+                              _chain_error)
         if masks_fixed_at_init:
             masks, mask_step = state.masks, state.mask_step
         else:
             refresh = should_refresh(count, state.mask_step)
             if check and schedule is not None:
                 value = jnp.asarray(schedule(count), jnp.float32)
-                _raise_if(refresh & ~((value >= 0.0) & (value < 1.0)), _sparsity_error, count,
+                raise_if(refresh & ~((value >= 0.0) & (value < 1.0)), _sparsity_error, count,
                           value)
             candidate = optax.apply_updates(params, updates)
-            masks = lax.cond(refresh, lambda c: masks_at(c, count), lambda c: state.masks, candidate)
+            scored = None if by_magnitude else plain(params)
+            masks = lax.cond(refresh, lambda c: masks_at(c, count, scored, grads),
+                             lambda c: state.masks, candidate)
             mask_step = jnp.where(refresh, count, state.mask_step)
         masked = jax.tree.map(
             lambda m, u, p: u if m is None else jnp.where(m, u, -jnp.asarray(p, u.dtype)),
@@ -391,4 +416,4 @@ def get_masks(opt_state: Any) -> Any:
     if len(found) > 1:
         raise ValueError(f"the optimizer state holds {len(found)} pruning states; read the one "
                          "you want directly (state[i].masks) instead of get_masks.")
-    return _plain(found[0].masks)
+    return plain(found[0].masks)

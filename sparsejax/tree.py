@@ -1,5 +1,9 @@
 """Masks for whole parameter trees: compute, apply, one-shot prune.
 
+Entries are ranked by magnitude, or by a score tree of a criterion
+(:mod:`sparsejax.criteria`: random, saliency, SNIP; ``compute_masks(...,
+scores=...)``, ``prune(..., criterion=...)``) with the same selection.
+
 :func:`compute_masks` is the tree-level entry point every pruning method uses
 (the optax ``pruning`` transform calls it inside ``jit`` with a scheduled
 sparsity): it selects layers (:mod:`sparsejax.paths`), spreads the target over
@@ -29,6 +33,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sparsejax.criteria import Criterion, Magnitude, check_criterion, check_like, check_score
 from sparsejax.distributions import (DISTRIBUTIONS, erk_sparsities, global_masks, han_masks,
                                      layer_values)
 from sparsejax.paths import PathRule, flatten, leaf_paths, logger, selected_paths
@@ -152,8 +157,8 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
                   include: PathRule | None = None, exclude: PathRule | None = None,
                   strict: bool = False,
                   q: ArrayLike | Mapping[str, ArrayLike] | None = None,
-                  axes: AxesMap | None = None) -> Any:
-    """Magnitude masks for every selected leaf of ``params``.
+                  axes: AxesMap | None = None, scores: Any = None) -> Any:
+    """Magnitude masks (or masks ranking ``scores``) for every selected leaf of ``params``.
 
     Works eagerly and under ``jit``: ``sparsity`` (and a scalar ``q``) may be
     traced (no recompilation per value); ``pattern``, ``distribution``,
@@ -194,6 +199,16 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
         leaf of any other rank (e.g. an attention kernel ``(in, heads,
         head_dim)`` or ``(heads, head_dim, out)``) is ambiguous and raises
         ``ValueError`` naming the path, even with ``strict=False``.
+      scores: rank by these instead of ``|params|``: a tree with ``params``'
+        structure holding a non-negative floating array of the leaf's shape for
+        every selected leaf (other leaves may be ``None``), e.g. from
+        :mod:`sparsejax.criteria` (``saliency(params, grads)``) or Wanda's
+        ``|W| · ‖X‖``. The selection is the one applied to ``|params|``
+        (every distribution; N:M ranks within each group; Channel / Block by
+        mean score), the masks apply to ``params``. Not with ``q`` (Han's rule
+        thresholds the weights themselves). Outside ``jit`` a mismatched tree,
+        a missing or misshaped score, a negative or non-finite score raise an
+        error naming the path; inside ``jit`` NaN scores are never kept.
 
     Returns:
       A tree with ``params``' structure: a bool array of the leaf's shape for
@@ -204,14 +219,48 @@ def compute_masks(params: Any, sparsity: ArrayLike | None = None, *,
       >>> masks = compute_masks(params, 0.75)
       >>> masks["Dense_0"]["bias"] is None, int(masks["Dense_0"]["kernel"].sum())
       (True, 2)
+      >>> grads = {"Dense_0": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}}
+      >>> from sparsejax.criteria import saliency
+      >>> masks = compute_masks(params, 0.75, scores=saliency(params, grads))
+      >>> int(masks["Dense_0"]["kernel"].sum())
+      2
 
     References:
       Han et al., NeurIPS 2015 (magnitude pruning, q·std rule); Evci et al.,
       "Rigging the Lottery", ICML 2020 (ERK); Mishra et al. 2021 (N:M).
     """
     _check_arguments(sparsity, pattern, distribution, q)
+    if scores is not None and q is not None:
+        raise ValueError(_Q_WITH_SCORES)
     leaves, patterns = _eligible(params, include, exclude, pattern, strict, axes)
+    if scores is not None:
+        leaves = _score_leaves(scores, params, leaves)
     return _as_tree(params, _layer_masks(leaves, sparsity, pattern, distribution, q, patterns))
+
+
+_Q_WITH_SCORES = ("q= (Han's |W| > q·std(W) rule) thresholds the weights themselves and takes "
+                  "no other criterion or scores; use sparsity= (a target) with the criterion, "
+                  "or the Magnitude() criterion with q.")
+
+
+def _score_leaves(scores: Any, params: Any, leaves: Mapping[str, Array]) -> dict[str, Array]:
+    """The selected leaves' scores, validated against ``params`` (paths, shapes, values)."""
+    fix = ("Build the scores from these params (e.g. sparsejax.criteria.saliency(params, grads)) "
+           "with the same tree structure.")
+    check_like(scores, params, "scores", fix)
+    by_path = dict(flatten(scores)[0])
+    out = {}
+    for path, leaf in leaves.items():
+        score = by_path[path]
+        if score is None:
+            raise ValueError(f"scores has None at {path!r}, which is selected for pruning; give it "
+                             f"a score or leave it out of the selection (exclude={path!r}).")
+        if tuple(jnp.shape(score)) != tuple(jnp.shape(leaf)):  # a non-floating param leaf
+            raise ValueError(f"scores at {path!r} has shape {tuple(jnp.shape(score))}, the "
+                             f"parameter {tuple(jnp.shape(leaf))}. {fix}")
+        check_score(score, path)
+        out[path] = jnp.asarray(score)
+    return out
 
 
 def _layer_masks(leaves: Mapping[str, Array], sparsity, pattern, distribution,
@@ -297,8 +346,9 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
           include: PathRule | None = None, exclude: PathRule | None = None,
           strict: bool = False,
           q: ArrayLike | Mapping[str, ArrayLike] | None = None,
-          axes: AxesMap | None = None) -> tuple[Any, Any]:
-    """One-shot magnitude pruning of a trained parameter tree (outside ``jit``).
+          axes: AxesMap | None = None, criterion: Criterion = Magnitude(),
+          grads: Any = None) -> tuple[Any, Any]:
+    """One-shot pruning of a parameter tree (outside ``jit``), by magnitude or a criterion.
 
     Validates everything on the host first (sparsity in ``[0, 1)``, finite
     weights, known distribution, pattern fit with ``strict``), each error naming
@@ -312,23 +362,49 @@ def prune(params: Any, sparsity: ArrayLike | None = None, *,
       sparsity, pattern, distribution, include, exclude, strict, q, axes: as in
         :func:`compute_masks` (``axes``: the contraction axes per path for N:M,
         e.g. ``sparsejax.contraction_axes(model, x)``; rank-3 kernels need it).
+      criterion: what ranks the entries (:mod:`sparsejax.criteria`):
+        ``Magnitude()`` (default), ``Random(seed)``, ``Saliency()`` (needs
+        ``grads``) or ``SNIP(loss_fn, batches)`` (prune at initialisation; the
+        paper prunes globally: ``distribution="global"``), scored on
+        ``params``. Only ``Magnitude()`` takes ``q``.
+      grads: the loss gradient at ``params``, for criteria that need it
+        (``Saliency()``); the same tree structure as ``params``.
 
     Returns:
       ``(pruned_params, masks)``.
 
+    Raises:
+      ValueError: as :func:`compute_masks`; ``q`` with a criterion other than
+        ``Magnitude()``; a criterion that needs ``grads`` without them.
+
     Example:
       >>> pruned, masks = prune(params, 0.9, exclude="Dense_2")  # doctest: +SKIP
+      >>> pruned, masks = prune(params, 0.9, criterion=sj.criteria.SNIP(loss_fn, [batch]),
+      ...                       distribution="global")  # doctest: +SKIP
 
     References:
       Han et al., "Learning both Weights and Connections for Efficient Neural
-      Networks", NeurIPS 2015; NVIDIA ASP for one-shot 2:4.
+      Networks", NeurIPS 2015; NVIDIA ASP for one-shot 2:4; Lee et al., "SNIP",
+      ICLR 2019; Molchanov et al., ICLR 2017 (saliency).
     """
     for path, leaf in leaf_paths(params).items():
         if not is_concrete(leaf):
             raise TypeError(f"prune() runs on concrete params, {path!r} is traced; inside jit "
                             "use compute_masks + apply_masks.")
+    check_criterion(criterion, "prune")
     _check_arguments(sparsity, pattern, distribution, q)
+    magnitude = type(criterion) is Magnitude
+    if not magnitude and q is not None:
+        raise ValueError(f"prune(criterion={criterion!r}, q=...): " + _Q_WITH_SCORES)
+    if grads is not None and "grads" not in criterion.needs:
+        raise ValueError(f"prune(grads=...) is only read by criteria that need gradients "
+                         f"(Saliency()); {criterion!r} does not. Drop grads= or pass "
+                         "criterion=Saliency().")
     leaves, patterns = _eligible(params, include, exclude, pattern, strict, axes)
+    if not magnitude:
+        # One compiled program for the scores too (SNIP's gradients, the products).
+        scores = jax.jit(lambda p, g: criterion.scores(p, grads=g))(params, grads)
+        leaves = _score_leaves(scores, params, leaves)
     # One compiled program with the host sparsity as a constant (exact keep counts)
     # instead of op-by-op dispatch of every layer's selection loops.
     layer_masks = jax.jit(lambda lv: _layer_masks(lv, sparsity, pattern, distribution, q,

@@ -7,9 +7,13 @@ documented to follow the in-jit rules instead (e.g. NaNs are never kept).
 
 from __future__ import annotations
 
+import sys
+from typing import Any, Callable, Mapping
+
 import numpy as np
 import jax
-from jax import core
+import jax.numpy as jnp
+from jax import core, lax
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -72,3 +76,77 @@ def normalize_axis(axis: int, ndim: int, where: str | None = None) -> int:
         raise ValueError(f"axis {axis} is out of range for a rank-{ndim} array{_where(where)}; "
                          f"use an axis in [{-ndim}, {ndim}).")
     return axis % ndim
+
+
+def plain(tree: Any) -> Any:
+    """Unwraps Flax NNX ``Variable`` leaves (``nnx.Optimizer`` passes them to ``init``).
+
+    Only a loaded ``flax.nnx`` can have put Variables in the tree, so the core
+    does not import flax for plain optax users.
+
+    Args:
+      tree: any pytree.
+
+    Returns:
+      The tree with every NNX ``Variable`` replaced by its value.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    return tree if nnx is None else nnx.as_pure(tree)
+
+
+def raise_if(flag: jax.Array, error: Callable[..., Exception], *operands: jax.Array) -> None:
+    """Raises ``error(*operands)`` when ``flag`` holds, eagerly or from inside ``jit``.
+
+    Concrete values raise here; traced ones raise from a ``jax.debug.callback``
+    in a ``lax.cond`` branch taken only when ``flag`` holds (JAX then raises a
+    runtime error whose message contains this error's).
+
+    Args:
+      flag: a bool scalar.
+      error: builds the exception from the operands' host values.
+      *operands: arrays the message needs (the step, per-layer counts).
+    """
+    if is_concrete(flag):
+        if bool(flag):
+            raise error(*(np.asarray(o) for o in operands))
+        return
+
+    def fail(*values):
+        raise error(*values)
+
+    lax.cond(flag, lambda ops: jax.debug.callback(fail, *ops), lambda ops: None, operands)
+
+
+def pruned_nonzeros(counts: Any, names: list[str]) -> str:
+    """``"N non-zero weights that its masks prune (n1 in 'a', ...)"``: the message part of a
+    mask check, from per-layer counts (the three largest named)."""
+    counts = np.asarray(counts).reshape(-1)
+    worst = [f"{int(c)} in {n!r}" for c, n in sorted(zip(counts, names), key=lambda x: -x[0])
+             if c > 0][:3]
+    return f"{int(counts.sum())} non-zero weights that its masks prune ({', '.join(worst)})"
+
+
+def check_pruned_zero(masks: Mapping[str, jax.Array], params: Mapping[str, jax.Array],
+                      count: jax.Array, error: Callable[[list[str]], Callable[..., Exception]]
+                      ) -> None:
+    """The check of every transform that keeps pruned weights at exactly 0.
+
+    From the second update on (``count > 0``) the params a masking transform
+    receives are the ones its previous update produced: every entry its masks
+    prune is exactly 0 (non-finite ones are divergence, not a chain error). A
+    non-zero there means a later transform changed its updates, or the params
+    were changed outside the optimizer; raise (see :func:`raise_if`).
+
+    Args:
+      masks: path -> bool mask (``True`` = kept) of the masked layers.
+      params: path -> the layer's params, the same paths.
+      count: the number of updates done so far.
+      error: ``error(paths)`` returns ``fn(step, counts) -> Exception``, whose
+        message can use :func:`pruned_nonzeros` and names the fix.
+    """
+    names = list(masks)
+    if not names:
+        return
+    found = jnp.stack([jnp.sum(~masks[p] & (params[p] != 0) & jnp.isfinite(params[p]),
+                               dtype=jnp.int32) for p in names])
+    raise_if((count > 0) & jnp.any(found > 0), error(names), count, found)

@@ -3,7 +3,6 @@
 import math
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,8 @@ import optax
 import pytest
 
 import sparsejax
-from sparsejax import dst
+from sparsejax import dst, zoo
+from sparsejax.alternating import acdc
 from sparsejax.distributions import erk_sparsities
 from sparsejax.paths import flatten
 from sparsejax.select import keep_count
@@ -303,26 +303,20 @@ def test_masked_weights_exactly_zero_after_many_steps(method):
 # ----------------------------------------------------------------------------- training
 
 
-class CNN(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3))(x))
-        x = nn.relu(nn.Conv(8, (3, 3))(x))
-        return nn.Dense(4)(x.reshape(x.shape[0], -1))
-
-
-@pytest.mark.parametrize("method", ["static", "set", "rigl", "snfs"])
-def test_trains_a_cnn_in_one_trace(method):
-    model = CNN()
-    x = jax.random.normal(jax.random.key(5), (32, 8, 8, 1))
-    y = jax.random.randint(jax.random.key(6), (32,), 0, 4)
+@pytest.mark.parametrize("method", ["static", "set", "rigl", "snfs", "acdc"])
+def test_trains_the_reference_cnn_in_one_trace(method):
+    model = zoo.get_model("refcnn", width=8, num_classes=3)  # the benchmarks' CNN, narrow
+    y = jax.random.randint(jax.random.key(6), (32,), 0, 3)
+    # Learnable labels: the class's channel is brighter.
+    x = jax.random.normal(jax.random.key(5), (32, 8, 8, 3)) + jax.nn.one_hot(y, 3)[:, None, None]
     params = model.init(jax.random.key(7), x)["params"]
-    inner = optax.sgd(0.05, momentum=0.9)
+    inner = optax.adam(1e-2)  # scale-free steps: 70%-sparse deep ReLU stacks start tiny
     tx = {"static": lambda: dst.static_random(inner, 0.7),
           "set": lambda: dst.sparse_evolutionary(inner, 0.7, update_every=10),
           "rigl": lambda: dst.rigl(inner, 0.7, update_every=10, end_step=40),
-          "snfs": lambda: dst.snfs(inner, 0.7, update_every=10, end_step=40)}[method]()
+          "snfs": lambda: dst.snfs(inner, 0.7, update_every=10, end_step=40),
+          "acdc": lambda: acdc(inner, 0.7, warmup_steps=5, sparse_steps=10,
+                               finetune_step=35)}[method]()
     state = tx.init(params)
     params = apply_masks(params, state.masks)
     traces = []
@@ -343,7 +337,7 @@ def test_trains_a_cnn_in_one_trace(method):
     for _ in range(50):
         params, state, loss = step(params, state)
         losses.append(float(loss))
-    assert len(traces) == 1
+    assert len(traces) == 1 and step._cache_size() == 1  # no retrace, no recompilation
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     for path, m in flatten(state.masks)[0]:
         if m is not None:
@@ -463,3 +457,111 @@ def test_get_masks_finds_the_dst_masks():
     state = dst.rigl(optax.sgd(0.1), 0.75, end_step=100).init(params)
     masks = sparsejax.get_masks(state)
     assert masks["b"] is None and int(masks["w"].sum()) == 16
+
+
+# ----------------------------------------------------------------------------- experiment stack
+
+
+def test_dst_state_masks_survive_a_checkpoint(tmp_path):
+    from sparsejax.experiment.checkpoint import Checkpointer
+
+    tx = dst.rigl(optax.sgd(0.1, momentum=0.9), 0.6, update_every=2, end_step=20)
+    history, _, _ = run(tx, 5)
+    params, state = history[-1]
+    assert any((counts(state.masks)[p] > 0) for p in KERNELS)
+    changed = {p: (leaf(state.masks, p) != leaf(history[0][1].masks, p)).any() for p in KERNELS}
+    assert any(changed.values())  # the masks moved: restoring the init ones would fail below
+    checkpointer = Checkpointer(str(tmp_path))
+    checkpointer.save(5, {"params": params, "opt_state": state})
+    checkpointer.close()
+    template = {"params": PARAMS, "opt_state": tx.init(PARAMS)}
+    restored = Checkpointer(str(tmp_path)).restore(template)
+    for p in KERNELS:
+        np.testing.assert_array_equal(leaf(restored["opt_state"].masks, p), leaf(state.masks, p))
+        np.testing.assert_array_equal(leaf(restored["opt_state"].inner_state[0].trace, p),
+                                      leaf(state.inner_state[0].trace, p))
+    assert int(restored["opt_state"].count) == 5
+    assert restored["opt_state"].masks["b"]["bias"] is None
+
+
+def _recipe_phase(name, main_steps=1000, **kwargs):
+    import ml_collections
+
+    from sparsejax.experiment import recipes
+
+    config = ml_collections.ConfigDict({"method": {"name": name, **kwargs}})
+    [phase] = recipes.build_phases(config, main_steps, 100)
+    return phase
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("static", {"sparsity": 0.75}), ("set", {"update_every": 3}), ("rigl", {"end": 0.5}),
+    ("snfs", {"momentum": 0.8}),
+    ("acdc", {"warmup": 0.0, "sparse_phase": 0.5, "dense_phase": 0.125, "finetune": 1.0})])
+def test_recipes_wrap_the_optimizer_and_keep_exact_zeros(name, kwargs):
+    phase = _recipe_phase(name, main_steps=8, **kwargs)
+    assert phase.pruning is None and phase.num_steps == 8
+    tx = phase.optimizer_wrapper(optax.sgd(0.1, momentum=0.9))
+    history, _, traces = run(tx, 6, start_masked=False)
+    assert traces == 1
+    params, state = history[-1]
+    if name == "acdc":  # steps 0-3 sparse, 4 dense, 5 sparse (uniform 0.9): keep_count each
+        assert counts(state.masks) == {p: keep_count(0.9, math.prod(s)) for p, s in SHAPES.items()}
+    else:
+        assert sum(counts(state.masks).values()) == sum(
+            planned(kwargs.get("sparsity", 0.9), "erk").values())
+    for p in KERNELS:
+        assert (leaf(params, p)[~np.asarray(leaf(state.masks, p))] == 0).all()
+
+
+def test_recipe_arguments_are_checked_at_config_time():
+    from sparsejax.experiment.config import ConfigError
+
+    with pytest.raises(ValueError, match=r"rigl\(drop_fraction=...\) must be a number in \[0, 1\)"):
+        _recipe_phase("rigl", drop_fraction=1.0)
+    with pytest.raises(ValueError, match=r"set\(update_every|sparse_evolutionary\(update_every"):
+        _recipe_phase("set", update_every=0)
+    with pytest.raises(ConfigError, match=r"config.method.end must be a fraction"):
+        _recipe_phase("snfs", end=0.0)
+    with pytest.raises(ValueError, match=r"acdc\(reset_state=...\)"):
+        _recipe_phase("acdc", reset_state="sometimes")
+    with pytest.raises(ConfigError, match=r"config.method.warmup must be a fraction"):
+        _recipe_phase("acdc", warmup=1.5)
+
+
+def test_acdc_recipe_reports_its_mean_sparse_fraction():
+    phase = _recipe_phase("acdc", main_steps=100, warmup=0.1, sparse_phase=0.2,
+                          dense_phase=0.1, finetune=0.8)
+    # By hand: 0-9 dense (warm-up), 10-29 sparse, 30-39 dense, 40-59 sparse, 60-69 dense,
+    # 70-89 sparse, 80-99 sparse (fine-tuning) -> 20 + 20 + 30 = 70 sparse steps of 100
+    assert phase.mean_sparsity_ratio == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("method,extra,sparsity", [
+    ("rigl", {}, 0.9), ("acdc", {"finetune": 0.5}, 0.9)])
+def test_recipe_trains_end_to_end_and_reports_its_sparsity(tmp_path, method, extra, sparsity):
+    import importlib.util
+    import json
+    import os
+
+    import ml_collections
+    import tensorflow_datasets as tfds
+
+    from sparsejax.experiment import train
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "dst.py")
+    spec = importlib.util.spec_from_file_location("dst_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(f"method={method},sparsity={sparsity},smoke")
+    config.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": {"features": (32, 16)}})
+    config.num_steps = 4
+    config.checkpoint_every_steps = 2
+    config.method.update(extra)
+    with tfds.testing.mock_data(num_examples=64):
+        summary = train.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 4 and summary["phases"][0]["method"] == method
+    assert summary["weight_sparsity"] == pytest.approx(sparsity, abs=0.02)
+    assert summary["train_flops_ratio"] < 1.0 and summary["step_flops_ratio"] < 1.0
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert all(np.isfinite(r["loss"]) for r in records)

@@ -132,7 +132,8 @@ def test_full_scale_configs_are_valid_and_build_their_phases(name):
     config = module.get_config()
     config_lib.validate(config)
     phases = recipes.build_phases(config, 1000, 10)
-    assert phases and all(p.num_steps > 0 for p in phases)
+    # A 0-step phase only evaluates what its prepare did (wanda: one-shot pruning).
+    assert phases and all(p.num_steps > 0 or p.prepare is not None for p in phases)
     if hasattr(module, "sweep"):
         for member in module.sweep():
             recipes.build_phases(config_lib.apply_overrides(config, member), 1000, 10)

@@ -4,13 +4,14 @@ REPRODUCTION.md; missing, unfinished, short-seeded and stale results are refused
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 
 import pytest
 
-from sparsejax.experiment import reproduction, sweep
+from sparsejax.experiment import recipes, reproduction, sweep
 
 STUDY_KEYS = [key for key, _, _ in reproduction.STUDIES]
 
@@ -84,6 +85,25 @@ def test_stale_results_name_the_run_and_the_changed_key(asp_results, tmp_path):
     assert "stale" in problem and "optimizer.learning_rate (0.5 in the results" in problem
     assert repr(manifest["runs"][2]["name"]) in problem
     assert study.command(root) in problem
+
+
+def test_a_method_argument_at_its_recipe_default_is_not_a_change(asp_results, tmp_path):
+    study, root = _copy(asp_results, tmp_path)
+    path = os.path.join(root, "asp", "sweep.json")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    run = next(r for r in manifest["runs"] if r["config"]["method"]["name"] == "asp")
+    method = run["config"]["method"]
+    default = inspect.signature(recipes.asp).parameters["exclude"].default
+    assert "exclude" not in method  # results made before the argument existed
+    for value, stale in ((default, False), ("head", True)):
+        method["exclude"] = value
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+        problems = reproduction.check(study, root)
+        assert bool(problems) is stale, problems
+        if stale:
+            assert "method.exclude ('head' in the results" in problems[0]
 
 
 def test_unfinished_runs_and_edited_tables_are_refused(asp_results, tmp_path):

@@ -12,11 +12,14 @@ recipe          phases
 ==============  =================================================================
 dense           train
 magnitude       train dense → (prune one-shot → retrain at ``retrain_lr_scale``)
-                × ``iterations`` (Han et al. 2015; iterative when > 1)
+                × ``iterations`` (Han et al. 2015; iterative when > 1); by
+                magnitude, random or saliency (``criterion``); ``criterion=snip``:
+                prune at initialisation, train sparse (Lee et al. 2019)
 asp             train dense → one-shot N:M (2:4) → retrain with the same schedule
                 and length (NVIDIA ASP), optionally after ASP's channel
                 permutation (``permute=True``, Pool & Yu 2021)
-gradual         train with a cubic sparsity ramp (Zhu & Gupta 2017)
+gradual         train with a cubic sparsity ramp (Zhu & Gupta 2017; ``criterion``:
+                magnitude, random or saliency)
 ste             train with N:M forward weights, dense gradients (STE / SR-STE)
 swat            train with SWAT (U / ERK / M, structured variants)
 meprop          train with top-k output gradients (meProp, unified meProp)
@@ -24,6 +27,14 @@ dsg             train with DSG's random-projection neuron selection
 grad_drop       train with weight-gradient drop before the optimizer
 forward_topk    train with top-K forward input activations or weights (SWAT's
                 sensitivity study of forward-side operands)
+static          train with static random masks (the DST lower baseline)
+set             train with SET (magnitude drop, random regrowth every ΔT)
+rigl            train with RigL (magnitude drop, gradient regrowth, cosine drop fraction)
+snfs            train with sparse momentum (momentum regrowth and redistribution)
+acdc            train with AC/DC (dense warm-up, alternating sparse / dense phases,
+                sparse fine-tuning)
+wanda           train dense → one-shot Wanda (``|W| · ‖X‖₂`` per output) or magnitude
+                pruning, 50% or N:M, evaluated without retraining (Sun et al. 2024)
 ==============  =================================================================
 
 A phase's training-FLOP estimate follows from the policies its layers train
@@ -43,7 +54,7 @@ import jax
 import ml_collections
 import optax
 
-from sparsejax import schedules
+from sparsejax import criteria, schedules
 from sparsejax.analysis import costs
 from sparsejax.distributions import DISTRIBUTIONS
 from sparsejax.experiment.config import ConfigError, nearest
@@ -77,6 +88,12 @@ class Phase:
         permutation. ``info`` (a JSON-able dict) is saved in the phase's checkpoint
         directory, logged and reported under the phase in ``summary.json``
         (``phases[i]["permutation"]``); ``None``: no transform.
+      optimizer_wrapper: ``optimizer -> optimizer`` wrapping the phase's whole optimizer
+        chain (a :mod:`sparsejax.dst` method or :func:`sparsejax.alternating.acdc`: it must see
+        the raw gradients and own the optimizer state to reset it), or ``None``. Its
+        masks live in the optimizer state (checkpointed with it; ``get_masks`` finds
+        them) and the phase is costed as pruned (``costs.PRUNED`` at the counted weight
+        density, scaled by ``mean_sparsity_ratio``).
     """
 
     name: str
@@ -87,6 +104,8 @@ class Phase:
     gradient_transform: optax.GradientTransformation | None = None
     mean_sparsity_ratio: float = 1.0
     prepare: Optional[Callable[[Any, Any], tuple[Any, Any, dict]]] = None
+    optimizer_wrapper: Optional[Callable[[optax.GradientTransformation],
+                                         optax.GradientTransformation]] = None
 
     def model(self, base: nn.Module) -> nn.Module:
         """The model this phase trains: ``base`` or ``sparsify(base, method)``."""
@@ -101,14 +120,14 @@ class Phase:
 
         The method's layers (:meth:`~sparsejax.methods.Method.plan` and
         :meth:`~sparsejax.methods.Method.layer_policy`), or every layer under
-        :data:`sparsejax.analysis.costs.PRUNED` in a phase with pruning masks; empty for a
-        dense phase.
+        :data:`sparsejax.analysis.costs.PRUNED` in a phase with pruning masks (``pruning``
+        or ``optimizer_wrapper``); empty for a dense phase.
         """
         if self.method is not None:
             infos = self._infos(layers)
             return {f"{p}/kernel": self.method.layer_policy(infos[p], s)
                     for p, s in self.method.plan(list(infos.values())).items()}
-        if self.pruning is not None:
+        if self.pruning is not None or self.optimizer_wrapper is not None:
             return {l.kernel: costs.PRUNED for l in layers}
         return {}
 
@@ -174,12 +193,27 @@ def dense(ctx: "Context") -> list[Phase]:
     return [Phase("train", ctx.main_steps)]
 
 
+_CRITERIA = {"magnitude": criteria.Magnitude(), "random": criteria.Random(0),
+              "saliency": criteria.Saliency()}
+
+
+def _criterion(name: str, recipe: str, allowed: Sequence[str]) -> criteria.Criterion:
+    """``config.method.criterion`` as a criterion value (a config error lists the valid names)."""
+    if name not in allowed:
+        hint = ("; snip prunes at initialisation: use the magnitude recipe "
+                "(experiments/han.py:criterion=snip)" if name == "snip" else "")
+        raise ConfigError(f"config.method.criterion={name!r} is not a criterion of recipe "
+                          f"{recipe!r}; valid: {', '.join(allowed)}{hint}.")
+    return _CRITERIA[name]
+
+
 def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
               retrain_epochs: float = 0.0, retrain_lr_scale: float = 0.1,
               distribution: str = "uniform", q: float = 0.0, layers: str = "",
-              exclude: str = "") -> list[Phase]:
+              exclude: str = "", criterion: str = "magnitude") -> list[Phase]:
     """Han et al.'s prune → retrain: dense training, then ``iterations`` rounds of
-    one-shot magnitude pruning followed by retraining with fixed masks.
+    one-shot pruning (by magnitude or another ``criterion``) followed by retraining with
+    fixed masks; or, with ``criterion="snip"``, pruning at initialisation (SNIP).
 
     Args:
       ctx: recipe context.
@@ -197,13 +231,23 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
         LeNet-300-100 ``"fc1=0.92,fc2=0.91,fc3=0.74"``; each round prunes every
         layer to ``1 - (1 - s_l) ** (i / n)``.
       exclude: regex of parameters left dense (e.g. ``"head"``).
+      criterion: what ranks the weights at each pruning (:mod:`sparsejax.criteria`):
+        ``magnitude`` (Han), ``random`` (seed 0; the lower baseline),
+        ``saliency`` (``|w · g|`` with the gradient of the retraining phase's
+        first batch, at the trained weights: the masks are made at that phase's
+        first step, so no "accuracy right after pruning" is reported), or ``snip`` (Lee et al. 2019: no dense phase; ``|w · g|`` at the
+        initial weights with the gradient of the first training batch, masks
+        fixed, one phase of the main length at the full learning rate;
+        ``iterations`` must be 1 and ``retrain_*`` are unused; the paper
+        prunes globally: ``distribution=global``). ``q`` takes ``magnitude`` only.
 
     Returns:
-      ``1 + iterations`` phases.
+      ``1 + iterations`` phases (one for ``snip``).
 
     References:
       Han et al., "Learning both Weights and Connections for Efficient Neural
-      Networks", NeurIPS 2015.
+      Networks", NeurIPS 2015; Lee et al., "SNIP: Single-shot Network Pruning
+      based on Connection Sensitivity", ICLR 2019; Molchanov et al., ICLR 2017.
     """
     if iterations < 1:
         raise ValueError(f"config.method.iterations must be >= 1, got {iterations}.")
@@ -212,7 +256,20 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
     _check(retrain_lr_scale > 0, "retrain_lr_scale", retrain_lr_scale, "positive")
     _check(q >= 0, "q", q, ">= 0 (0: prune to the target sparsity)")
     _check_distribution(distribution)
+    rule = (criteria.Saliency() if criterion == "snip"
+            else _criterion(criterion, "magnitude", criteria.CRITERIA))
+    _check(q == 0 or criterion == "magnitude", "q", q,
+           f"0 with criterion={criterion!r} (Han's q·std rule thresholds the weights: "
+           "criterion=magnitude)")
     targets = _layer_targets(layers, q, distribution)
+    if criterion == "snip":
+        # SNIP = |w · g| at the initial weights: a saliency refresh at step 0 of a phase
+        # that starts from the initialisation, with the first batch's raw gradient.
+        _check(iterations == 1, "iterations", iterations, "1 with criterion='snip' (one "
+               "pruning at initialisation)")
+        tx = pruning(sparsity if targets is None else targets, distribution=distribution,
+                     update_every=None, exclude=_rule(exclude), criterion=rule)
+        return [Phase("snip", ctx.main_steps, pruning=tx)]
     steps = ctx.epochs_to_steps(retrain_epochs) if retrain_epochs > 0 else ctx.main_steps
     phases = [Phase("dense", ctx.main_steps)]
     for i in range(1, iterations + 1):
@@ -220,7 +277,8 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
         target = (None if q > 0 else round_(sparsity) if targets is None
                   else {regex: round_(s) for regex, s in targets.items()})
         tx = pruning(target, distribution=distribution, update_every=None,
-                     exclude=_rule(exclude), q=q * i / iterations if q > 0 else None)
+                     exclude=_rule(exclude), q=q * i / iterations if q > 0 else None,
+                     criterion=rule)
         phases.append(Phase(f"retrain{i}", steps, lr_scale=retrain_lr_scale, pruning=tx))
     return phases
 
@@ -367,7 +425,7 @@ def _permute_prepare(ctx: "Context", n: int, m: int, exclude: str
 
 def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: float = 0.6,
             frequency: int = 10, distribution: str = "uniform",
-            exclude: str = "") -> list[Phase]:
+            exclude: str = "", criterion: str = "magnitude") -> list[Phase]:
     """Gradual magnitude pruning in one phase: ``s_t = s_f (1 - (1 - (t - t0)/(t1 - t0))^3)``
     for ``t`` in ``[t0, t1]``, masks refreshed every ``frequency`` steps, then fixed.
 
@@ -379,22 +437,29 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
       frequency: steps between mask refreshes.
       distribution: per-layer spread (``uniform``, ``erk``, ``global``).
       exclude: regex of parameters left dense.
+      criterion: what ranks the weights at each refresh: ``magnitude`` (Zhu &
+        Gupta), ``random`` (seed 0, a fresh draw among the surviving weights per
+        refresh) or ``saliency`` (``|w · g|`` with the refresh step's gradient;
+        jaxpruner's saliency pruning). Pruned weights score 0 under the last
+        two, so the masks only grow sparser.
 
     Returns:
       One phase.
 
     References:
-      Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878.
+      Zhu & Gupta, "To prune, or not to prune", arXiv:1710.01878; Molchanov et
+      al., ICLR 2017 (saliency).
     """
     _check(0 <= begin < end <= 1, "begin/end", (begin, end),
            "fractions of training with 0 <= begin < end <= 1")
     _check(isinstance(frequency, int) and frequency >= 1, "frequency", frequency, "an int >= 1")
     _check_distribution(distribution)
+    rule = _criterion(criterion, "gradual", ("magnitude", "random", "saliency"))
     total = ctx.main_steps
     t0, t1 = int(begin * total), max(int(end * total), int(begin * total) + 1)
     sched = schedules.polynomial(sparsity, begin_step=t0, end_step=t1, frequency=frequency)
     tx = pruning(sched, distribution=distribution, update_every=frequency, begin_step=t0,
-                 end_step=t1 + 1, exclude=_rule(exclude))
+                 end_step=t1 + 1, exclude=_rule(exclude), criterion=rule)
     values = [float(sched(t)) for t in range(0, total, max(1, total // 200))]
     return [Phase("train", total, pruning=tx,
                   mean_sparsity_ratio=(sum(values) / len(values)) / sparsity)]
@@ -564,6 +629,280 @@ def forward_topk(ctx: "Context", *, sparsity: float = 0.8, operand: str = "activ
     return [Phase("train", ctx.main_steps, method=method)]
 
 
+_ONE_SHOT_CRITERIA = ("wanda", "magnitude", "magnitude_output")
+
+
+def wanda(ctx: "Context", *, criterion: str = "wanda", sparsity: float = 0.5,
+          pattern: str = "unstructured", calibration_batches: int = 8,
+          sequential: bool = False, exclude: str = "") -> list[Phase]:
+    """One-shot pruning of the trained dense model, without retraining: Wanda or magnitude.
+
+    Phases: ``dense`` (the main length), then ``pruned`` (0 steps), whose
+    :attr:`Phase.prepare` prunes the dense params once; the run's final accuracy
+    (``summary.json``) is that of the pruned model, the dense one is the
+    ``dense`` phase's last eval in ``metrics.jsonl``; the prepare info (criterion,
+    pruned layers, their sparsity) is ``phases[1]["permutation"]`` of ``summary.json``
+    (the report's field for a phase's prepare info). Multi-process runs: every
+    process reads the calibration batches on the host (single-process only).
+    Pruned layers: every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Einsum``
+    kernel except the last one called (the head), as in the paper (the blocks'
+    linear layers); Conv kernels (a ViT's patch embedding) stay dense.
+
+    Args:
+      ctx: recipe context (needs ``model`` and ``calibration``, which
+        :func:`~sparsejax.experiment.train.train_and_evaluate` passes).
+      criterion: ``"wanda"`` (``|W| · ‖X‖₂``, per output), ``"magnitude"``
+        (``|W|`` per layer, the paper's baseline) or ``"magnitude_output"``
+        (``|W|`` per output: Wanda's comparison group without the norms).
+      sparsity: fraction removed (unstructured).
+      pattern: ``"unstructured"`` or ``"N:M"`` (e.g. ``"2:4"``, along each
+        kernel's contraction axes; ``sparsity`` is then ignored).
+      calibration_batches: training batches whose layer inputs give the norms
+        (the first ones of the training stream).
+      sequential: re-collect the inputs block by block after pruning the
+        earlier blocks (the official LLM code) instead of one pass through the
+        dense model (the official image-classifier code).
+      exclude: regex of kernels left dense besides the head.
+
+    Returns:
+      Two phases.
+
+    References:
+      Sun, Liu, Bair, Kolter, "A Simple and Effective Pruning Approach for Large
+      Language Models", ICLR 2024.
+    """
+    _check(criterion in _ONE_SHOT_CRITERIA, "criterion", criterion,
+           f"one of {list(_ONE_SHOT_CRITERIA)}")
+    _check(isinstance(calibration_batches, int) and calibration_batches >= 1,
+           "calibration_batches", calibration_batches, "an int >= 1")
+    _check(isinstance(sequential, bool), "sequential", sequential, "a bool")
+    target = parse_pattern(pattern)
+    if isinstance(target, Unstructured):
+        _check(isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0, "sparsity",
+               sparsity, "in [0, 1)")
+        target = float(sparsity)
+    _rule(exclude)
+
+    def prepare(params: Any, collections: Any) -> tuple[Any, Any, dict]:
+        import numpy as np
+
+        from sparsejax import paths
+        from sparsejax.wanda import wanda as one_shot, wanda_layers, wanda_masks
+        from sparsejax.tree import apply_masks, prune
+
+        if ctx.model is None or ctx.calibration is None:
+            raise ValueError("the wanda recipe needs the model and calibration batches in the "
+                             "recipe context (train_and_evaluate passes them).")
+        batches = [np.asarray(ctx.calibration(i)) for i in range(calibration_batches)]
+        kept = {k: v for k, v in collections.items() if k != "sparsity"}
+        # Wanda's layer selection (every supported kernel but the head), for every criterion.
+        axes = wanda_layers(ctx.model, params, batches[0], collections=kept,
+                                      apply_kwargs={"train": False})
+        axes = {p: a for p, a in list(axes.items())[:-1]
+                if not (exclude and re.search(exclude, p))}
+        if not axes:
+            raise ValueError("the wanda recipe found no layer to prune (the model's only "
+                             "Dense / DenseGeneral / Einsum layer is its head).")
+        chosen = set(axes)
+        include = lambda path, _: path in chosen
+        if criterion == "wanda":
+            params, _ = one_shot(ctx.model, params, batches, target, include=include,
+                                            collections=kept, apply_kwargs={"train": False},
+                                            sequential=sequential)
+        elif criterion == "magnitude_output":
+            leaves = paths.leaf_paths(params)
+            scores = {p: np.abs(np.asarray(leaves[p], np.float32)) for p in chosen}
+            params = apply_masks(params, wanda_masks(params, scores, target, axes))
+        else:
+            pattern_ = target if isinstance(target, NM) else Unstructured()
+            params, _ = prune(params, None if isinstance(target, NM) else target,
+                              pattern=pattern_, include=include, axes=axes)
+        rows = [r for r in summary(params).layers if r.path in chosen]
+        info = {"criterion": criterion, "target": str(target), "pruned_layers": len(rows),
+                "calibration_batches": calibration_batches if criterion == "wanda" else 0,
+                "sequential": sequential,
+                "pruned_sparsity": 1.0 - sum(r.nonzero for r in rows) / sum(r.params
+                                                                          for r in rows)}
+        return params, collections, info
+
+    return [Phase("dense", ctx.main_steps), Phase("pruned", 0, prepare=prepare)]
+
+
+def _end_step(ctx: "Context", end: float) -> int:
+    """``end`` (a fraction of training, in ``(0, 1]``) as a step of the main phase."""
+    _check(isinstance(end, (int, float)) and 0 < end <= 1, "end", end,
+           "a fraction of training in (0, 1] (e.g. 0.75: mask updates stop at 75%)")
+    return max(1, round(end * ctx.main_steps))
+
+
+def _wrapped_phase(ctx: "Context", factory: Callable[..., optax.GradientTransformation],
+                   mean_sparsity_ratio: float = 1.0, **kwargs: Any) -> list[Phase]:
+    """One phase of the main length whose optimizer ``factory`` wraps (a DST method or
+    AC/DC); the factory's argument checks run here, at config validation."""
+    kwargs["exclude"] = _rule(kwargs.get("exclude", ""))
+    factory(optax.identity(), **kwargs)  # validates the arguments now (cheap: no init)
+    wrapper = lambda optimizer: factory(optimizer, **kwargs)
+    return [Phase("train", ctx.main_steps, optimizer_wrapper=wrapper,
+                  mean_sparsity_ratio=mean_sparsity_ratio)]
+
+
+def static(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
+           seed: int = 0, exclude: str = "") -> list[Phase]:
+    """Static random sparse training: random masks at init, never changed (the lower
+    baseline of dynamic sparse training; :func:`sparsejax.dst.static_random`).
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of the kernels' weights removed (the global target for ERK).
+      distribution: ``"erk"`` (as RigL's baselines) or ``"uniform"``.
+      seed: seed of the random masks.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Evci et al., "Rigging the Lottery", ICML 2020 (static / ERK baselines).
+    """
+    from sparsejax import dst
+
+    return _wrapped_phase(ctx, dst.static_random, sparsity=sparsity, distribution=distribution,
+                          seed=seed, exclude=exclude)
+
+
+def sparse_evolutionary(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
+                        update_every: int = 100, drop_fraction: float = 0.3, end: float = 1.0,
+                        seed: int = 0, exclude: str = "") -> list[Phase]:
+    """SET: every ``update_every`` steps drop the smallest-magnitude fraction of each
+    layer's active weights, regrow as many at random (:func:`sparsejax.dst.sparse_evolutionary`).
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of the kernels' weights removed (the global target for ERK).
+      distribution: ``"erk"`` or ``"uniform"``.
+      update_every: ``ΔT``, steps between mask updates.
+      drop_fraction: ``ζ``, fraction of the active weights replaced per update.
+      end: fraction of training after which the masks stay fixed (1: never).
+      seed: seed of the initial masks and the regrowth.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Mocanu et al., Nature Communications 9, 2383 (2018).
+    """
+    from sparsejax import dst
+
+    return _wrapped_phase(ctx, dst.sparse_evolutionary, sparsity=sparsity,
+                          distribution=distribution, update_every=update_every,
+                          drop_fraction=drop_fraction, end_step=_end_step(ctx, end), seed=seed,
+                          exclude=exclude)
+
+
+def rigl(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
+         update_every: int = 100, drop_fraction: float = 0.3, end: float = 0.75,
+         seed: int = 0, exclude: str = "") -> list[Phase]:
+    """RigL: drop by magnitude, regrow by the dense gradient's magnitude, drop fraction
+    on a cosine to ``end`` (:func:`sparsejax.dst.rigl`).
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of the kernels' weights removed (the global target for ERK).
+      distribution: ``"erk"`` (the paper) or ``"uniform"``.
+      update_every: ``ΔT`` (100 in the paper).
+      drop_fraction: ``α``, the initial drop fraction (0.3).
+      end: ``T_end`` as a fraction of training (0.75).
+      seed: seed of the initial masks.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020.
+    """
+    from sparsejax import dst
+
+    return _wrapped_phase(ctx, dst.rigl, sparsity=sparsity, distribution=distribution,
+                          update_every=update_every, drop_fraction=drop_fraction,
+                          end_step=_end_step(ctx, end), seed=seed, exclude=exclude)
+
+
+def snfs(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
+         update_every: int = 100, drop_fraction: float = 0.5, momentum: float = 0.9,
+         end: float = 1.0, seed: int = 0, exclude: str = "") -> list[Phase]:
+    """Sparse momentum (SNFS): prune by magnitude, redistribute and regrow by the
+    gradient momentum (:func:`sparsejax.dst.snfs`).
+
+    Args:
+      ctx: recipe context.
+      sparsity: fraction of the kernels' weights removed (the global target for ERK).
+      distribution: initial ``"erk"`` or ``"uniform"`` sparsities.
+      update_every: steps between mask updates (the paper: every epoch).
+      drop_fraction: the initial prune rate (0.5), cosine-decayed to ``end``.
+      momentum: decay of the gradient momentum regrowth ranks by (0.9).
+      end: fraction of training where mask updates stop (1: the end).
+      seed: seed of the initial masks.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase.
+
+    References:
+      Dettmers & Zettlemoyer, "Sparse Networks from Scratch", arXiv:1907.04840, 2019.
+    """
+    from sparsejax import dst
+
+    return _wrapped_phase(ctx, dst.snfs, sparsity=sparsity, distribution=distribution,
+                          update_every=update_every, drop_fraction=drop_fraction,
+                          momentum=momentum, end_step=_end_step(ctx, end), seed=seed,
+                          exclude=exclude)
+
+
+def acdc(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "uniform",
+         warmup: float = 0.1, sparse_phase: float = 0.05, dense_phase: float = 0.05,
+         finetune: float = 0.9, reset_state: str = "dense", exclude: str = "") -> list[Phase]:
+    """AC/DC: dense warm-up, alternating sparse (magnitude masks) and dense phases, then
+    sparse fine-tuning, in one phase of the main length (:func:`sparsejax.alternating.acdc`).
+
+    Args:
+      ctx: recipe context.
+      sparsity: sparsity of the sparse phases.
+      distribution: ``"uniform"``, ``"erk"`` or ``"global"``.
+      warmup: dense warm-up as a fraction of training (the paper: 10 of 100 epochs).
+      sparse_phase: length of each sparse phase, a fraction of training (5 epochs).
+      dense_phase: length of each dense phase, a fraction of training (5 epochs).
+      finetune: fraction of training where the final sparse phase starts (1: none).
+      reset_state: ``"dense"`` (reset the optimizer state at each dense-phase start, as
+        the paper), ``"all"`` (at every phase start) or ``"none"``.
+      exclude: regex of parameters left dense.
+
+    Returns:
+      One phase; its ``mean_sparsity_ratio`` is the fraction of sparse steps.
+
+    References:
+      Peste et al., "AC/DC: Alternating Compressed/DeCompressed Training of Deep
+      Neural Networks", NeurIPS 2021.
+    """
+    import numpy as np
+
+    from sparsejax.alternating import acdc as acdc_factory, sparse_phase as sparse_at
+
+    for field, value in (("warmup", warmup), ("sparse_phase", sparse_phase),
+                         ("dense_phase", dense_phase), ("finetune", finetune)):
+        _check(isinstance(value, (int, float)) and 0 <= value <= 1, field, value,
+               "a fraction of training in [0, 1]")
+    steps = lambda f: max(1, round(f * ctx.main_steps))
+    schedule = dict(warmup_steps=round(warmup * ctx.main_steps),
+                    sparse_steps=steps(sparse_phase), dense_steps=steps(dense_phase),
+                    finetune_step=None if finetune >= 1 else round(finetune * ctx.main_steps))
+    sparse = np.asarray(sparse_at(np.arange(ctx.main_steps), **schedule))
+    return _wrapped_phase(ctx, acdc_factory, mean_sparsity_ratio=float(sparse.mean()),
+                          sparsity=sparsity, distribution=distribution,
+                          reset_state=reset_state, exclude=exclude, **schedule)
+
+
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What a recipe needs to know about the run.
@@ -578,6 +917,9 @@ class Context:
         with it (ASP's channel permutation); ``None`` during config validation.
       input_shape: shape of one input example, e.g. ``(32, 32, 3)``; ``None``
         during config validation.
+      calibration: ``i -> the i-th training batch's inputs`` (a host array), for
+        recipes whose ``prepare`` runs the model on data (Wanda's input norms);
+        ``None`` during config validation.
     """
 
     main_steps: int
@@ -585,6 +927,7 @@ class Context:
     axes: Optional[Mapping[str, tuple[int, ...]]] = None
     model: Any = None
     input_shape: Optional[tuple[int, ...]] = None
+    calibration: Optional[Callable[[int], Any]] = None
 
     def epochs_to_steps(self, epochs: float) -> int:
         """``epochs`` of training as a number of steps (at least 1)."""
@@ -602,6 +945,12 @@ RECIPES: dict[str, Callable[..., list[Phase]]] = {
     "dsg": dsg,
     "grad_drop": grad_drop,
     "forward_topk": forward_topk,
+    "static": static,
+    "set": sparse_evolutionary,
+    "rigl": rigl,
+    "snfs": snfs,
+    "acdc": acdc,
+    "wanda": wanda,
 }
 """Recipe name (``config.method.name``) -> recipe function (add yours with :func:`register`)."""
 _BUILT_IN = frozenset(RECIPES)
@@ -712,7 +1061,8 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
                  steps_per_epoch: int,
                  axes: Optional[Mapping[str, tuple[int, ...]]] = None, *,
                  model: Any = None,
-                 input_shape: Optional[tuple[int, ...]] = None) -> list[Phase]:
+                 input_shape: Optional[tuple[int, ...]] = None,
+                 calibration: Optional[Callable[[int], Any]] = None) -> list[Phase]:
     """The phases of ``config.method`` (``name`` + the recipe's arguments).
 
     Args:
@@ -723,6 +1073,7 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
         (:func:`sparsejax.contraction_axes`), used by N:M pruning recipes.
       model: the unmodified model (ASP's channel permutation needs it at run time).
       input_shape: shape of one input example.
+      calibration: ``i -> the i-th training batch's inputs`` (Wanda's calibration).
 
     Returns:
       The recipe's phases, in order.
@@ -748,7 +1099,8 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
                           f"config.method fields: name, {', '.join(valid)}.")
     recipe = RECIPES[name]
     phases = recipe(Context(main_steps, steps_per_epoch, axes, model,
-                            tuple(input_shape) if input_shape is not None else None), **kwargs)
+                            tuple(input_shape) if input_shape is not None else None,
+                            calibration), **kwargs)
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"Recipe {name!r} produced duplicate phase names {names}.")

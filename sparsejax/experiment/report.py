@@ -95,7 +95,8 @@ def run_summary(*, config: ml_collections.ConfigDict, phases: Sequence[Any],
         final_step = costs.step_flops(layers, phase.fractions(layers, final))
         total += step * phase.num_steps
         method = (phase.method.name if phase.method is not None
-                  else "pruning" if phase.pruning is not None else "dense")
+                  else "pruning" if phase.pruning is not None
+                  else config.method.name if phase.optimizer_wrapper is not None else "dense")
         phase_rows.append({"name": phase.name, "steps": phase.num_steps,
                            "lr_scale": phase.lr_scale, "method": method,
                            "step_flops_ratio": final_step / dense_step,

@@ -30,12 +30,14 @@ import argparse
 import csv
 import dataclasses
 import functools
+import inspect
 import math
 import os
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sparsejax.experiment import config as config_lib
+from sparsejax.experiment import recipes
 from sparsejax.experiment import sweep as sweep_lib
 from sparsejax.experiment.checkpoint import read_json
 
@@ -210,6 +212,19 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -
     return keys
 
 
+def _method_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` with its method's omitted arguments filled in from the recipe's defaults,
+    so a recipe argument added later (with a default that keeps the old behaviour)
+    does not make earlier results stale."""
+    method = config.get("method")
+    recipe = recipes.RECIPES.get(method.get("name")) if isinstance(method, Mapping) else None
+    if recipe is None:
+        return config
+    defaults = {n: p.default for n, p in inspect.signature(recipe).parameters.items()
+                if n != "ctx" and p.default is not inspect.Parameter.empty}
+    return {**config, "method": {**defaults, **method}}
+
+
 def check(study: Study, root: str) -> list[str]:
     """Problems with a study's result files (empty when they are complete and current).
 
@@ -244,7 +259,7 @@ def check(study: Study, root: str) -> list[str]:
                         f"{', '.join(removed[:6]) or 'none'}; or another order); {fix}")
     else:
         for (name, seed, have), (_, _, want) in zip(got, expected):
-            diff = _differences(have, want)
+            diff = _differences(_method_defaults(have), _method_defaults(want))
             if diff:
                 problems.append(f"{directory} is stale: run {name!r} (seed {seed}) was made with "
                                 f"another config than {study.config} now defines: "

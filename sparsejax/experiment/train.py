@@ -58,7 +58,7 @@ from sparsejax.experiment import config as config_lib
 from sparsejax.analysis import costs
 from sparsejax.experiment import recipes, report
 from sparsejax.adapters.weights import contraction_axes
-from sparsejax.transform import get_masks
+from sparsejax.transform import PruningState, get_masks
 from sparsejax.tree import apply_masks
 
 State = dict[str, Any]
@@ -206,7 +206,8 @@ def _decay_mask(decay_1d: bool) -> Callable[[Any], Any]:
 
 def make_optimizer(config: ml_collections.ConfigDict, phase: recipes.Phase,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-    """The optimizer chain of a phase: [gradient transform], decay + optimizer, [pruning].
+    """The optimizer chain of a phase: [gradient transform], decay + optimizer, [pruning],
+    all wrapped by the phase's ``optimizer_wrapper`` (DST, AC/DC) when it has one.
 
     Weight decay skips 1-D parameters (biases, norm scales) unless
     ``optimizer.decay_1d``; SGD uses coupled L2 (as PyTorch's SGD and the papers'
@@ -215,7 +216,8 @@ def make_optimizer(config: ml_collections.ConfigDict, phase: recipes.Phase,
 
     Args:
       config: the run config.
-      phase: the phase (its ``gradient_transform`` and ``pruning`` fields).
+      phase: the phase (its ``gradient_transform``, ``pruning`` and
+        ``optimizer_wrapper`` fields).
       schedule: learning-rate schedule.
 
     Returns:
@@ -233,8 +235,14 @@ def make_optimizer(config: ml_collections.ConfigDict, phase: recipes.Phase,
     else:
         parts.append(optax.adamw(schedule, weight_decay=opt.weight_decay, mask=mask))
     if phase.pruning is not None:
+        if phase.optimizer_wrapper is not None:
+            raise ValueError(f"phase {phase.name!r} has both pruning and optimizer_wrapper; a "
+                             "wrapper (DST, AC/DC) keeps its own masks: use one of them.")
         parts.append(phase.pruning)
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    if phase.optimizer_wrapper is not None:  # DST / AC/DC: sees the raw gradients, owns the state
+        tx = phase.optimizer_wrapper(tx)
+    return tx
 
 
 def _zero_metrics() -> dict[str, jax.Array]:
@@ -369,7 +377,7 @@ def _train_step(state: State, batch: dict[str, jax.Array], data_step: jax.Array,
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    deltas, opt_state = tx.update(grads, state["opt_state"], state["params"], grads=grads)
     params = optax.apply_updates(state["params"], deltas)
     correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) & batch["mask"])
     m = state["metrics"]
@@ -515,7 +523,7 @@ def run_phase(*, index: int, phases: list[recipes.Phase], base_model: nn.Module,
     eval_every = config.eval_every_steps or phase.num_steps
     ckpt_every = config.checkpoint_every_steps or phase.num_steps
     step = int(state["step"])
-    if start is None and index > 0 and phase.pruning is not None:
+    if start is None and index > 0 and phase.pruning is not None and _masks_at_init(state):
         # The accuracy of the freshly pruned model (before any retraining): kept in the
         # (checkpointed, replicated) state so a resumed run reports it too.
         pruned = evaluate(model, state, test_ds)
@@ -581,6 +589,16 @@ def _initial_state(model: nn.Module, tx: optax.GradientTransformation, phase: re
             "opt_state": opt_state,
             "rng": jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1 << 20)),
             "metrics": _zero_metrics(), "pruned_eval": _no_eval()}
+
+
+def _masks_at_init(state: State) -> bool:
+    """Whether the phase's pruning made its masks at ``init`` (magnitude, SNIP), so the
+    model can be evaluated "right after pruning"; a criterion that needs the step's
+    gradient (saliency) makes them at the first update, and that evaluation is left out
+    (reported as missing) rather than measuring the dense weights."""
+    is_state = lambda x: isinstance(x, PruningState)
+    found = [x for x in jax.tree.leaves(state["opt_state"], is_leaf=is_state) if is_state(x)]
+    return bool(found) and int(jax.device_get(found[0].mask_step)) >= 0
 
 
 def _log_train(state: State, step: int, label: str, phase: recipes.Phase,
@@ -705,7 +723,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # The model's contraction axes: N:M recipes group along them (attention kernels too).
     axes = contraction_axes(base_model, jnp.zeros((1, *train_ds.info.image_shape)), train=False)
     phases = recipes.build_phases(config, main_steps, train_ds.steps_per_epoch, axes,
-                                  model=base_model, input_shape=train_ds.info.image_shape)
+                                  model=base_model, input_shape=train_ds.info.image_shape,
+                                  calibration=lambda i: np.asarray(jax.device_get(
+                                      train_ds.get_batch(i)["image"])))
     progress = _Progress(sum(p.num_steps for p in phases), 0, config.batch_size)
     logging.info("Run %r: %s on %s, %d phase(s): %s; %d device(s).", config.name,
                  config.model.name, ds.name, len(phases),
