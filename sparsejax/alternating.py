@@ -3,7 +3,7 @@
 ``acdc(optimizer, 0.9, warmup_steps=..., sparse_steps=..., finetune_step=...)``
 wraps the user's optimizer like the :mod:`sparsejax.dst` methods and returns an
 ``optax.GradientTransformationExtraArgs`` with state
-:class:`sparsejax.dst.DSTState` (``momentum`` is ``None``). The schedule
+:class:`sparsejax.mask_wrappers.DSTState` (``momentum`` is ``None``). The schedule
 (:func:`sparse_phase`, a pure function of the step):
 
 * steps ``[0, warmup_steps)`` train dense (the warm-up);
@@ -55,11 +55,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sparsejax.dst import (DSTState, _chain_error, _from_tree, _layers, _replace,
-                           _reset_state, _state_plan, _to_tree, _validate)
+from sparsejax import mask_wrappers as mw
 from sparsejax.paths import PathMatcher, PathRule, flatten
 from sparsejax.tree import compute_masks
-from sparsejax.validate import check_pruned_zero, plain
+from sparsejax.validate import plain
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -133,7 +132,7 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`sparsejax.dst.DSTState`; ``update`` requires ``params``.
+      :class:`sparsejax.mask_wrappers.DSTState`; ``update`` requires ``params``.
 
     Raises:
       ValueError: a bad argument (named, with its range and an example), e.g.
@@ -154,7 +153,7 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
       Peste, Iofinova, Vladu, Alistarh, "AC/DC: Alternating Compressed/DeCompressed
       Training of Deep Neural Networks", NeurIPS 2021.
     """
-    optimizer, args = _validate("acdc", optimizer, sparsity, distribution, 0, check,
+    optimizer, args = mw.validate("acdc", optimizer, sparsity, distribution, 0, check,
                                 distributions=("uniform", "erk", "global"),
                                 warmup_steps=warmup_steps, sparse_steps=sparse_steps,
                                 dense_steps=dense_steps, finetune_step=finetune_step)
@@ -169,10 +168,10 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
 
     def plan_for(params: Any) -> tuple[dict, list[str | None]]:
         # The layers' shapes (their keep counts come from compute_masks at phase starts).
-        layers = _layers(params, sparsity, "uniform" if distribution == "global" else
+        layers = mw.layers(params, sparsity, "uniform" if distribution == "global" else
                          distribution, include, exclude)
         state_shapes = jax.eval_shape(optimizer.init, params)
-        return layers, _state_plan(state_shapes, params, layers, keep_matcher, "acdc")
+        return layers, mw.state_plan(state_shapes, params, layers, keep_matcher, "acdc")
 
     def init_fn(params):
         params = plain(params)
@@ -181,26 +180,20 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
             keep_matcher.warn_unmatched([p for p, _ in flatten(jax.eval_shape(
                 optimizer.init, params))[0]])
         masks = {p: jnp.ones(shape, bool) for p, (shape, _) in layers.items()}
-        return DSTState(jnp.zeros((), jnp.int32), _to_tree(params, masks),
+        return mw.DSTState(jnp.zeros((), jnp.int32), mw.to_tree(params, masks),
                         optimizer.init(params), None)
 
     def magnitude_masks(params: Any, names: list[str]) -> dict[str, Array]:
         masks = compute_masks(params, sparsity, distribution=distribution, include=include,
                               exclude=exclude)
-        return _from_tree(masks, names)
+        return mw.from_tree(masks, names)
 
     def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError("acdc needs the params: call tx.update(grads, opt_state, params) "
-                             "(flax TrainState and nnx.Optimizer pass them).")
-        params, grads = plain(params), updates
+        params, grads = plain(mw.needs_params("acdc", params)), updates
         layers, plan = plan_for(params)
         names = list(layers)
         count = state.count
-        old = _from_tree(state.masks, names)
-        p_sel = _from_tree(params, names)
-        if check:
-            check_pruned_zero(old, p_sel, count, lambda paths: _chain_error("acdc", paths))
+        old, p_sel = mw.masked_layers("acdc", state, params, names, check)
         sparse_now = schedule(count)
         sparse_before = (count > 0) & schedule(jnp.maximum(count - 1, 0))
         starts_sparse = sparse_now & ~sparse_before
@@ -213,19 +206,19 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
                  "all": starts_dense | starts_sparse}[reset_state]
         if reset is not None and names:
             everything = {p: jnp.ones((), bool) for p in names}
-            inner_state = lax.cond(reset, lambda s: _reset_state(s, plan, everything),
+            inner_state = lax.cond(reset, lambda s: mw.reset_state(s, plan, everything),
                                    lambda s: s, inner_state)
-        g_sel = _from_tree(grads, names)
-        masked_grads = _replace(grads, {p: jnp.where(masks[p], g_sel[p],
+        g_sel = mw.from_tree(grads, names)
+        masked_grads = mw.replace(grads, {p: jnp.where(masks[p], g_sel[p],
                                                      jnp.zeros((), g_sel[p].dtype))
                                         for p in names})
         inner_updates, inner_state = optimizer.update(masked_grads, inner_state, params,
                                                       **extra_args)
-        u_sel = _from_tree(inner_updates, names)
+        u_sel = mw.from_tree(inner_updates, names)
         emitted = {p: jnp.where(masks[p], u_sel[p], -jnp.asarray(p_sel[p], u_sel[p].dtype))
                    for p in names}
-        new_state = DSTState(optax.safe_int32_increment(count), _to_tree(params, masks),
+        new_state = mw.DSTState(optax.safe_int32_increment(count), mw.to_tree(params, masks),
                              inner_state, None)
-        return _replace(inner_updates, emitted), new_state
+        return mw.replace(inner_updates, emitted), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -4,7 +4,7 @@ Each method is a function that *wraps the user's optimizer*:
 ``rigl(optax.sgd(0.1, momentum=0.9), 0.9, end_step=...)`` returns an
 ``optax.GradientTransformationExtraArgs`` that is used like any optimizer
 (``tx.init(params)``, ``tx.update(grads, state, params)``,
-``optax.apply_updates``). Its state :class:`DSTState` holds the step
+``optax.apply_updates``). Its state :class:`~sparsejax.mask_wrappers.DSTState` holds the step
 ``count``, the bool ``masks`` (the params' structure, ``None`` for untouched
 leaves, as :func:`sparsejax.pruning`'s), the wrapped optimizer's own state
 ``inner_state`` and, for SNFS, the gradient ``momentum`` it regrows by.
@@ -100,175 +100,22 @@ References:
 
 from __future__ import annotations
 
-import math
-import numbers
-import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
+from sparsejax import mask_wrappers as mw
 from sparsejax import select
-from sparsejax.distributions import erk_sparsities
 from sparsejax.methods import momentum_budgets
-from sparsejax.paths import PathMatcher, PathRule, flatten, path_str, selected_paths
-from sparsejax.validate import (check_pruned_zero, check_sparsity, plain, pruned_nonzeros,
-                                raise_if)
+from sparsejax.paths import PathMatcher, PathRule, flatten
+from sparsejax.mask_wrappers import DSTState
+from sparsejax.validate import plain, raise_if
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-
-_DISTRIBUTIONS = ("uniform", "erk")
-
-
-class DSTState(NamedTuple):
-    """State of the dynamic-sparse-training wrappers (:func:`rigl`, ...).
-
-    Attributes:
-      count: int32 number of updates done.
-      masks: bool masks with the params' structure (``None`` for untouched
-        leaves); ``True`` = active.
-      inner_state: the wrapped optimizer's state (entries of dropped and grown
-        positions reset to 0 at each mask update).
-      momentum: SNFS's exponential average of the raw gradients (float32, the
-        masks' structure); ``None`` for the other methods.
-    """
-
-    count: Array
-    masks: Any
-    inner_state: Any
-    momentum: Any
-
-    holds_masks = True  # sparsejax.get_masks finds it
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-# Every numeric argument of the factories (here and in sparsejax.alternating): name ->
-# (minimum integer, or "fraction" for a number in [0, 1); None allowed; what it means).
-_ARGUMENTS: dict[str, tuple[int | str, bool, str]] = {
-    "drop_fraction": ("fraction", False, "fraction of the active weights replaced per update, "
-                                         "e.g. 0.3"),
-    "update_every": (1, False, "steps between mask updates, e.g. 100"),
-    "end_step": (1, True, "no mask update from this step on, e.g. 75% of training; None "
-                          "(where allowed) never stops"),
-    "momentum": ("fraction", False, "decay of the gradient momentum regrowth ranks by, e.g. 0.9"),
-    "warmup_steps": (0, False, "dense steps before the first sparse phase, e.g. 10% of training"),
-    "sparse_steps": (1, False, "length of each compressed (sparse) phase, e.g. 5 epochs"),
-    "dense_steps": (1, True, "length of each decompressed (dense) phase, e.g. 5 epochs; None: "
-                             "as sparse_steps"),
-    "finetune_step": (0, True, "the step the final sparse phase starts, e.g. 90% of training; "
-                               "None: phases alternate to the end"),
-}
-
-
-def _validate(method: str, optimizer: Any, sparsity: Any, distribution: Any, seed: Any,
-              check: Any, *, distributions: tuple[str, ...] = _DISTRIBUTIONS,
-              required: tuple[str, ...] = (), **arguments: Any
-              ) -> tuple[optax.GradientTransformationExtraArgs, dict[str, Any]]:
-    """The one place the factories check their arguments.
-
-    Args:
-      method: the factory's name (error messages read ``method(arg=...)``).
-      optimizer, sparsity, distribution, seed, check: the common arguments.
-      distributions: the distributions the factory accepts.
-      required: names of ``arguments`` that may not be ``None`` even if
-        :data:`_ARGUMENTS` allows it (RigL's ``end_step``).
-      **arguments: the factory's numeric arguments, each checked by its
-        :data:`_ARGUMENTS` rule.
-
-    Returns:
-      The optimizer with extra-args support and ``arguments`` as Python
-      ``int`` / ``float`` (``None`` kept where allowed).
-
-    Raises:
-      ValueError: naming the first bad argument, its valid range and an example.
-    """
-    if not isinstance(optimizer, optax.GradientTransformation) and callable(
-            getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
-        # optax.MultiSteps and other optimizer objects with init / update (extra args ok)
-        optimizer = optax.GradientTransformationExtraArgs(optimizer.init, optimizer.update)
-    if not isinstance(optimizer, optax.GradientTransformation):
-        why = ("; it regrows by the raw gradients, which only a wrapper around the optimizer "
-               "sees" if method in ("rigl", "snfs") else "")
-        raise ValueError(
-            f"{method}(optimizer=...) must be the optax optimizer it wraps, e.g. "
-            f"{method}(optax.sgd(0.1, momentum=0.9), 0.9, ...){why}; got {optimizer!r}. It is not "
-            "a link of an optax.chain: chain other transforms inside it instead.")
-    if isinstance(sparsity, (bool, str)) or np.ndim(sparsity) != 0 or not np.issubdtype(
-            np.asarray(sparsity).dtype, np.number):
-        raise ValueError(f"{method}(sparsity=...) must be a number in [0, 1) (0.9 = keep 10% "
-                         f"of each pruned layer's weights), got {sparsity!r}.")
-    check_sparsity(sparsity, f"{method}(sparsity)")
-    if not isinstance(distribution, str) or distribution not in distributions:
-        names = {"uniform": "'uniform' (every layer at the sparsity)",
-                 "erk": "'erk' (Erdős–Rényi-Kernel)", "global": "'global' (one threshold)"}
-        raise ValueError(f"{method}(distribution=...) must be "
-                         f"{' or '.join(names[d] for d in distributions)}, got {distribution!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"{method}(seed=...) must be an integer (the random masks' seed), "
-                         f"got {seed!r}.")
-    if not isinstance(check, bool):
-        raise ValueError(f"{method}(check=...) must be True or False, got {check!r}.")
-    out = {}
-    for name, value in arguments.items():
-        rule, optional, what = _ARGUMENTS[name]
-        if value is None and optional and name not in required:
-            out[name] = None
-        elif rule == "fraction":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{method}({name}=...) must be a number in [0, 1) ({what}), "
-                                 f"got {value!r}.")
-            out[name] = float(value)
-        else:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or value < rule:
-                raise ValueError(f"{method}({name}=...) must be an integer >= {rule} ({what}), "
-                                 f"got {value!r}.")
-            out[name] = int(value)
-    return optax.with_extra_args_support(optimizer), out
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-def _layers(params: Any, sparsity: float, distribution: str, include: PathRule | None,
-            exclude: PathRule | None) -> dict[str, tuple[tuple[int, ...], int]]:
-    """Selected leaf path -> (shape, number of active weights)."""
-    leaves = dict(flatten(params)[0])
-    chosen = selected_paths(params, include, exclude)
-    if not chosen:
-        warnings.warn("dynamic sparse training selected no leaf to sparsify (see the 'sparsejax' "
-                      "logger at INFO level for why); the optimizer runs dense.", stacklevel=4)
-    shapes = {p: tuple(jnp.shape(leaves[p])) for p in chosen}
-    if distribution == "erk":
-        per_layer = erk_sparsities(shapes, sparsity)
-    else:
-        per_layer = {p: sparsity for p in chosen}
-    return {p: (shapes[p], select.keep_count(float(per_layer[p]), math.prod(shapes[p])))
-            for p in chosen}
-
-
-def _to_tree(params: Any, values: dict[str, Any]) -> Any:
-    pairs, treedef = flatten(params)
-    return jax.tree_util.tree_unflatten(treedef, [values.get(p) for p, _ in pairs])
-
-
-def _replace(tree: Any, values: dict[str, Any]) -> Any:
-    """``tree`` with the leaves at the paths of ``values`` replaced."""
-    pairs, treedef = flatten(tree)
-    return jax.tree_util.tree_unflatten(treedef, [values.get(p, x) for p, x in pairs])
-
-
-def _from_tree(tree: Any, names: Any) -> dict[str, Any]:
-    pairs = dict(flatten(tree)[0])
-    return {p: pairs[p] for p in names}
-
 
 def _random_masks(layers: dict, key: Array) -> dict[str, Array]:
     """Exactly ``n`` uniformly random active positions per layer."""
@@ -277,70 +124,6 @@ def _random_masks(layers: dict, key: Array) -> dict[str, Array]:
         scores = jax.random.uniform(jax.random.fold_in(key, i), shape)
         [out[path]] = select.select_topk([scores], n)
     return out
-
-
-# ----------------------------------------------------------------------------- state reset
-
-
-def _state_plan(state: Any, params: Any, layers: dict, keep_state: PathMatcher | None,
-                method: str) -> list[str | None]:
-    """For every leaf of ``state`` (flatten order), the pruned parameter whose entries it
-    holds entrywise (to reset), or ``None`` (left unchanged). Raises for the leaves that
-    cannot be mapped (see the module docstring)."""
-    param_keys = {tuple(kp): path_str(kp)
-                  for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
-    pairs = jax.tree_util.tree_flatten_with_path(state)[0]
-    under: dict[tuple, int] = {}    # prefix -> number of state leaves under it
-    matched: dict[tuple, int] = {}  # prefix -> leaves under it that are prefix + a param path
-    for kp, _ in pairs:
-        kp = tuple(kp)
-        for i in range(len(kp) + 1):
-            under[kp[:i]] = under.get(kp[:i], 0) + 1
-            if kp[i:] in param_keys:
-                matched[kp[:i]] = matched.get(kp[:i], 0) + 1
-    pruned_shapes = {}
-    for path, (shape, _) in layers.items():
-        pruned_shapes.setdefault(shape, []).append(path)
-    plan = []
-    for kp, leaf in pairs:
-        kp, spath = tuple(kp), path_str(kp)
-        shape = tuple(jnp.shape(leaf))
-        owner = next((param_keys[kp[i:]] for i in range(len(kp) + 1)
-                      if kp[i:] in param_keys and matched.get(kp[:i]) == under[kp[:i]]), None)
-        kept = keep_state is not None and keep_state(spath, leaf) is not None
-        if owner is not None:
-            if owner not in layers or math.prod(shape) <= 1:
-                plan.append(None)
-            elif shape == layers[owner][0]:
-                plan.append(None if kept else owner)
-            elif kept:
-                plan.append(None)
-            else:
-                raise ValueError(
-                    f"{method}: the wrapped optimizer's state leaf {spath!r} {shape} belongs to "
-                    f"the pruned parameter {owner!r} {layers[owner][0]} but has another shape (a "
-                    "factored statistic, e.g. Adafactor's v_row / v_col), so its entries cannot "
-                    "be reset when connections are dropped or grown. Pass "
-                    f"{method}(..., keep_state={spath!r}) to leave it unchanged, or use an "
-                    "optimizer whose state is per entry.")
-        elif len(shape) >= 1 and shape in pruned_shapes and not kept:
-            raise ValueError(
-                f"{method}: the wrapped optimizer's state leaf {spath!r} has the shape {shape} of "
-                f"the pruned parameter(s) {pruned_shapes[shape][:3]} but is not inside a sub-tree "
-                "structured like the params, so which parameter's entries it holds is ambiguous "
-                "and it cannot be reset when connections are dropped or grown. Keep per-parameter "
-                "state in a params-structured field (e.g. jax.tree.map(jnp.zeros_like, params)), "
-                f"or pass {method}(..., keep_state={spath!r}) to leave it unchanged.")
-        else:
-            plan.append(None)
-    return plan
-
-
-def _reset_state(state: Any, plan: list[str | None], changed: dict[str, Array]) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    out = [leaf if owner is None else jnp.where(changed[owner], jnp.zeros((), leaf.dtype), leaf)
-           for leaf, owner in zip(leaves, plan)]
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -426,9 +209,9 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
     keep_matcher = PathMatcher(keep_state, "keep_state") if keep_state is not None else None
 
     def plan_for(params: Any) -> tuple[dict, list[str | None]]:
-        layers = _layers(params, sparsity, distribution, include, exclude)
+        layers = mw.layers(params, sparsity, distribution, include, exclude)
         state_shapes = jax.eval_shape(optimizer.init, params)
-        return layers, _state_plan(state_shapes, params, layers, keep_matcher, method)
+        return layers, mw.state_plan(state_shapes, params, layers, keep_matcher, method)
 
     def init_fn(params):
         params = plain(params)
@@ -439,9 +222,9 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
         masks = _random_masks(layers, jax.random.key(seed))
         mom = None
         if grow == "momentum":
-            mom = _to_tree(params, {p: jnp.zeros(shape, jnp.float32)
+            mom = mw.to_tree(params, {p: jnp.zeros(shape, jnp.float32)
                                     for p, (shape, _) in layers.items()})
-        return DSTState(jnp.zeros((), jnp.int32), _to_tree(params, masks),
+        return DSTState(jnp.zeros((), jnp.int32), mw.to_tree(params, masks),
                         optimizer.init(params), mom)
 
     def fraction_at(count: Array) -> Array:
@@ -483,30 +266,24 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
         return out
 
     def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(f"{method} needs the params: call tx.update(grads, opt_state, "
-                             "params) (flax TrainState and nnx.Optimizer pass them).")
-        params, grads = plain(params), updates
+        params, grads = plain(mw.needs_params(method, params)), updates
         layers, plan = plan_for(params)
         names = list(layers)
         count = state.count
-        masks = _from_tree(state.masks, names)
-        p_sel = _from_tree(params, names)
-        g_sel = _from_tree(grads, names)
-        if check:
-            check_pruned_zero(masks, p_sel, count, lambda paths: _chain_error(method, paths))
-        masked_grads = _replace(grads, {p: jnp.where(masks[p], g_sel[p],
+        masks, p_sel = mw.masked_layers(method, state, params, names, check)
+        g_sel = mw.from_tree(grads, names)
+        masked_grads = mw.replace(grads, {p: jnp.where(masks[p], g_sel[p],
                                                      jnp.zeros((), g_sel[p].dtype))
                                         for p in names})
         inner_updates, inner_state = optimizer.update(masked_grads, state.inner_state, params,
                                                       **extra_args)
-        u_sel = _from_tree(inner_updates, names)
+        u_sel = mw.from_tree(inner_updates, names)
         mom_tree = state.momentum
         mom = None
         if grow == "momentum":
             mom = {p: momentum * m + (1.0 - momentum) * g_sel[p].astype(jnp.float32)
-                   for p, m in _from_tree(state.momentum, names).items()}
-            mom_tree = _to_tree(params, mom)
+                   for p, m in mw.from_tree(state.momentum, names).items()}
+            mom_tree = mw.to_tree(params, mom)
 
         if grow is None or not names:
             after = masks
@@ -524,7 +301,7 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
                     raise_if(silent & room, _no_gradient_error, count)
                 out = new_masks(masks_, candidate_, grads_, mom_, count)
                 changed = {p: out[p] != masks_[p] for p in names}
-                return out, _reset_state(inner_, plan, changed)
+                return out, mw.reset_state(inner_, plan, changed)
 
             after, inner_state = lax.cond(refresh, refreshed,
                                           lambda ops: (ops[0], ops[4]),
@@ -532,23 +309,11 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
         emitted = {p: jnp.where(masks[p] & after[p], u_sel[p], -jnp.asarray(p_sel[p],
                                                                             u_sel[p].dtype))
                    for p in names}
-        new_state = DSTState(optax.safe_int32_increment(count), _to_tree(params, after),
+        new_state = DSTState(optax.safe_int32_increment(count), mw.to_tree(params, after),
                              inner_state, mom_tree)
-        return _replace(inner_updates, emitted), new_state
+        return mw.replace(inner_updates, emitted), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _chain_error(method: str, names: list[str]) -> Callable[..., Exception]:
-    def error(step, counts):
-        return ValueError(
-            f"{method}: at step {int(step)} the params hold {pruned_nonzeros(counts, names)}: "
-            "its updates were changed before "
-            "optax.apply_updates (a transform chained after it) or the params were changed "
-            "outside the optimizer. Chain other transforms inside it: "
-            f"{method}(optax.chain(..., optimizer), ...). If the params are changed between steps "
-            f"on purpose, pass {method}(..., check=False).")
-    return error
 
 
 def _no_gradient_error(step) -> Exception:
@@ -593,7 +358,7 @@ def static_random(optimizer: optax.GradientTransformation, sparsity: float, *,
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`DSTState`; ``update`` requires ``params``.
+      :class:`~sparsejax.mask_wrappers.DSTState`; ``update`` requires ``params``.
 
     Raises:
       ValueError: a bad argument (the message names it and the fix), or a
@@ -610,7 +375,7 @@ def static_random(optimizer: optax.GradientTransformation, sparsity: float, *,
       Evci et al., "Rigging the Lottery", ICML 2020 (the static and ERK
       baselines); Mocanu et al., Nature Communications 2018.
     """
-    optimizer, _ = _validate("static_random", optimizer, sparsity, distribution, seed, check)
+    optimizer, _ = mw.validate("static_random", optimizer, sparsity, distribution, seed, check)
     return _wrapper("static_random", optimizer, float(sparsity), grow=None, drop_fraction=0.0,
                     update_every=1, end_step=None, cosine=False, distribution=distribution,
                     include=include, exclude=exclude, seed=int(seed), momentum=None,
@@ -650,7 +415,7 @@ def sparse_evolutionary(optimizer: optax.GradientTransformation, sparsity: float
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`DSTState`; ``update`` requires ``params``.
+      :class:`~sparsejax.mask_wrappers.DSTState`; ``update`` requires ``params``.
 
     Raises:
       ValueError: a bad argument (named, with the fix), or a wrapped optimizer
@@ -667,7 +432,7 @@ def sparse_evolutionary(optimizer: optax.GradientTransformation, sparsity: float
       adaptive sparse connectivity inspired by network science", Nature
       Communications 9, 2383 (2018).
     """
-    optimizer, args = _validate("sparse_evolutionary", optimizer, sparsity, distribution, seed,
+    optimizer, args = mw.validate("sparse_evolutionary", optimizer, sparsity, distribution, seed,
                                 check, drop_fraction=drop_fraction,
                                 update_every=update_every, end_step=end_step)
     return _wrapper("sparse_evolutionary", optimizer, float(sparsity), grow="random",
@@ -719,7 +484,7 @@ def rigl(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`DSTState`; ``update`` requires ``params``.
+      :class:`~sparsejax.mask_wrappers.DSTState`; ``update`` requires ``params``.
 
     Raises:
       ValueError: a bad argument (the message names it and the fix), e.g. a
@@ -743,7 +508,7 @@ def rigl(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
       Tickets Winners", ICML 2020 (official code: google-research/rigl,
       ``SparseRigLOptimizer``).
     """
-    optimizer, args = _validate("rigl", optimizer, sparsity, distribution, seed, check,
+    optimizer, args = mw.validate("rigl", optimizer, sparsity, distribution, seed, check,
                                 required=("end_step",), drop_fraction=drop_fraction,
                                 update_every=update_every, end_step=end_step)
     return _wrapper("rigl", optimizer, float(sparsity), grow="gradient", cosine=True,
@@ -792,7 +557,7 @@ def snfs(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`DSTState` (its ``momentum`` field holds ``m``); ``update``
+      :class:`~sparsejax.mask_wrappers.DSTState` (its ``momentum`` field holds ``m``); ``update``
       requires ``params``.
 
     Raises:
@@ -809,7 +574,7 @@ def snfs(optimizer: optax.GradientTransformation, sparsity: float, *, end_step: 
       Dettmers & Zettlemoyer, "Sparse Networks from Scratch: Faster Training
       without Losing Performance", arXiv:1907.04840, 2019.
     """
-    optimizer, args = _validate("snfs", optimizer, sparsity, distribution, seed, check,
+    optimizer, args = mw.validate("snfs", optimizer, sparsity, distribution, seed, check,
                                 required=("end_step",), drop_fraction=drop_fraction,
                                 update_every=update_every, end_step=end_step, momentum=momentum)
     return _wrapper("snfs", optimizer, float(sparsity), grow="momentum", cosine=True,

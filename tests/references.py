@@ -176,3 +176,53 @@ def masked_op(base, *, weight=None, act_saved=None, out=None, grad_out=None, dec
         return run(a, w)
 
     return op
+
+
+# --- masking optimizer wrappers (sparsejax.dst, sparsejax.alternating) ------------------
+
+def wrapper_params():
+    """Two small kernels (and a bias the wrappers leave alone)."""
+    import jax
+    import jax.numpy as jnp
+
+    return {"a": {"kernel": jax.random.normal(jax.random.key(0), (16, 12))},
+            "b": {"kernel": jax.random.normal(jax.random.key(1), (12, 8)), "bias": jnp.ones(8)}}
+
+
+def random_grads(params, step):
+    """Dense random gradients, a different draw per step."""
+    import jax
+
+    key = jax.random.fold_in(jax.random.key(42), step)
+    return jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(key, x.size), x.shape),
+                        params)
+
+
+def run_steps(tx, steps, params, grads_fn=random_grads, start_masked=False):
+    """``steps`` jitted updates of ``tx``; returns the (params, state) before every step and
+    after the last one, the gradients of every step and the number of traces of the step
+    (``start_masked``: apply the initial masks to ``params`` first)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from sparsejax.tree import apply_masks
+
+    state = tx.init(params)
+    if start_masked:
+        params = apply_masks(params, state.masks)
+    traces = []
+
+    @jax.jit
+    def step(params, state, t):
+        traces.append(1)
+        grads = grads_fn(params, t)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, grads
+
+    history, all_grads = [(params, state)], []
+    for t in range(steps):
+        params, state, grads = step(params, state, jnp.int32(t))
+        history.append((params, state))
+        all_grads.append(grads)
+    return history, all_grads, len(traces)

@@ -2,7 +2,6 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -11,11 +10,9 @@ import pytest
 from sparsejax.alternating import acdc, sparse_phase
 from sparsejax.distributions import erk_sparsities
 from sparsejax.select import keep_count
+import references
 
-PARAMS = {
-    "a": {"kernel": jax.random.normal(jax.random.key(0), (16, 12))},
-    "b": {"kernel": jax.random.normal(jax.random.key(1), (12, 8)), "bias": jnp.ones(8)},
-}
+PARAMS = references.wrapper_params()
 KERNELS = ("a/kernel", "b/kernel")
 SHAPES = {"a/kernel": (16, 12), "b/kernel": (12, 8)}
 SCHEDULE = dict(warmup_steps=3, sparse_steps=5, dense_steps=4, finetune_step=30)
@@ -40,31 +37,9 @@ def np_schedule(total, warmup_steps, sparse_steps, dense_steps=None, finetune_st
     return out
 
 
-def random_grads(params, step):
-    key = jax.random.fold_in(jax.random.key(42), step)
-    return jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(key, x.size), x.shape),
-                        params)
-
-
 def run(tx, steps, params=PARAMS):
-    """``steps`` jitted updates from ``params``; returns [(params, state)] before every step
-    and after the last, the gradients of every step and the number of traces."""
-    state = tx.init(params)
-    traces = []
-
-    @jax.jit
-    def step(params, state, t):
-        traces.append(1)
-        grads = random_grads(params, t)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, grads
-
-    history, grads = [(params, state)], []
-    for t in range(steps):
-        params, state, g = step(params, state, jnp.int32(t))
-        history.append((params, state))
-        grads.append(g)
-    return history, grads, len(traces)
+    """``steps`` jitted updates from ``params`` (not masked first)."""
+    return references.run_steps(tx, steps, params)
 
 
 def np_topk_mask(w, k):
@@ -205,5 +180,5 @@ def test_weights_changed_outside_the_optimizer_are_caught():
     params = PARAMS
     with pytest.raises(Exception, match="non-zero weights that its masks prune"):
         for t in range(3):
-            updates, state = tx.update(random_grads(params, t), state, params)
+            updates, state = tx.update(references.random_grads(params, t), state, params)
             params = optax.apply_updates(params, updates)

@@ -16,11 +16,9 @@ from sparsejax.distributions import erk_sparsities
 from sparsejax.paths import flatten
 from sparsejax.select import keep_count
 from sparsejax.tree import apply_masks
+import references
 
-PARAMS = {
-    "a": {"kernel": jax.random.normal(jax.random.key(0), (16, 12))},
-    "b": {"kernel": jax.random.normal(jax.random.key(1), (12, 8)), "bias": jnp.ones(8)},
-}
+PARAMS = references.wrapper_params()
 KERNELS = ("a/kernel", "b/kernel")
 SHAPES = {"a/kernel": (16, 12), "b/kernel": (12, 8)}
 
@@ -31,34 +29,12 @@ def leaf(tree, path):
     return tree
 
 
-def random_grads(params, step):
-    """Dense random gradients, a different draw per step."""
-    key = jax.random.fold_in(jax.random.key(42), step)
-    return jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(key, x.size), x.shape),
-                        params)
+random_grads = references.random_grads
 
 
 def run(tx, steps, params=PARAMS, grads_fn=random_grads, start_masked=True):
-    """``steps`` jitted updates; returns the (params, state) before every step and after the
-    last one, the gradients of every step and the number of traces of the step."""
-    state = tx.init(params)
-    if start_masked:
-        params = apply_masks(params, state.masks)
-    traces = []
-
-    @jax.jit
-    def step(params, state, t):
-        traces.append(1)
-        grads = grads_fn(params, t)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, grads
-
-    history, all_grads = [(params, state)], []
-    for t in range(steps):
-        params, state, grads = step(params, state, jnp.int32(t))
-        history.append((params, state))
-        all_grads.append(grads)
-    return history, all_grads, len(traces)
+    """``steps`` jitted updates, from the initial masks applied to ``params`` by default."""
+    return references.run_steps(tx, steps, params, grads_fn, start_masked)
 
 
 def counts(masks):
