@@ -65,8 +65,71 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 
 def sweep(arg: str = "") -> list[dict]:
-    """{magnitude, wanda} × {50% unstructured, 2:4}."""
+    """Dense (the accuracy before pruning: the same training, same seeds); {magnitude,
+    wanda} × {50% unstructured, 2:4}."""
     del arg
-    return [{"name": f"{criterion}_{'50' if pattern == 'unstructured' else '2:4'}",
-             "method.criterion": criterion, "method.pattern": pattern}
-            for criterion in ("magnitude", "wanda") for pattern in ("unstructured", "2:4")]
+    return [{"name": "dense", "method": {"name": "dense"}}] + [
+        {"name": f"{criterion}_{'50' if pattern == 'unstructured' else '2:4'}",
+         "method.criterion": criterion, "method.pattern": pattern}
+        for criterion in ("magnitude", "wanda") for pattern in ("unstructured", "2:4")]
+
+
+def report(r) -> str:
+    """This study's section of ``REPRODUCTION.md`` (see :mod:`sparsejax.experiment.reproduction`)."""
+    from sparsejax.experiment import reproduction as rp
+
+    levels = (("50", "50% unstructured"), ("2:4", "2:4"))
+    rows = [[label, r.fmt(f"magnitude_{k}"), r.fmt(f"wanda_{k}"),
+             rp.signed(r, f"wanda_{k}", f"magnitude_{k}"),
+             f"{100 * r.mean(f'wanda_{k}', 'weight_sparsity'):.1f}%"] for k, label in levels]
+    results = rp.table(["pruned (no retraining)", "magnitude", "Wanda", "Wanda minus magnitude",
+                        "weight sparsity (all params)"], rows)
+    path = r.figure("wanda.png")
+    if path:
+        rp.bars(path, [label for _, label in levels],
+                {"magnitude": [r.stat(f"magnitude_{k}")[:2] for k, _ in levels],
+                 "Wanda": [r.stat(f"wanda_{k}")[:2] for k, _ in levels],
+                 "dense": [r.stat("dense")[:2] for _ in levels]},
+                ylabel="test accuracy (%)", example=r.example(),
+                title=f"Wanda vs magnitude: {r.groups['dense']['model']} on "
+                      f"{r.groups['dense']['dataset']}")
+    why = _why(r, rp)
+    claims = [
+        rp.claim(f"Wanda's |W|·‖X‖₂ keeps more accuracy than weight magnitude at {label}, "
+                 "without retraining (Sun et al. 2024, on LLaMA)",
+                 rp.better(r, f"wanda_{k}", f"magnitude_{k}"),
+                 f"Wanda {r.fmt(f'wanda_{k}')} vs magnitude {r.fmt(f'magnitude_{k}')} "
+                 f"({rp.signed(r, f'wanda_{k}', f'magnitude_{k}')}); dense {r.fmt('dense')}.",
+                 why[k]) for k, label in levels]
+    n = int(r.groups["dense"]["n"])
+    return "\n\n".join([
+        "## Wanda: one-shot pruning of a trained ViT by weight × input norm",
+        f"{r.groups['dense']['model']} (7×7 patches, dim 64, depth 4, 4 heads, MLP 256) trained "
+        f"dense on {r.groups['dense']['dataset']} (AdamW, 30 epochs), `n` = {n} seeds per row, "
+        f"dense {r.fmt('dense')}; then every linear layer of the encoder blocks (attention "
+        "query/key/value/out, both MLP layers; not the patch-embedding conv nor the head) is "
+        "pruned once and evaluated without retraining. Wanda's norms come from 8 training "
+        "batches of 128 images; magnitude prunes each layer by |W| (the paper's baseline).",
+        results, r.link("wanda.png"), "**Claims**", "\n".join(claims)])
+
+
+def _why(r, rp) -> dict[str, str]:
+    """The analysis behind each verdict (written after reading the committed results,
+    2026-12-04); where a sentence depends on the outcome, it follows the verdict."""
+    outliers = (
+        "Wanda's gain on LLMs comes from a few input features with very large norms (the "
+        "emergent outlier features of large language models), which magnitude pruning ignores; "
+        "this 4-block, 64-wide ViT trained on 4,000 digits is unlikely to have such features "
+        "(not measured here), so the input norms would reweight |W| only mildly.")
+    verdict = {k: rp.better(r, f"wanda_{k}", f"magnitude_{k}") for k in ("50", "2:4")}
+    return {
+        "50": outliers + (" Unstructured, both keep half of every layer's weights and lose about "
+                          "19 points; the difference is under one seed's spread."
+                          if verdict["50"] != "reproduced" else ""),
+        "2:4": ("At 2:4 the comparison is within groups of 4 inputs, where the norms decide "
+                "more often; Wanda is ahead on every seed here, but magnitude's 2:4 accuracy "
+                "varies by ±9.5 points across seeds, so 3 seeds do not separate them by the "
+                "2-standard-error rule." if verdict["2:4"] != "reproduced" else
+                "At 2:4 the comparison is within groups of 4 inputs, where the norms decide "
+                "more often."),
+    }

@@ -460,14 +460,28 @@ def test_dst_state_masks_survive_a_checkpoint(tmp_path):
     assert restored["opt_state"].masks["b"]["bias"] is None
 
 
-def _recipe_phase(name, main_steps=1000, **kwargs):
+def _recipe_phase(name, main_steps=1000, run_seed=0, **kwargs):
     import ml_collections
 
     from sparsejax.experiment import recipes
 
-    config = ml_collections.ConfigDict({"method": {"name": name, **kwargs}})
+    config = ml_collections.ConfigDict({"seed": run_seed, "method": {"name": name, **kwargs}})
     [phase] = recipes.build_phases(config, main_steps, 100)
     return phase
+
+
+@pytest.mark.parametrize("name", ["static", "set", "rigl", "snfs"])
+def test_recipe_masks_follow_the_runs_seed(name):
+    """Every seed of a sweep draws its own random masks (the recipe's seed is an offset)."""
+    def masks(run_seed, offset=0):
+        tx = _recipe_phase(name, run_seed=run_seed, seed=offset).optimizer_wrapper(
+            optax.sgd(0.1))
+        return np.concatenate([np.asarray(leaf(tx.init(PARAMS).masks, p)).ravel()
+                               for p in KERNELS])
+
+    assert (masks(0) == masks(0)).all()
+    assert (masks(1) != masks(0)).any()
+    assert (masks(1) == masks(0, offset=1)).all()
 
 
 @pytest.mark.parametrize("name,kwargs", [

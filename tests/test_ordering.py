@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from sparsejax import ordering
-from sparsejax.methods import swat
 from sparsejax.ops import Policy, sparse_conv_general_dilated
 from sparsejax.sparsifiers import Channel, PatternRule, TopK
 

@@ -95,9 +95,14 @@ def test_a_method_argument_at_its_recipe_default_is_not_a_change(asp_results, tm
     run = next(r for r in manifest["runs"] if r["config"]["method"]["name"] == "asp")
     method = run["config"]["method"]
     default = inspect.signature(recipes.asp).parameters["exclude"].default
-    assert "exclude" not in method  # results made before the argument existed
-    for value, stale in ((default, False), ("head", True)):
-        method["exclude"] = value
+    # Sweeps record every recipe argument, the omitted ones at their defaults.
+    assert method["exclude"] == default
+    # Results made before the argument existed (absent), at its default, or changed.
+    for value, stale in ((None, False), (default, False), ("head", True)):
+        if value is None:
+            method.pop("exclude")
+        else:
+            method["exclude"] = value
         with open(path, "w", encoding="utf-8") as f:
             json.dump(manifest, f)
         problems = reproduction.check(study, root)

@@ -5,7 +5,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import pytest
 
 from sparsejax import methods
 from sparsejax.adapters import sparsify

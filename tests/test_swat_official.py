@@ -11,7 +11,6 @@ run_configurations/*.yaml), not from sparsejax:
 * SWAT-ERK: the first and the last layer are sparse and inside the ERK budget.
 """
 
-import math
 import os
 
 import flax.linen as nn

@@ -205,9 +205,9 @@ def test_jitted_update_compiles_once():
         return jax.jit(update)
 
     sched = schedules.polynomial(0.8, 0, 20, frequency=2)
-    for prune in (pruning(sched, update_every=2), pruning(0.5, update_every=None)):
+    for transform in (pruning(sched, update_every=2), pruning(0.5, update_every=None)):
         traces.clear()
-        tx = optax.chain(optax.sgd(1e-2), prune)
+        tx = optax.chain(optax.sgd(1e-2), transform)
         update, state, params = counted(tx), tx.init(PARAMS), PARAMS
         grads = jax.grad(loss_fn)(PARAMS)
         for _ in range(8):

@@ -193,18 +193,15 @@ def dense(ctx: "Context") -> list[Phase]:
     return [Phase("train", ctx.main_steps)]
 
 
-_CRITERIA = {"magnitude": criteria.Magnitude(), "random": criteria.Random(0),
-              "saliency": criteria.Saliency()}
-
-
-def _criterion(name: str, recipe: str, allowed: Sequence[str]) -> criteria.Criterion:
+def _criterion(name: str, recipe: str, allowed: Sequence[str], seed: int) -> criteria.Criterion:
     """``config.method.criterion`` as a criterion value (a config error lists the valid names)."""
     if name not in allowed:
         hint = ("; snip prunes at initialisation: use the magnitude recipe "
                 "(experiments/han.py:criterion=snip)" if name == "snip" else "")
         raise ConfigError(f"config.method.criterion={name!r} is not a criterion of recipe "
                           f"{recipe!r}; valid: {', '.join(allowed)}{hint}.")
-    return _CRITERIA[name]
+    return {"magnitude": criteria.Magnitude(), "random": criteria.Random(seed),
+            "saliency": criteria.Saliency()}[name]
 
 
 def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
@@ -232,7 +229,7 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
         layer to ``1 - (1 - s_l) ** (i / n)``.
       exclude: regex of parameters left dense (e.g. ``"head"``).
       criterion: what ranks the weights at each pruning (:mod:`sparsejax.criteria`):
-        ``magnitude`` (Han), ``random`` (seed 0; the lower baseline),
+        ``magnitude`` (Han), ``random`` (seeded by the run's seed; the lower baseline),
         ``saliency`` (``|w · g|`` with the gradient of the retraining phase's
         first batch, at the trained weights: the masks are made at that phase's
         first step, so no "accuracy right after pruning" is reported), or ``snip`` (Lee et al. 2019: no dense phase; ``|w · g|`` at the
@@ -257,7 +254,7 @@ def magnitude(ctx: "Context", *, sparsity: float = 0.9, iterations: int = 1,
     _check(q >= 0, "q", q, ">= 0 (0: prune to the target sparsity)")
     _check_distribution(distribution)
     rule = (criteria.Saliency() if criterion == "snip"
-            else _criterion(criterion, "magnitude", criteria.CRITERIA))
+            else _criterion(criterion, "magnitude", criteria.CRITERIA, ctx.seed))
     _check(q == 0 or criterion == "magnitude", "q", q,
            f"0 with criterion={criterion!r} (Han's q·std rule thresholds the weights: "
            "criterion=magnitude)")
@@ -438,7 +435,7 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
       distribution: per-layer spread (``uniform``, ``erk``, ``global``).
       exclude: regex of parameters left dense.
       criterion: what ranks the weights at each refresh: ``magnitude`` (Zhu &
-        Gupta), ``random`` (seed 0, a fresh draw among the surviving weights per
+        Gupta), ``random`` (seeded by the run's seed, a fresh draw among the surviving weights per
         refresh) or ``saliency`` (``|w · g|`` with the refresh step's gradient;
         jaxpruner's saliency pruning). Pruned weights score 0 under the last
         two, so the masks only grow sparser.
@@ -454,7 +451,7 @@ def gradual(ctx: "Context", *, sparsity: float = 0.9, begin: float = 0.1, end: f
            "fractions of training with 0 <= begin < end <= 1")
     _check(isinstance(frequency, int) and frequency >= 1, "frequency", frequency, "an int >= 1")
     _check_distribution(distribution)
-    rule = _criterion(criterion, "gradual", ("magnitude", "random", "saliency"))
+    rule = _criterion(criterion, "gradual", ("magnitude", "random", "saliency"), ctx.seed)
     total = ctx.main_steps
     t0, t1 = int(begin * total), max(int(end * total), int(begin * total) + 1)
     sched = schedules.polynomial(sparsity, begin_step=t0, end_step=t1, frequency=frequency)
@@ -755,7 +752,8 @@ def static(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
       ctx: recipe context.
       sparsity: fraction of the kernels' weights removed (the global target for ERK).
       distribution: ``"erk"`` (as RigL's baselines) or ``"uniform"``.
-      seed: seed of the random masks.
+      seed: added to the run's seed (``config.seed``) for the random masks, so every
+        seed of a sweep draws its own.
       exclude: regex of parameters left dense.
 
     Returns:
@@ -767,7 +765,7 @@ def static(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
     from sparsejax import dst
 
     return _wrapped_phase(ctx, dst.static_random, sparsity=sparsity, distribution=distribution,
-                          seed=seed, exclude=exclude)
+                          seed=ctx.seed + seed, exclude=exclude)
 
 
 def sparse_evolutionary(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
@@ -783,7 +781,8 @@ def sparse_evolutionary(ctx: "Context", *, sparsity: float = 0.9, distribution: 
       update_every: ``ΔT``, steps between mask updates.
       drop_fraction: ``ζ``, fraction of the active weights replaced per update.
       end: fraction of training after which the masks stay fixed (1: never).
-      seed: seed of the initial masks and the regrowth.
+      seed: added to the run's seed (``config.seed``) for the random masks, so every
+        seed of a sweep draws its own.
       exclude: regex of parameters left dense.
 
     Returns:
@@ -796,8 +795,8 @@ def sparse_evolutionary(ctx: "Context", *, sparsity: float = 0.9, distribution: 
 
     return _wrapped_phase(ctx, dst.sparse_evolutionary, sparsity=sparsity,
                           distribution=distribution, update_every=update_every,
-                          drop_fraction=drop_fraction, end_step=_end_step(ctx, end), seed=seed,
-                          exclude=exclude)
+                          drop_fraction=drop_fraction, end_step=_end_step(ctx, end),
+                          seed=ctx.seed + seed, exclude=exclude)
 
 
 def rigl(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
@@ -813,7 +812,8 @@ def rigl(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
       update_every: ``ΔT`` (100 in the paper).
       drop_fraction: ``α``, the initial drop fraction (0.3).
       end: ``T_end`` as a fraction of training (0.75).
-      seed: seed of the initial masks.
+      seed: added to the run's seed (``config.seed``) for the random masks, so every
+        seed of a sweep draws its own.
       exclude: regex of parameters left dense.
 
     Returns:
@@ -826,7 +826,7 @@ def rigl(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
 
     return _wrapped_phase(ctx, dst.rigl, sparsity=sparsity, distribution=distribution,
                           update_every=update_every, drop_fraction=drop_fraction,
-                          end_step=_end_step(ctx, end), seed=seed, exclude=exclude)
+                          end_step=_end_step(ctx, end), seed=ctx.seed + seed, exclude=exclude)
 
 
 def snfs(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
@@ -843,7 +843,8 @@ def snfs(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
       drop_fraction: the initial prune rate (0.5), cosine-decayed to ``end``.
       momentum: decay of the gradient momentum regrowth ranks by (0.9).
       end: fraction of training where mask updates stop (1: the end).
-      seed: seed of the initial masks.
+      seed: added to the run's seed (``config.seed``) for the random masks, so every
+        seed of a sweep draws its own.
       exclude: regex of parameters left dense.
 
     Returns:
@@ -856,8 +857,8 @@ def snfs(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "erk",
 
     return _wrapped_phase(ctx, dst.snfs, sparsity=sparsity, distribution=distribution,
                           update_every=update_every, drop_fraction=drop_fraction,
-                          momentum=momentum, end_step=_end_step(ctx, end), seed=seed,
-                          exclude=exclude)
+                          momentum=momentum, end_step=_end_step(ctx, end),
+                          seed=ctx.seed + seed, exclude=exclude)
 
 
 def acdc(ctx: "Context", *, sparsity: float = 0.9, distribution: str = "uniform",
@@ -920,6 +921,8 @@ class Context:
       calibration: ``i -> the i-th training batch's inputs`` (a host array), for
         recipes whose ``prepare`` runs the model on data (Wanda's input norms);
         ``None`` during config validation.
+      seed: the run's seed (``config.seed``); recipes derive their random draws
+        from it (random masks and criteria), so every seed of a sweep draws its own.
     """
 
     main_steps: int
@@ -928,6 +931,7 @@ class Context:
     model: Any = None
     input_shape: Optional[tuple[int, ...]] = None
     calibration: Optional[Callable[[int], Any]] = None
+    seed: int = 0
 
     def epochs_to_steps(self, epochs: float) -> int:
         """``epochs`` of training as a number of steps (at least 1)."""
@@ -1031,6 +1035,27 @@ def method_fields(name: str) -> list[str]:
     return ["name"] + [p for p in inspect.signature(RECIPES[name]).parameters if p != "ctx"]
 
 
+def with_method_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A config dict whose ``method`` lists every argument of its recipe, the omitted ones at
+    the recipe's defaults (unknown recipes: unchanged).
+
+    Sweeps record each run's config this way (``sweep.json``), so results say exactly
+    which arguments made them, and an argument added to a recipe later, with a default
+    that keeps the old behaviour, does not make them look stale.
+
+    Example:
+      >>> with_method_defaults({"method": {"name": "dsg", "sparsity": 0.8}})["method"]["epsilon"]
+      0.5
+    """
+    method = config.get("method")
+    recipe = RECIPES.get(method.get("name")) if isinstance(method, Mapping) else None
+    if recipe is None:
+        return config
+    defaults = {n: p.default for n, p in inspect.signature(recipe).parameters.items()
+                if n != "ctx" and p.default is not inspect.Parameter.empty}
+    return {**config, "method": {**defaults, **method}}
+
+
 def check_method(config: ml_collections.ConfigDict, main_steps: int,
                  steps_per_epoch: int) -> list[Phase]:
     """Validates ``config.method`` by building its phases (cheap: no data, no model).
@@ -1100,7 +1125,7 @@ def build_phases(config: ml_collections.ConfigDict, main_steps: int,
     recipe = RECIPES[name]
     phases = recipe(Context(main_steps, steps_per_epoch, axes, model,
                             tuple(input_shape) if input_shape is not None else None,
-                            calibration), **kwargs)
+                            calibration, int(config.get("seed", 0))), **kwargs)
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"Recipe {name!r} produced duplicate phase names {names}.")

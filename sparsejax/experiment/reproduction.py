@@ -30,7 +30,6 @@ import argparse
 import csv
 import dataclasses
 import functools
-import inspect
 import math
 import os
 import sys
@@ -48,6 +47,7 @@ STUDIES: tuple[tuple[str, str, str], ...] = (
     ("asp", "experiments/reproduce_asp.py", ""),
     ("swat_mlp", "experiments/reproduce_swat.py", "model=mlp"),
     ("swat_lenet5", "experiments/reproduce_swat.py", "model=lenet5"),
+    ("wanda", "experiments/wanda.py", ""),
 )
 """``(folder, config file, config argument)`` of every study, in document order."""
 
@@ -212,19 +212,6 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -
     return keys
 
 
-def _method_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``config`` with its method's omitted arguments filled in from the recipe's defaults,
-    so a recipe argument added later (with a default that keeps the old behaviour)
-    does not make earlier results stale."""
-    method = config.get("method")
-    recipe = recipes.RECIPES.get(method.get("name")) if isinstance(method, Mapping) else None
-    if recipe is None:
-        return config
-    defaults = {n: p.default for n, p in inspect.signature(recipe).parameters.items()
-                if n != "ctx" and p.default is not inspect.Parameter.empty}
-    return {**config, "method": {**defaults, **method}}
-
-
 def check(study: Study, root: str) -> list[str]:
     """Problems with a study's result files (empty when they are complete and current).
 
@@ -259,7 +246,8 @@ def check(study: Study, root: str) -> list[str]:
                         f"{', '.join(removed[:6]) or 'none'}; or another order); {fix}")
     else:
         for (name, seed, have), (_, _, want) in zip(got, expected):
-            diff = _differences(_method_defaults(have), _method_defaults(want))
+            diff = _differences(recipes.with_method_defaults(have),
+                                recipes.with_method_defaults(want))
             if diff:
                 problems.append(f"{directory} is stale: run {name!r} (seed {seed}) was made with "
                                 f"another config than {study.config} now defines: "
@@ -462,6 +450,7 @@ named, and `--results_dir` + this generator work the same way there:
 | SWAT §3 sensitivity (CIFAR-100 VGG-16, DenseNet-121) | `python launch.py --config=experiments/reproduce_swat.py:model=vgg16,full --sweep` (and `model=densenet121,full`) |
 | SWAT Tables (CIFAR-10 SWAT-U / ERK at 50-90%) | `python launch.py --config=experiments/swat.py:model=vgg16 --sweep` (`model=wrn16_8`, `model=densenet121`, `model=resnet18,structured=slice`) |
 | SWAT ImageNet (ResNet-50, SWAT-U / ERK at 80%, 90%) | `python launch.py --config=experiments/swat.py:model=resnet50,sparsity=0.8` (`distribution=erk`; `sparsity=0.9`) |
+| Dynamic sparse training at SWAT's budgets (CIFAR-10 ResNet-18: static, SET, RigL, SNFS with ERK, and AC/DC, at 80% and 90%; SWAT's rows: the SWAT Tables line) | `python launch.py --config=experiments/dst.py --sweep` |
 """
 
 

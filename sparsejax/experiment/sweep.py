@@ -32,7 +32,7 @@ import ml_collections
 from absl import logging
 
 from sparsejax.experiment import config as config_lib
-from sparsejax.experiment import report
+from sparsejax.experiment import recipes, report
 from sparsejax.experiment.checkpoint import make_workdir, read_json, sync_processes
 
 
@@ -241,7 +241,8 @@ def aggregate(base: ml_collections.ConfigDict, overrides: Sequence[Mapping[str, 
 
 def manifest(runs: Sequence[tuple[int, ml_collections.ConfigDict]], seeds: int,
              rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """What a sweep ran: every run's resolved config, and the finished runs' time.
+    """What a sweep ran: every run's resolved config (its method with every recipe argument,
+    :func:`~sparsejax.experiment.recipes.with_method_defaults`), and the finished runs' time.
 
     Args:
       runs: :func:`run_configs` of the sweep.
@@ -256,7 +257,8 @@ def manifest(runs: Sequence[tuple[int, ml_collections.ConfigDict]], seeds: int,
     return {"seeds": seeds,
             "runs": [{"member": index, "name": str(config.name), "seed": config.seed,
                       "finished": (str(config.name), config.seed) in done,
-                      "config": config_lib.to_dict(config)} for index, config in runs],
+                      "config": recipes.with_method_defaults(config_lib.to_dict(config))}
+                     for index, config in runs],
             "wall_time_s": sum(float(r.get("wall_time_s", 0.0)) for r in rows)}
 
 
