@@ -56,7 +56,7 @@ import optax
 from jax import lax
 
 from sparsejax import mask_wrappers as mw
-from sparsejax.paths import PathMatcher, PathRule, flatten
+from sparsejax.paths import PathMatcher, PathRule
 from sparsejax.tree import compute_masks
 from sparsejax.validate import plain
 
@@ -176,9 +176,7 @@ def acdc(optimizer: optax.GradientTransformation, sparsity: float, *, warmup_ste
     def init_fn(params):
         params = plain(params)
         layers, _ = plan_for(params)
-        if keep_matcher is not None:
-            keep_matcher.warn_unmatched([p for p, _ in flatten(jax.eval_shape(
-                optimizer.init, params))[0]])
+        mw.warn_unmatched_state(keep_matcher, optimizer, params)
         masks = {p: jnp.ones(shape, bool) for p, (shape, _) in layers.items()}
         return mw.DSTState(jnp.zeros((), jnp.int32), mw.to_tree(params, masks),
                         optimizer.init(params), None)

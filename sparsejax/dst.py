@@ -110,7 +110,7 @@ from jax import lax
 from sparsejax import mask_wrappers as mw
 from sparsejax import select
 from sparsejax.methods import momentum_budgets
-from sparsejax.paths import PathMatcher, PathRule, flatten
+from sparsejax.paths import PathMatcher, PathRule
 from sparsejax.mask_wrappers import DSTState
 from sparsejax.validate import plain, raise_if
 
@@ -216,9 +216,7 @@ def _wrapper(method: str, optimizer: optax.GradientTransformationExtraArgs, spar
     def init_fn(params):
         params = plain(params)
         layers, _ = plan_for(params)
-        if keep_matcher is not None:
-            keep_matcher.warn_unmatched([p for p, _ in flatten(jax.eval_shape(
-                optimizer.init, params))[0]])
+        mw.warn_unmatched_state(keep_matcher, optimizer, params)
         masks = _random_masks(layers, jax.random.key(seed))
         mom = None
         if grow == "momentum":

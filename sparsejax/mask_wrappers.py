@@ -183,6 +183,14 @@ def from_tree(tree: Any, names: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- state reset
 
 
+def warn_unmatched_state(keep_state: PathMatcher | None, optimizer: Any, params: Any) -> None:
+    """At a wrapper's ``init``: warns about ``keep_state=`` regexes that match no path of the
+    optimizer's state (a typo would otherwise reset what the user meant to keep)."""
+    if keep_state is not None:
+        keep_state.warn_unmatched([p for p, _ in flatten(jax.eval_shape(optimizer.init,
+                                                                        params))[0]])
+
+
 def state_plan(state: Any, params: Any, layers: dict, keep_state: PathMatcher | None,
                 method: str) -> list[str | None]:
     """For every leaf of ``state`` (flatten order), the pruned parameter whose entries it
