@@ -33,6 +33,7 @@ from sparsejax.permutation import (PermutationResult, chain_pairs, permute_chann
                                    permute_for_nm, permute_model, search_permutation)
 from sparsejax.select import (keep_count, kth_largest_key_along, magnitude_keys, select_topk,
                               select_topk_key, threshold)
+from sparsejax.rule import Rule, SlotInput
 from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection, RowTopK,
                                    SharedColumns, TopK)
 from sparsejax.transform import PruningState, get_masks, pruning

@@ -39,6 +39,7 @@ import numpy as np
 from jax import lax
 
 from sparsejax import select
+from sparsejax.rule import Rule, resolve_sparsity, where_suffix
 from sparsejax.validate import check_sparsity, normalize_axis
 
 Array = jax.Array
@@ -46,18 +47,49 @@ ArrayLike = jax.typing.ArrayLike
 
 
 @dataclasses.dataclass(frozen=True)
-class Pattern:
-    """Base class: a hashable rule turning ``(x, sparsity)`` into a bool mask."""
+class Pattern(Rule):
+    """Base class: a hashable rule turning ``(x, sparsity)`` into a bool mask.
 
+    A pattern is a :class:`~sparsejax.rule.Rule`, so it also fills a slot of a
+    sparse-op policy: ``Policy(weight=NM(2, 4))``, ``Policy(weight=Channel((-2,),
+    sparsity=0.5))`` (the slot's ``aux`` sparsity overrides ``sparsity``). At the
+    tree level (``prune``, ``pruning``) the sparsity comes from the call instead.
+
+    Attributes:
+      sparsity: the fraction removed when used as a slot rule (keyword only;
+        ``None``: given per call, or fixed by the pattern as for N:M).
+    """
+
+    sparsity: Optional[float] = dataclasses.field(default=None, kw_only=True)
     supports_global = False
+    uses = frozenset({"sparsity"})
+
+    def __repr__(self) -> str:
+        # The pattern's own fields first, as dataclasses print them; the slot-rule
+        # sparsity last and only when set (tree-level patterns never carry one).
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.name != "sparsity"]
+        if self.sparsity is not None:
+            shown.append(f"sparsity={self.sparsity!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __post_init__(self):
+        if self.sparsity is None:
+            return
+        if self.fixed_sparsity is not None:
+            raise ValueError(f"{self!r} fixes its own sparsity ({self.fixed_sparsity:g}); drop "
+                             f"sparsity={self.sparsity}.")
+        check_sparsity(self.sparsity, f"{type(self).__name__}(sparsity=...)")
 
     @property
     def uses_contraction_axes(self) -> bool:
         """Whether the pattern groups along each kernel's contraction axes (``NM(n, m)``)."""
         return False
 
-    def mask(self, x: ArrayLike, sparsity: ArrayLike, where: str | None = None) -> Array:
-        """Bool mask of ``x``'s shape removing ``sparsity`` of it under this pattern."""
+    def mask(self, x: ArrayLike, sparsity: Optional[ArrayLike] = None,
+             where: str | None = None) -> Array:
+        """Bool mask of ``x``'s shape removing ``sparsity`` (default: the pattern's own)
+        of it under this pattern."""
         raise NotImplementedError
 
     def ineligible(self, shape: tuple[int, ...]) -> Optional[str]:
@@ -80,8 +112,32 @@ class Pattern:
         """The sparsity the pattern itself implies (N:M), or ``None``."""
         return None
 
+    def _target(self, sparsity: Optional[ArrayLike], where: str | None) -> ArrayLike:
+        """The sparsity to apply: the call's, else the pattern's own (checked)."""
+        return resolve_sparsity(self.sparsity, sparsity, self, where)
 
-@dataclasses.dataclass(frozen=True)
+    def keep(self, x, given, feature_axes, where=None):
+        return self.mask(x, given.sparsity, where), None
+
+    def density(self, width):
+        s = self.fixed_sparsity if self.sparsity is None else self.sparsity
+        return None if s is None else 1.0 - s
+
+    def check(self, shape, feature_axes, where=None):
+        reason = self.ineligible(shape)
+        if reason:
+            raise ValueError(f"{self!r} does not fit the tensor{where_suffix(where)} of shape "
+                             f"{shape}: {reason}. Exclude the layer or pick another pattern.")
+
+    def static_count(self, shape, given):
+        if given.sparsity is not None or self.sparsity is None:
+            return None
+        size = math.prod(shape)
+        units = jax.eval_shape(lambda: self.unit_scores(jnp.zeros(shape, jnp.float32))[0]).size
+        return select.keep_count(self.sparsity, units) * (size // units)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Unstructured(Pattern):
     """Individual entries by magnitude (exact count, lowest index wins ties).
 
@@ -92,8 +148,8 @@ class Unstructured(Pattern):
 
     supports_global = True
 
-    def mask(self, x, sparsity, where=None):
-        check_sparsity(sparsity, where)
+    def mask(self, x, sparsity=None, where=None):
+        sparsity = self._target(sparsity, where)
         x = jnp.asarray(x)
         return _topk_keep(x, select.keep_count(sparsity, x.size))
 
@@ -178,7 +234,7 @@ _AMBIGUOUS_FIX = ("pass the contraction axes: NM(n, m, axis=...) for one kernel,
                   "sparsify(model, ste(NM(n, m)))")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class NM(Pattern):
     """Keep ``n`` of every ``m`` consecutive entries along the contraction dimension.
 
@@ -223,6 +279,7 @@ class NM(Pattern):
     n: int = 2
     m: int = 4
     axis: Axes = None
+    uses = frozenset()
 
     def __post_init__(self):
         if not (isinstance(self.n, int) and isinstance(self.m, int)):
@@ -231,6 +288,7 @@ class NM(Pattern):
             raise ValueError(f"NM needs 0 < n <= m and m > 0, got n={self.n}, m={self.m} "
                              "(2:4 is NM(2, 4)).")
         object.__setattr__(self, "axis", _canonical_axes(self.axis))
+        super().__post_init__()
 
     @property
     def fixed_sparsity(self) -> float:
@@ -289,11 +347,15 @@ class NM(Pattern):
         return None
 
     def mask(self, x, sparsity=None, where=None):
+        del sparsity  # fixed: n of every m
         x = jnp.asarray(x)
         return nm_mask(x, self.n, self.m, self.axes_for(x.shape, where), where=where)
 
+    def static_count(self, shape, given):
+        return math.prod(shape) // self.m * self.n
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Channel(Pattern):
     """Whole slices indexed by ``axes``, scored by their mean magnitude.
 
@@ -311,6 +373,7 @@ class Channel(Pattern):
     supports_global = True
 
     def __post_init__(self):
+        super().__post_init__()
         axes = (self.axes,) if isinstance(self.axes, int) else tuple(self.axes)
         if not axes:
             raise ValueError("Channel(axes=...) needs at least one axis.")
@@ -335,8 +398,8 @@ class Channel(Pattern):
         full = [shape[i] if i in axes else 1 for i in range(len(shape))]
         return jnp.broadcast_to(unit_mask.reshape(full), shape)
 
-    def mask(self, x, sparsity, where=None):
-        check_sparsity(sparsity, where)
+    def mask(self, x, sparsity=None, where=None):
+        sparsity = self._target(sparsity, where)
         x = jnp.asarray(x)
         self._axes(x.ndim, where)
         keys, _ = self.unit_scores(x)
@@ -344,7 +407,7 @@ class Channel(Pattern):
         return self.expand(m, x.shape)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Block(Pattern):
     """Dense blocks of ``shape`` over the trailing dimensions, by mean magnitude.
 
@@ -358,6 +421,7 @@ class Block(Pattern):
     supports_global = True
 
     def __post_init__(self):
+        super().__post_init__()
         shp = tuple(self.shape)
         if not shp or any((not isinstance(b, int)) or b <= 0 for b in shp):
             raise ValueError(f"Block(shape=...) needs positive integer sizes, got {self.shape!r}.")
@@ -393,8 +457,8 @@ class Block(Pattern):
         m = unit_mask.reshape(bshape)
         return jnp.broadcast_to(m, split).reshape(shape)
 
-    def mask(self, x, sparsity, where=None):
-        check_sparsity(sparsity, where)
+    def mask(self, x, sparsity=None, where=None):
+        sparsity = self._target(sparsity, where)
         x = jnp.asarray(x)
         reason = self.ineligible(x.shape)
         if reason:

@@ -1,33 +1,41 @@
-"""Sparsifiers: the hashable rules that fill the slots of a sparse-op policy.
+"""The slot rules beyond the weight patterns: top-K (with SWAT's cached threshold), fixed
+masks, per-row and per-column rules, and DSG's random projection.
 
-A sparsifier is a small frozen dataclass (a static ``jit`` argument) that turns
-an array into a bool keep-mask. Everything that changes between steps (a
-sparsity chosen by SWAT-M, a cached threshold, a fixed pruning mask, a PRNG
-key) arrives through a :class:`SlotInput` built from the op's ``aux`` argument,
-so changing it never recompiles. Every magnitude selection goes through
-:mod:`sparsejax.select` / :mod:`sparsejax.patterns` (the one selection routine).
+Every rule here and every pattern of :mod:`sparsejax.patterns` derives from
+:class:`sparsejax.rule.Rule` (one family): any of them fills a slot of a sparse-op
+policy. Everything that changes between steps (a sparsity chosen by SWAT-M, a
+cached threshold, a fixed pruning mask, a PRNG key) arrives through a
+:class:`~sparsejax.rule.SlotInput` built from the op's ``aux`` argument, so
+changing it never recompiles. Every magnitude selection goes through
+:mod:`sparsejax.select` (the one selection routine).
 
-==================  ===================================================  ==========================
-rule                keeps                                                dynamic inputs (SlotInput)
-==================  ===================================================  ==========================
-``TopK``            the ``1 - sparsity`` largest ``|x|`` of the tensor    ``sparsity``
-``Cached``          ``|x| >= threshold``                                  ``threshold``, ``refresh``,
-                                                                          ``sparsity``
-``PatternRule``     what a :class:`~sparsejax.patterns.Pattern` keeps     ``sparsity``
-``Fixed``           a given mask                                          ``mask``
-``RowTopK``         the ``k`` largest ``|x|`` of every row                –
-``SharedColumns``   ``k`` feature columns shared by all rows              –
-``RandomProjection``  top ``1 - sparsity`` outputs per row, estimated     ``sparsity``, ``key``
-                    by a sparse random projection (``out`` slot only)
-==================  ===================================================  ==========================
+=====================  ===============================================  ==========================
+rule                   keeps                                            dynamic inputs (SlotInput)
+=====================  ===============================================  ==========================
+``TopK``               the ``1 - sparsity`` largest ``|x|`` of the      ``sparsity``
+                       tensor
+``TopK(cached=True)``  ``|x| >= threshold``, refreshed on request       ``threshold``, ``refresh``,
+                                                                        ``sparsity``
+``Unstructured``,      what the :mod:`~sparsejax.patterns` pattern      ``sparsity`` (not N:M)
+``NM``, ``Channel``,   keeps
+``Block``
+``Fixed``              a given mask                                     ``mask``
+``RowTopK``            the ``k`` largest ``|x|`` of every row           –
+``SharedColumns``      ``k`` feature columns shared by all rows         –
+``RandomProjection``   top ``1 - sparsity`` outputs per row, estimated  ``sparsity``, ``key``
+                       by a sparse random projection (``out`` only)
+=====================  ===============================================  ==========================
+
+``Cached(s)`` and ``PatternRule(pattern, s)`` remain as names for
+``TopK(s, cached=True)`` and ``pattern`` with its sparsity set.
 
 "Rows" and "features" refer to the layer's output-feature axes (the kernel's
 output dims): a row is one index of every other axis (sample, or sample ×
 spatial position for a conv).
 
 References:
-  Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (TopK,
-  Cached); Sun et al., "meProp", ICML 2017 (RowTopK, SharedColumns); Liu et al.,
+  Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020 (TopK
+  and its cache); Sun et al., "meProp", ICML 2017 (RowTopK, SharedColumns); Liu et al.,
   "Dynamic Sparse Graph for Efficient Deep Learning", ICLR 2019
   (RandomProjection); Dong et al., "Spartan", IEEE TPDS 2021 (sampled thresholds).
 """
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, ClassVar, NamedTuple, Optional
+from typing import Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,42 +53,20 @@ from jax import lax
 
 from sparsejax import select
 from sparsejax.patterns import NM, Block, Channel, Pattern, Unstructured
+from sparsejax.rule import Rule, SlotInput, resolve_sparsity, where_suffix
 from sparsejax.validate import check_sparsity
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 
-class SlotInput(NamedTuple):
-    """The dynamic (traced) inputs of one policy slot; ``None`` = not given.
+__all__ = ["Block", "Cached", "Channel", "Fixed", "NM", "Pattern", "PatternRule",
+           "RandomProjection", "RowTopK", "Rule", "SharedColumns", "SlotInput", "Sparsifier",
+           "TopK", "Unstructured", "projection_dim", "ternary_projection"]
 
-    Attributes:
-      sparsity: overrides the rule's static sparsity (e.g. SWAT-M budgets).
-      threshold: magnitude threshold for :class:`Cached`.
-      refresh: bool scalar; where True :class:`Cached` recomputes its threshold.
-      mask: keep-mask for :class:`Fixed` (bool or 0/1, the tensor's shape).
-      key: PRNG key for :class:`RandomProjection`.
-    """
-
-    sparsity: Optional[ArrayLike] = None
-    threshold: Optional[ArrayLike] = None
-    refresh: Optional[ArrayLike] = None
-    mask: Optional[ArrayLike] = None
-    key: Optional[ArrayLike] = None
-
-
-def _where(where: str | None) -> str:
-    return f" in {where}" if where else ""
-
-
-def _sparsity(rule_value: Optional[float], given: Optional[ArrayLike], rule: object,
-              where: str | None) -> ArrayLike:
-    s = rule_value if given is None else given
-    if s is None:
-        raise ValueError(f"{rule!r}{_where(where)} has no sparsity: give one to the rule or "
-                         "pass it through aux.")
-    check_sparsity(s, where)
-    return s
+Sparsifier = Rule
+"""The base class of the slot rules: :class:`sparsejax.rule.Rule` (one family with the
+patterns; the old name stays)."""
 
 
 def _key_threshold(v: Array, k: ArrayLike) -> Array:
@@ -105,77 +91,7 @@ def _feature_width(shape: tuple[int, ...], feature_axes: tuple[int, ...]) -> int
 
 
 @dataclasses.dataclass(frozen=True)
-class Sparsifier:
-    """Base class of the slot rules.
-
-    Subclasses set ``uses`` (the :class:`SlotInput` fields they read) and
-    ``requires`` (those that must be given) and implement :meth:`keep`.
-    """
-
-    uses: ClassVar[frozenset[str]] = frozenset()
-    requires: ClassVar[frozenset[str]] = frozenset()
-
-    def keep(self, x: Array, given: SlotInput, feature_axes: tuple[int, ...],
-             where: str | None = None) -> tuple[Array, Optional[Array]]:
-        """Returns ``(mask, threshold)``.
-
-        Args:
-          x: the tensor the slot sparsifies.
-          given: the slot's dynamic inputs.
-          feature_axes: the output-feature axes of ``x`` (used by row/column rules).
-          where: layer name for error messages.
-
-        Returns:
-          A bool mask of ``x``'s shape and the magnitude threshold it used (float32
-          scalar) or ``None`` when the rule has no single threshold.
-        """
-        raise NotImplementedError
-
-    def static_count(self, shape: tuple[int, ...], given: SlotInput) -> Optional[int]:
-        """Exact number of kept entries if it is known at trace time, else ``None``."""
-        return None
-
-    def pack_slots(self, shape: tuple[int, ...], given: SlotInput) -> Optional[tuple[int, bool]]:
-        """How a kept tensor packs (:func:`sparsejax.ops.compaction.pack`), if statically.
-
-        Returns:
-          ``(value slots, ties)`` or ``None``: ``ties=True`` when the kept entries
-          are ``|x| >=`` the returned threshold and the entries tied at it may
-          exceed the slots (they go to a tie bit plane).
-        """
-        count = self.static_count(shape, given)
-        return None if count is None else (count, False)
-
-    def by_threshold(self, given: SlotInput) -> bool:
-        """True when :meth:`keep`'s mask is ``|x| >=`` the threshold it returns.
-
-        A kept tensor's mask can then be rebuilt from the tensor and that scalar
-        (the sparse ops rebuild W's mask in the backward pass instead of saving it).
-        """
-        del given
-        return False
-
-    def check(self, shape: tuple[int, ...], feature_axes: tuple[int, ...],
-              where: str | None = None) -> None:
-        """Raises a clear error if the rule cannot apply to a tensor of ``shape``."""
-
-    def density(self, width: int) -> Optional[float]:
-        """The fraction of entries the rule keeps, from its static arguments.
-
-        Args:
-          width: the tensor's feature width (rows keep ``k`` of ``width``).
-
-        Returns:
-          The kept fraction, or ``None`` when only the data decides it (a
-          :class:`Fixed` mask, a :class:`Cached` threshold without a target).
-          The cost model (:func:`sparsejax.analysis.costs.policy_fractions`) reads it.
-        """
-        del width
-        return None
-
-
-@dataclasses.dataclass(frozen=True)
-class TopK(Sparsifier):
+class TopK(Rule):
     """Whole-tensor magnitude top-K (one threshold per tensor, SWAT's rule).
 
     Exact (``ceil((1 - sparsity) * size)`` entries, ties to the lowest index) via
@@ -189,27 +105,42 @@ class TopK(Sparsifier):
     ``|x| >= threshold`` is kept. If more than ``sparsity`` of ``x`` is already
     zero (after a ReLU) nothing non-zero is dropped.
 
+    With ``cached=True`` the rule keeps ``|x| >= threshold`` with the threshold
+    given in the slot's inputs (SWAT's cache: the official code recomputes the
+    exact threshold every ``topk_period`` steps and reuses it in between). Pass
+    the cached value as the slot's ``threshold``; to refresh it inside the same
+    compiled step pass ``refresh=True`` (a traced bool) and the rule recomputes it
+    with :func:`sparsejax.select.threshold` at ``sparsity`` (its counting passes
+    run only on refresh steps). The op's stats return the threshold actually
+    used, which the caller stores for the next step.
+
     Args:
-      sparsity: fraction removed, in [0, 1); ``aux`` may override it per call.
+      sparsity: fraction removed, in [0, 1); ``aux`` may override it per call
+        (``None``: only given per call; with ``cached``, the target of refreshes).
       sample_size: optional sample size for an approximate threshold.
       ties: ``"index"`` (exact count, ties to the lowest index) or ``"all"``
         (keep every tie at the threshold; the kept count is then not static).
+      cached: reuse the threshold passed in (see above).
 
     Example:
       >>> TopK(0.5).keep(jnp.array([1., -4., 2., 3.]), SlotInput(), ())[0].tolist()
       [False, True, False, True]
+      >>> TopK(cached=True).keep(jnp.array([1., -4., 2.]), SlotInput(threshold=2.), ())[0].tolist()
+      [False, True, True]
 
     References:
-      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020.
+      Raihan & Aamodt, "Sparse Weight Activation Training", NeurIPS 2020
+      (``topk_period`` in the official code).
     """
 
-    sparsity: float = 0.5
+    sparsity: Optional[float] = 0.5
     sample_size: Optional[int] = None
     ties: str = "index"
-    uses: ClassVar[frozenset[str]] = frozenset({"sparsity"})
+    cached: bool = False
 
     def __post_init__(self):
-        check_sparsity(self.sparsity, "TopK(sparsity=...)")
+        if self.sparsity is not None:
+            check_sparsity(self.sparsity, "TopK(sparsity=...)")
         if self.ties not in ("index", "all"):
             raise ValueError(f"TopK(ties=...) must be 'index' (exact count) or 'all' (keep every "
                              f"tie at the threshold), got {self.ties!r}.")
@@ -217,160 +148,107 @@ class TopK(Sparsifier):
                                              or self.sample_size <= 0):
             raise ValueError(f"TopK(sample_size=...) must be a positive int or None, "
                              f"got {self.sample_size!r}.")
+        if not isinstance(self.cached, bool):
+            raise TypeError(f"TopK(cached=...) must be True or False, got {self.cached!r}.")
+        if self.cached and self.ties != "index":
+            raise ValueError("TopK(cached=True) keeps |x| >= the cached threshold, every tie "
+                             "included; drop ties=.")
 
-    def density(self, width):
-        return 1.0 - self.sparsity
+    @property
+    def uses(self) -> frozenset[str]:
+        return frozenset({"threshold", "refresh", "sparsity"} if self.cached else {"sparsity"})
 
-    def keep(self, x, given, feature_axes, where=None):
-        s = _sparsity(self.sparsity, given.sparsity, self, where)
-        if self.sample_size is not None:
-            t = select.threshold(x, s, sample_size=self.sample_size)
-            return jnp.abs(x.astype(jnp.float32)) >= t, t
-        check_sparsity(s, where)
-        k = select.keep_count(s, x.size)
-        [m], v = select.select_topk_key([x], k, ties=self.ties)
-        return m, _key_threshold(v, k)
-
-    def static_count(self, shape, given):
-        if self.sample_size is not None or given.sparsity is not None or self.ties == "all":
-            return None
-        return select.keep_count(self.sparsity, math.prod(shape))
-
-    def by_threshold(self, given):
-        return self.ties == "all" or self.sample_size is not None
-
-    def pack_slots(self, shape, given):
-        # ties="all" keeps |x| >= t with fewer than k entries strictly above t:
-        # those take the k slots, the ties go to the tie plane.
-        if self.ties == "all" and self.sample_size is None and given.sparsity is None:
-            return select.keep_count(self.sparsity, math.prod(shape)), True
-        return super().pack_slots(shape, given)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cached(Sparsifier):
-    """Keeps ``|x| >= threshold`` with the threshold given in ``aux`` (SWAT's cache).
-
-    SWAT recomputes the exact threshold every ``topk_period`` steps and reuses it
-    in between. Pass the cached value as the slot's ``threshold``; to refresh it
-    inside the same compiled step pass ``refresh=True`` (a traced bool) and the
-    rule recomputes it with :func:`sparsejax.select.threshold` at ``sparsity``
-    (its counting passes run only on refresh steps). The op's stats return the
-    threshold actually used, which the caller stores for the next step.
-
-    Args:
-      sparsity: target used on refresh steps (``aux`` may override it).
-      sample_size: optional sample size for the refreshed threshold.
-
-    Example:
-      >>> Cached().keep(jnp.array([1., -4., 2.]), SlotInput(threshold=2.), ())[0].tolist()
-      [False, True, True]
-
-    References:
-      Raihan & Aamodt, NeurIPS 2020 (``topk_period`` in the official code).
-    """
-
-    sparsity: Optional[float] = None
-    sample_size: Optional[int] = None
-    uses: ClassVar[frozenset[str]] = frozenset({"threshold", "refresh", "sparsity"})
-    requires: ClassVar[frozenset[str]] = frozenset({"threshold"})
-
-    def __post_init__(self):
-        if self.sparsity is not None:
-            check_sparsity(self.sparsity, "Cached(sparsity=...)")
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"threshold"} if self.cached else ())
 
     def density(self, width):
         return None if self.sparsity is None else 1.0 - self.sparsity
 
-    def by_threshold(self, given):
-        return True
-
     def keep(self, x, given, feature_axes, where=None):
+        if self.cached:
+            return self._keep_cached(x, given, where)
+        s = resolve_sparsity(self.sparsity, given.sparsity, self, where)
+        if self.sample_size is not None:
+            t = select.threshold(x, s, sample_size=self.sample_size)
+            return jnp.abs(x.astype(jnp.float32)) >= t, t
+        k = select.keep_count(s, x.size)
+        [m], v = select.select_topk_key([x], k, ties=self.ties)
+        return m, _key_threshold(v, k)
+
+    def _keep_cached(self, x, given, where):
         t = jnp.asarray(given.threshold, jnp.float32)
         if t.ndim:
-            raise ValueError(f"Cached threshold{_where(where)} must be a scalar, got shape {t.shape}.")
+            raise ValueError(f"The cached threshold{where_suffix(where)} must be a scalar, got shape "
+                             f"{t.shape}.")
         if given.refresh is not None:
-            s = _sparsity(self.sparsity, given.sparsity, self, where)
+            s = resolve_sparsity(self.sparsity, given.sparsity, self, where)
             refresh = jnp.asarray(given.refresh, bool)
             t = jnp.where(refresh, select.threshold(x, s, sample_size=self.sample_size,
                                                     refresh=refresh), t)
         elif given.sparsity is not None:
-            raise ValueError(f"Cached{_where(where)} got a sparsity in aux but no refresh flag; the "
-                             "sparsity is only used on refresh steps (pass refresh=...).")
+            raise ValueError(f"{self!r}{where_suffix(where)} got a sparsity in aux but no refresh "
+                             "flag; the sparsity is only used on refresh steps (pass refresh=...).")
         return jnp.abs(x.astype(jnp.float32)) >= t, t
 
+    def static_count(self, shape, given):
+        if (self.cached or self.sample_size is not None or given.sparsity is not None
+                or self.ties == "all" or self.sparsity is None):
+            return None
+        return select.keep_count(self.sparsity, math.prod(shape))
 
-@dataclasses.dataclass(frozen=True)
-class PatternRule(Sparsifier):
-    """Applies a :class:`~sparsejax.patterns.Pattern` (N:M, Channel, Block, ...).
+    def by_threshold(self, given):
+        return self.cached or self.ties == "all" or self.sample_size is not None
 
-    ``PatternRule(Channel((-2,)), 0.5)`` on a Flax kernel drops half the input
-    channels; with a single kernel in/out axis and a static sparsity the ops
-    compact the kept slices into a smaller dense op (see :mod:`sparsejax.ops`).
+    def pack_slots(self, shape, given):
+        # ties="all" keeps |x| >= t with fewer than k entries strictly above t:
+        # those take the k slots, the ties go to the tie plane.
+        if (self.ties == "all" and self.sample_size is None and given.sparsity is None
+                and self.sparsity is not None):
+            return select.keep_count(self.sparsity, math.prod(shape)), True
+        return super().pack_slots(shape, given)
+
+
+def Cached(sparsity: Optional[float] = None, sample_size: Optional[int] = None) -> TopK:  # noqa: N802
+    """SWAT's cached threshold: ``TopK(sparsity, sample_size=..., cached=True)``.
+
+    The cache is an option of the top-K rule (one rule family); this name stays
+    for code written against the earlier ``Cached`` rule.
+
+    Example:
+      >>> Cached(0.8) == TopK(0.8, cached=True)
+      True
+    """
+    return TopK(sparsity, sample_size=sample_size, cached=True)
+
+
+def PatternRule(pattern: Pattern, sparsity: Optional[float] = None) -> Pattern:  # noqa: N802
+    """A pattern as a slot rule: ``pattern`` itself, with ``sparsity`` when given.
+
+    Patterns are rules (:class:`sparsejax.rule.Rule`): ``Policy(weight=NM(2, 4))``
+    and ``Policy(weight=Channel((-2,), sparsity=0.5))`` need no wrapper; this
+    name stays for code written against the earlier wrapper and keeps its checks.
 
     Args:
       pattern: the pattern value.
       sparsity: fraction removed (``None`` for N:M, which fixes it).
 
+    Returns:
+      ``pattern`` with its ``sparsity`` set.
+
     Example:
-      >>> PatternRule(NM(2, 4)).keep(jnp.array([[1.], [4.], [3.], [2.]]), SlotInput(), ())[0].ravel().tolist()
-      [False, True, True, False]
-
-    References:
-      Mishra et al. 2021 (N:M); Raihan & Aamodt, NeurIPS 2020 (structured SWAT).
+      >>> PatternRule(Channel((-2,)), 0.5) == Channel((-2,), sparsity=0.5)
+      True
     """
-
-    pattern: Pattern = dataclasses.field(default_factory=Unstructured)
-    sparsity: Optional[float] = None
-    uses: ClassVar[frozenset[str]] = frozenset({"sparsity"})
-
-    def __post_init__(self):
-        if not isinstance(self.pattern, Pattern):
-            raise TypeError(f"PatternRule needs a sparsejax.patterns.Pattern, got {self.pattern!r}.")
-        if self.pattern.fixed_sparsity is not None:
-            if self.sparsity is not None:
-                raise ValueError(f"{self.pattern!r} fixes its own sparsity; drop sparsity="
-                                 f"{self.sparsity}.")
-        elif self.sparsity is None:
-            raise ValueError(f"PatternRule({self.pattern!r}) needs a sparsity in [0, 1).")
-        else:
-            check_sparsity(self.sparsity, "PatternRule(sparsity=...)")
-
-    def density(self, width):
-        s = self.pattern.fixed_sparsity if self.sparsity is None else self.sparsity
-        return None if s is None else 1.0 - s
-
-    def keep(self, x, given, feature_axes, where=None):
-        if self.pattern.fixed_sparsity is not None:
-            if given.sparsity is not None:
-                raise ValueError(f"{self.pattern!r}{_where(where)} fixes its sparsity; aux cannot "
-                                 "override it.")
-            return self.pattern.mask(x, None, where), None
-        return self.pattern.mask(x, _sparsity(self.sparsity, given.sparsity, self, where), where), None
-
-    def check(self, shape, feature_axes, where=None):
-        reason = self.pattern.ineligible(shape)
-        if reason:
-            raise ValueError(f"{self.pattern!r} does not fit the tensor{_where(where)} of shape "
-                             f"{shape}: {reason}. Exclude the layer or pick another pattern.")
-
-    def static_count(self, shape, given):
-        if given.sparsity is not None:
-            return None
-        size = math.prod(shape)
-        p = self.pattern
-        if isinstance(p, NM):
-            return size // p.m * p.n
-        if isinstance(p, Unstructured):
-            return select.keep_count(self.sparsity, size)
-        if isinstance(p, (Channel, Block)):
-            units = jax.eval_shape(lambda: p.unit_scores(jnp.zeros(shape, jnp.float32))[0]).size
-            return select.keep_count(self.sparsity, units) * (size // units)
-        return None
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"PatternRule needs a sparsejax.patterns.Pattern, got {pattern!r}.")
+    if pattern.fixed_sparsity is None and sparsity is None and pattern.sparsity is None:
+        raise ValueError(f"PatternRule({pattern!r}) needs a sparsity in [0, 1).")
+    return pattern if sparsity is None else dataclasses.replace(pattern, sparsity=sparsity)
 
 
 @dataclasses.dataclass(frozen=True)
-class Fixed(Sparsifier):
+class Fixed(Rule):
     """Keeps where the mask given in ``aux`` is true (pruning, ASP, lottery masks).
 
     Example:
@@ -384,24 +262,24 @@ class Fixed(Sparsifier):
     def keep(self, x, given, feature_axes, where=None):
         m = jnp.asarray(given.mask)
         if m.shape != x.shape:
-            raise ValueError(f"Fixed mask{_where(where)} has shape {m.shape}, the tensor {x.shape}; "
+            raise ValueError(f"Fixed mask{where_suffix(where)} has shape {m.shape}, the tensor {x.shape}; "
                              "pass a mask of the tensor's shape.")
         return (m if m.dtype == jnp.bool_ else m != 0), None
 
 
-def _check_k(rule: Sparsifier, k: int, shape, feature_axes, where) -> None:
+def _check_k(rule: Rule, k: int, shape, feature_axes, where) -> None:
     if not feature_axes:
-        raise ValueError(f"{rule!r}{_where(where)} needs the tensor's output-feature axes; it "
+        raise ValueError(f"{rule!r}{where_suffix(where)} needs the tensor's output-feature axes; it "
                          "applies to the grad_out or out slot of a sparse op.")
     width = _feature_width(shape, feature_axes)
     if k > width:
-        raise ValueError(f"{rule!r}{_where(where)}: k={k} exceeds the layer width {width} "
+        raise ValueError(f"{rule!r}{where_suffix(where)}: k={k} exceeds the layer width {width} "
                          f"(output features of shape {shape}); use k <= {width} or leave the "
                          "layer dense.")
 
 
 @dataclasses.dataclass(frozen=True)
-class RowTopK(Sparsifier):
+class RowTopK(Rule):
     """Keeps the ``k`` largest ``|x|`` of every row over the output-feature axes.
 
     meProp's rule for ``dY``: each example (and, for a conv, each spatial
@@ -441,7 +319,7 @@ class RowTopK(Sparsifier):
 
 
 @dataclasses.dataclass(frozen=True)
-class SharedColumns(Sparsifier):
+class SharedColumns(Rule):
     """Keeps ``k`` output-feature columns shared by every row, by ``Σ_rows |x|``.
 
     meProp's "unified" variant: the backward becomes smaller dense GEMMs (the ops
@@ -534,7 +412,7 @@ def ternary_projection(key: ArrayLike, shape: tuple[int, ...],
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomProjection(Sparsifier):
+class RandomProjection(Rule):
     """DSG: keep the top ``1 - sparsity`` output neurons per row, estimated cheaply.
 
     For the ``out`` slot only. Each output neuron's pre-activation is estimated
@@ -581,7 +459,7 @@ class RandomProjection(Sparsifier):
     def keep(self, x, given, feature_axes, where=None):
         """Selects neurons from the scores ``x`` (an estimate of the output)."""
         self.check(x.shape, feature_axes, where)
-        s = _sparsity(self.sparsity, given.sparsity, self, where)
+        s = resolve_sparsity(self.sparsity, given.sparsity, self, where)
         scores = jnp.maximum(x, 0) if self.relu else x
         rows, back = _as_rows(select.magnitude_keys(scores), feature_axes)
         k = select.keep_count(s, rows.shape[-1])

@@ -24,6 +24,7 @@ from sparsejax.ops import (Aux, Policy, sparse_conv_general_dilated,
                            sparse_conv_general_dilated_with_stats, sparse_dot_general,
                            sparse_dot_general_with_stats)
 from sparsejax.patterns import Unstructured
+from sparsejax.rule import SlotInput
 from sparsejax.sparsifiers import Cached, Fixed, RandomProjection, TopK
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -205,13 +206,27 @@ def test_traced_x_sparsity_is_honoured_without_recompiling():
     assert len(traces) == 1
 
 
-def test_aux_fields_keep_their_positions():
-    """The x_ (and d_) fields come after ``key``: an Aux built positionally by older code
-    is unchanged."""
-    fields = Aux._fields
-    assert fields[:17] == tuple(f"{p}_{f}" for p in "wago"
-                                for f in ("sparsity", "threshold", "refresh", "mask")) + ("key",)
-    assert fields[17:21] == ("x_sparsity", "x_threshold", "x_refresh", "x_mask")
+def test_aux_is_one_slot_input_per_slot_and_keeps_the_flat_names():
+    t, m, key = jnp.float32(0.5), jnp.ones((2, 3), bool), jax.random.key(1)
+    typed = Aux(weight=SlotInput(threshold=t, refresh=True), act=SlotInput(mask=m),
+                out=SlotInput(key=key), grad_weight=SlotInput(sparsity=0.25))
+    flat = Aux(w_threshold=t, w_refresh=True, x_mask=m, key=key, d_sparsity=0.25)
+    assert jax.tree_util.tree_structure(typed) == jax.tree_util.tree_structure(flat)
+    for a, b in zip(jax.tree_util.tree_leaves(typed), jax.tree_util.tree_leaves(flat)):
+        assert a is b
+    assert flat.w_threshold is t and flat.key is key and flat.act.mask is m
+    assert flat.act_saved == SlotInput() and flat.grad_out == SlotInput()
+    replaced = flat._replace(a_threshold=t, weight=SlotInput())
+    assert replaced.act_saved.threshold is t and replaced.weight == SlotInput()
+    # A pytree: through jit and back, the typed slots are preserved.
+    back = jax.jit(lambda aux: aux)(Aux(weight=SlotInput(threshold=t)))
+    assert isinstance(back, Aux) and float(back.weight.threshold) == 0.5
+    with pytest.raises(TypeError, match="positional arguments are the slots"):
+        Aux(jnp.float32(0.5))
+    with pytest.raises(AttributeError, match="no field 'q_mask'"):
+        Aux(q_mask=m)
+    with pytest.raises(TypeError, match="both weight= and w_threshold="):
+        Aux(weight=SlotInput(), w_threshold=t)
 
 
 ONES = (jnp.ones((2, 3)), jnp.ones((3, 2)))

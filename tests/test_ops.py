@@ -224,7 +224,7 @@ def test_channel_compaction_equals_masked_dense(axes, straight_through, kind):
         make, op = (lambda p: sconv(p, window_strides=(2, 1))), functools.partial(
             conv, window_strides=(2, 1))
     ct = jax.random.normal(jax.random.key(7), op(a, w).shape)
-    rule = PatternRule(Channel(axes), 0.6)
+    rule = Channel(axes, sparsity=0.6)
     kw = dict(weight=rule, act_saved=TopK(0.5), straight_through=straight_through)
     got = fwd_bwd(make(Policy(**kw)), a, w, ct)
     masked = fwd_bwd(make(Policy(compact=False, **kw)), a, w, ct)
@@ -245,7 +245,7 @@ def test_stats_and_cached_threshold_refresh():
     assert float(st.a_input_density) == 1.0
     np.testing.assert_allclose(st.w_threshold, np.abs(np.asarray(w))[np_topk(w, 0.75)].min())
 
-    cached = Policy(weight=Cached(0.75), act_saved=Cached(0.5))
+    cached = Policy(weight=TopK(0.75, cached=True), act_saved=TopK(0.5, cached=True))
     step = jax.jit(lambda a, w, aux: sparse_dot_general_with_stats(a, w, DENSE_DN, policy=cached,
                                                                    aux=aux))
     aux = Aux(w_threshold=jnp.float32(0), w_refresh=True, a_threshold=jnp.float32(0), a_refresh=True)

@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sparsejax as sj
 from sparsejax import select
-from sparsejax.patterns import NM, Channel
+from sparsejax.ops import Aux, Policy, sparse_dot_general
+from sparsejax.patterns import NM, Block, Channel, Unstructured
+from sparsejax.rule import Rule
 from sparsejax.sparsifiers import (Cached, Fixed, PatternRule, RandomProjection, RowTopK,
                                    SharedColumns, SlotInput, TopK, projection_dim,
                                    ternary_projection)
@@ -94,6 +97,47 @@ def test_pattern_rule_nm_and_channel():
         PatternRule(Channel((-1,)))
     with pytest.raises(ValueError, match="does not fit"):
         PatternRule(NM(2, 4)).check((3, 5), (), "conv1/kernel")
+
+
+def test_one_rule_family_patterns_fill_slots_and_the_cache_is_a_topk_option():
+    w = jax.random.normal(jax.random.key(5), (8, 6))
+    for rule in (NM(2, 4), Channel((-1,), sparsity=0.5), Block((2, 2), sparsity=0.5),
+                 Unstructured(sparsity=0.5), TopK(0.5), TopK(cached=True), Fixed(), RowTopK(2)):
+        assert isinstance(rule, Rule)
+    # A pattern in a slot keeps what its tree-level mask keeps (independent reference:
+    # the mask the pattern gives with the sparsity passed explicitly).
+    a = jax.random.normal(jax.random.key(6), (3, 8))
+    dn = (((1,), (0,)), ((), ()))
+    for rule, plain in ((NM(2, 4), NM(2, 4)), (Channel((-2,), sparsity=0.5), Channel((-2,))),
+                        (Block((2, 2), sparsity=0.5), Block((2, 2)))):
+        got = sparse_dot_general(a, w, dn, policy=Policy(weight=rule))
+        want = a @ (w * plain.mask(w, 0.5))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The slot's aux sparsity overrides a pattern's own; N:M fixes it and reads no aux.
+    got = sparse_dot_general(a, w, dn, policy=Policy(weight=Channel((-1,), sparsity=0.5)),
+                             aux=Aux(w_sparsity=jnp.float32(0.75)))
+    assert int(np.asarray(Channel((-1,)).mask(w, 0.75)).any(0).sum()) == 2   # ceil(0.25 * 6)
+    np.testing.assert_allclose(got, a @ (w * Channel((-1,)).mask(w, 0.75)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not read aux"):
+        sparse_dot_general(a, w, dn, policy=Policy(weight=NM(2, 4)),
+                           aux=Aux(w_sparsity=jnp.float32(0.5)))
+    # The cache is an option of TopK: the same rule value as the old name.
+    assert Cached(0.8, sample_size=64) == TopK(0.8, sample_size=64, cached=True)
+    assert TopK(0.8, cached=True).requires == {"threshold"} and TopK(0.8).requires == set()
+    assert PatternRule(Channel((-2,)), 0.5) == Channel((-2,), sparsity=0.5)
+    assert repr(Channel((-2,), sparsity=0.5)) == "Channel(axes=(-2,), sparsity=0.5)"
+    assert repr(NM(2, 4)) == "NM(n=2, m=4, axis=None)"
+    with pytest.raises(ValueError, match="ties"):
+        TopK(0.5, ties="all", cached=True)
+    with pytest.raises(ValueError, match="fixes its own sparsity"):
+        NM(2, 4, sparsity=0.5)
+    with pytest.raises(ValueError, match=r"sparsity"):
+        Channel((-1,), sparsity=1.0)
+    # Tree level: the sparsity comes from the call, never from the pattern too.
+    with pytest.raises(ValueError, match="slot-rule sparsity"):
+        sj.prune({"w": w}, 0.5, pattern=Channel((-1,), sparsity=0.3))
+    with pytest.raises(ValueError, match="slot-rule sparsity"):
+        sj.pruning(0.5, pattern=Unstructured(sparsity=0.3))
 
 
 def test_fixed_rows_columns():

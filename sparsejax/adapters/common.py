@@ -26,7 +26,7 @@ from jax import lax
 from sparsejax import ops
 from sparsejax.analysis import monitor
 from sparsejax.methods import LayerInfo, Method, State
-from sparsejax.sparsifiers import Cached
+from sparsejax.rule import Rule
 
 Array = jax.Array
 
@@ -69,8 +69,8 @@ class SharedActivations:
 
     Example:
       >>> shared, x = SharedActivations(), jnp.ones((2, 3))
-      >>> first = shared.share(x, Cached(0.8), ops.Aux(a_threshold=jnp.float32(1.)))
-      >>> float(shared.share(x, Cached(0.8), ops.Aux(a_threshold=jnp.float32(2.))).a_threshold)
+      >>> first = shared.share(x, TopK(0.8, cached=True), ops.Aux(act_saved=SlotInput(threshold=jnp.float32(1.))))
+      >>> float(shared.share(x, TopK(0.8, cached=True), ops.Aux(act_saved=SlotInput(threshold=jnp.float32(2.)))).act_saved.threshold)
       1.0
 
     References:
@@ -79,7 +79,7 @@ class SharedActivations:
 
     def __init__(self):
         # Weak references only: (tensor, rule, its first reader's threshold and refresh flag).
-        self._seen: list[tuple[weakref.ref, Cached, weakref.ref, Optional[weakref.ref]]] = []
+        self._seen: list[tuple[weakref.ref, Rule, weakref.ref, Optional[weakref.ref]]] = []
 
     def __reduce__(self):
         # A copied or pickled model starts with an empty record (it only ever
@@ -91,29 +91,30 @@ class SharedActivations:
 
         Args:
           lhs: the layer's activation (array or tracer; compared by identity).
-          rule: the policy's ``act_saved`` rule; only :class:`Cached` rules with
-            a static sparsity (no per-layer ``a_sparsity``, which SWAT-M sets)
+          rule: the policy's ``act_saved`` rule; only cached ``TopK`` rules with
+            a static sparsity (no per-layer ``act_saved.sparsity``, which SWAT-M sets)
             are shared, and only with an equal rule.
           aux: the layer's dynamic inputs.
 
         Returns:
-          ``aux``, its ``a_threshold`` / ``a_refresh`` replaced by those of the
+          ``aux``, its ``act_saved`` threshold and refresh flag replaced by those of the
           first layer that read ``lhs`` under the same rule, if any.
         """
-        if (not isinstance(rule, Cached) or aux is None or aux.a_threshold is None
-                or aux.a_sparsity is not None):
+        saved = None if aux is None else aux.act_saved
+        if (not (isinstance(rule, Rule) and rule.cached) or saved is None
+                or saved.threshold is None or saved.sparsity is not None):
             return aux
         self._seen = [e for e in self._seen if e[0]() is not None]
         for tensor, seen_rule, threshold, refresh in self._seen:
             if (tensor() is lhs and seen_rule == rule
-                    and (refresh is None) == (aux.a_refresh is None)):
+                    and (refresh is None) == (saved.refresh is None)):
                 t, r = threshold(), refresh and refresh()
                 if t is None or (refresh is not None and r is None):
                     return aux
-                return aux._replace(a_threshold=t, a_refresh=r)
+                return aux._replace(act_saved=saved._replace(threshold=t, refresh=r))
         try:
-            self._seen.append((weakref.ref(lhs), rule, weakref.ref(aux.a_threshold),
-                               None if aux.a_refresh is None else weakref.ref(aux.a_refresh)))
+            self._seen.append((weakref.ref(lhs), rule, weakref.ref(saved.threshold),
+                               None if saved.refresh is None else weakref.ref(saved.refresh)))
         except TypeError:  # a Python scalar: nothing to share
             pass
         return aux

@@ -7,7 +7,7 @@ densities of the operands it sparsifies, ``cost = F · (f + a + w)``
 (SPECS §3, "Training cost per layer" [derived]), and the scales follow from
 the layer's :class:`~sparsejax.ops.Policy` (:func:`policy_fractions`), so a new
 method gets its cost without a cost model of its own. With ``d_s`` the kept
-fraction of the rule in slot ``s`` (:meth:`sparsejax.sparsifiers.Sparsifier.density`;
+fraction of the rule in slot ``s`` (:meth:`sparsejax.rule.Rule.density`;
 1 without a rule)::
 
   forward f = d_weight · d_act · d_out

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from sparsejax.methods.base import Array, ArrayLike, Check, LayerInfo, Method, first_last, option
 from sparsejax.ops import Aux, Policy
+from sparsejax.rule import SlotInput
 from sparsejax.sparsifiers import RandomProjection
 from sparsejax.validate import check_sparsity
 
@@ -91,7 +92,7 @@ class DSG(Method):
         if not (training or self.sparse_eval):
             return None, None
         policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
-        return policy, Aux(key=self.key(info, state["step"]))
+        return policy, Aux(out=SlotInput(key=self.key(info, state["step"])))
 
     def update(self, info, state, shared, stats, kernel):
         return {**state, "step": state["step"] + 1}, shared

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Optional
 from sparsejax.methods.base import Check, Method, option, stays_dense
 from sparsejax.ops import Policy
 from sparsejax.patterns import NM, Pattern
-from sparsejax.sparsifiers import PatternRule
 from sparsejax.validate import check_sparsity
 
 
@@ -95,9 +94,9 @@ class STE(Method):
     def policy_aux(self, info, sparsity, state, shared, training):
         if not (training or self.sparse_eval):
             return None, None
-        rule = PatternRule(self.pattern.along(info.contraction_axes),
-                           None if self.pattern.fixed_sparsity is not None
-                           else sparsity)
+        rule = self.pattern.along(info.contraction_axes)
+        if rule.fixed_sparsity is None:
+            rule = dataclasses.replace(rule, sparsity=sparsity)
         return Policy(weight=rule, weight_decay_pruned=float(self.decay),
                       straight_through=True), None
 

@@ -14,7 +14,8 @@ from sparsejax.methods.base import (Array, ArrayLike, LayerInfo, Method, boolean
                                     integer, logger, one_of, option)
 from sparsejax.ops import SAVED, Aux, Policy
 from sparsejax.patterns import Channel
-from sparsejax.sparsifiers import Cached, PatternRule, TopK
+from sparsejax.rule import SlotInput
+from sparsejax.sparsifiers import TopK
 from sparsejax.validate import check_sparsity
 
 # SWAT-M caps every layer's density (Raihan & Aamodt, official code).
@@ -385,35 +386,35 @@ class SWAT(Method):
             return None, None
         pattern = _STRUCTURES[self.structured]
         cached = self._cached(info)
-        kw = {}
+        w_in, a_in = {}, {}
         if pattern is not None and info.kind == "conv":
-            w_rule = PatternRule(pattern, sparsity)
+            w_rule = dataclasses.replace(pattern, sparsity=sparsity)
         elif cached:
-            w_rule = Cached(sparsity)
-            kw["w_threshold"] = state["w_threshold"]
+            w_rule = TopK(sparsity, cached=True)
+            w_in["threshold"] = state["w_threshold"]
         else:
             w_rule = TopK(sparsity, ties="all")
         # The saved-activation rule only shapes the backward pass, so it is set in
         # read-only calls too: a gradient taken through an evaluation call still
         # follows SWAT (nothing is computed for it when no gradient is taken).
-        a_rule = (Cached(sparsity, sample_size=self.sample_size) if cached
+        a_rule = (TopK(sparsity, sample_size=self.sample_size, cached=True) if cached
                   else TopK(sparsity, sample_size=self.sample_size, ties="all"))
         if cached:
-            kw["a_threshold"] = state["a_threshold"]
+            a_in["threshold"] = state["a_threshold"]
         if training and cached:
             refresh = state["step"] % self.period == 0
-            kw["a_refresh"] = refresh
-            if isinstance(w_rule, Cached):
-                kw["w_refresh"] = refresh
+            a_in["refresh"] = refresh
+            if w_rule.cached:
+                w_in["refresh"] = refresh
         if self._momentum:
             s = shared["sparsity"][info.path]
-            if not isinstance(w_rule, Cached) or training:
-                kw["w_sparsity"] = s
-            if not isinstance(a_rule, Cached) or training:
-                kw["a_sparsity"] = s
+            if not w_rule.cached or training:
+                w_in["sparsity"] = s
+            if not a_rule.cached or training:
+                a_in["sparsity"] = s
         return (Policy(weight=w_rule, act_saved=a_rule, straight_through=self.straight_through,
                        saved=self.saved),
-                Aux(**kw))
+                Aux(weight=SlotInput(**w_in), act_saved=SlotInput(**a_in)))
 
     def update(self, info, state, shared, stats, kernel):
         state = dict(state)

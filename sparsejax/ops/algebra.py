@@ -24,7 +24,7 @@ says which tensor is sparsified in which pass, by which
 The bias is added outside the op (Flax adds it after ``dot_general``), so its
 gradient ``Σ dY`` is never sparsified (meProp keeps it dense too).
 
-Structured compaction: with ``weight=PatternRule(Channel((axis,)), s)`` on one
+Structured compaction: with ``weight=Channel((axis,), sparsity=s)`` on one
 kernel input axis (Dense ``-2``; Conv ``in``) or output axis (Dense ``-1``;
 Conv ``out``), a static ``s`` and no feature/batch groups, the kept slices are
 gathered and the forward and dA run as *smaller dense ops*. dW: SWAT's dW is
@@ -62,10 +62,10 @@ from jax import lax
 
 from sparsejax import ordering, select
 from sparsejax.ops import compaction
-from sparsejax.ops.policy import _SLOTS, PACK_MIN_SIZE, Aux, Policy, Stats, _slot
+from sparsejax.ops.policy import _SLOTS, PACK_MIN_SIZE, Aux, Policy, Stats
 from sparsejax.patterns import Channel
-from sparsejax.sparsifiers import (PatternRule, RandomProjection, SharedColumns, SlotInput,
-                                   projection_dim)
+from sparsejax.rule import SlotInput
+from sparsejax.sparsifiers import RandomProjection, SharedColumns, projection_dim
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -146,24 +146,27 @@ def _validate(cfg: _Cfg, a, w, aux: Aux, y_shape_of: Callable[[], tuple[int, ...
               "g": lambda: (y_shape_of(), feat), "o": lambda: (y_shape_of(), feat)}
     for slot, prefix in _SLOTS:
         rule = getattr(cfg.policy, slot)
-        given = {f for f, v in _slot(aux, prefix)._asdict().items() if v is not None}
+        given = {f for f, v in getattr(aux, slot)._asdict().items() if v is not None}
+        named = lambda fields: ", ".join(  # noqa: E731
+            f"aux.{slot}.{f} ({f if f == 'key' else prefix + '_' + f})" for f in sorted(fields))
         if rule is None:
             if given:
-                raise ValueError(f"aux gives {sorted(prefix + '_' + f if f != 'key' else f for f in given)}"
-                                 f"{where} but Policy.{slot} is None; drop them or set the rule.")
+                raise ValueError(f"{named(given)}{where} given but Policy.{slot} is None; drop "
+                                 "them or set the rule.")
             continue
         extra, missing = given - rule.uses, rule.requires - given
         if extra:
             raise ValueError(f"{rule!r} (Policy.{slot}){where} does not read aux field(s) "
-                             f"{sorted(extra)}; it reads {sorted(rule.uses) or 'none'}.")
+                             f"{named(extra)}; it reads {sorted(rule.uses) or 'none'}.")
         if missing:
-            raise ValueError(f"{rule!r} (Policy.{slot}){where} needs aux field(s) {sorted(missing)} "
-                             f"(prefix {prefix}_).")
+            raise ValueError(f"{rule!r} (Policy.{slot}){where} needs aux field(s) "
+                             f"{named(missing)}.")
         rule.check(*shapes[prefix](), cfg.where)
     out = cfg.policy.out
-    if (isinstance(out, RandomProjection) and aux.key is None
+    if (isinstance(out, RandomProjection) and aux.out.key is None
             and _proj_dim(cfg, a, w, y_shape_of())):
-        raise ValueError(f"RandomProjection{where} needs a PRNG key in aux.key.")
+        raise ValueError(f"RandomProjection{where} needs a PRNG key in aux.out.key "
+                         "(Aux(out=SlotInput(key=...))).")
 
 
 def _proj_dim(cfg: _Cfg, a, w, y_shape) -> Optional[int]:
@@ -177,15 +180,14 @@ def _proj_dim(cfg: _Cfg, a, w, y_shape) -> Optional[int]:
 
 def _channel_plan(cfg: _Cfg, a, w, given: SlotInput) -> Optional[_Plan]:
     rule = cfg.policy.weight
-    if not (cfg.policy.compact and isinstance(rule, PatternRule)
-            and isinstance(rule.pattern, Channel) and len(rule.pattern.axes) == 1
-            and given.sparsity is None):
+    if not (cfg.policy.compact and isinstance(rule, Channel) and len(rule.axes) == 1
+            and rule.sparsity is not None and given.sparsity is None):
         return None
-    w_axis = rule.pattern.axes[0] % w.ndim
+    w_axis = rule.axes[0] % w.ndim
     role = cfg.op.w_axis_role(w_axis, a.ndim, w.ndim)
     if role is None:
         return None
-    keys, _ = rule.pattern.unit_scores(w)
+    keys, _ = rule.unit_scores(w)
     kept = select.keep_count(rule.sparsity, keys.size)
     [unit] = select.select_topk([keys], kept)
     (idx,) = jnp.nonzero(unit, size=kept, fill_value=0)
@@ -216,7 +218,7 @@ _NAN = float("nan")
 
 def _pack_room(pol: Policy, shape: tuple[int, ...], given: SlotInput, where: Optional[str]):
     """``(value slots, pack by threshold)`` when the saved activation is packed, else ``None``
-    (see :meth:`sparsejax.sparsifiers.Sparsifier.pack_slots` and ``Policy.saved``); a
+    (see :meth:`sparsejax.rule.Rule.pack_slots` and ``Policy.saved``); a
     ``"packed"`` rule without a static kept count raises rather than storing it unpacked."""
     if pol.saved not in ("packed", "auto"):
         return None
@@ -241,11 +243,11 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
     a_input_density = _density(a)
     xmask = x_thr = None
     if pol.act is not None:  # Forward input: every later use (op, act_saved, dW) sees A ⊙ mask.
-        xmask, x_thr = pol.act.keep(a, _slot(aux, "x"), (), where)
+        xmask, x_thr = pol.act.keep(a, aux.act, (), where)
         a = jnp.where(xmask, a, jnp.zeros((), a.dtype))
     plan, wmask, w_thr, w_s = None, None, None, w
     if pol.weight is not None:
-        given = _slot(aux, "w")
+        given = aux.weight
         plan = _channel_plan(cfg, a, w, given)
         if plan is None:
             wmask, w_thr = pol.weight.keep(w, given, (), where)
@@ -274,13 +276,13 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         if isinstance(pol.out, RandomProjection):
             k = _proj_dim(cfg, a, w_s, y.shape)
             if k is not None:
-                scores = op.estimate(a, w_s, aux.key, k)
-        omask, _ = pol.out.keep(scores, _slot(aux, "o"), feat, where)
+                scores = op.estimate(a, w_s, aux.out.key, k)
+        omask, _ = pol.out.keep(scores, aux.out, feat, where)
         y = jnp.where(omask, y, jnp.zeros((), y.dtype))
 
     a_thr, a_s, a_saved = None, a, a
     if pol.act_saved is not None:
-        given = _slot(aux, "a")
+        given = aux.act_saved
         amask, a_thr = pol.act_saved.keep(a, given, (), where)
         a_s = jnp.where(amask, a, jnp.zeros((), a.dtype))
         room = _pack_room(pol, a.shape, given, where)
@@ -314,7 +316,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         # activation packed or recomputed. Elsewhere ("masked", or "auto" where A cannot
         # be packed) W_s is saved as is, which spares the backward pass the rebuild.
         lean = pol.saved == "remat" or isinstance(a_saved, compaction.Packed)
-        if lean and pol.weight.by_threshold(_slot(aux, "w")):
+        if lean and pol.weight.by_threshold(aux.weight):
             w_keep, wthr = w, jnp.asarray(w_thr, jnp.float32)
         elif pol.saved == "packed":
             w_keep, wbits = w, compaction.pack_bits(wmask)
@@ -325,7 +327,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
         xbits, xmask = compaction.pack_bits(xmask), None
     res = _Residuals(meta=meta, a=a_saved, w=w_keep, wbits=wbits, wmask=wmask_saved, wthr=wthr,
                omask=omask,
-               xmask=xmask, xbits=xbits, g=_slot(aux, "g"), d=_slot(aux, "d"),
+               xmask=xmask, xbits=xbits, g=aux.grad_out, d=aux.grad_weight,
                idx=None if plan is None else plan.idx,
                w_pruned=(w - w_s) if pol.weight_decay_pruned else None)
     return (y, stats), res
@@ -356,7 +358,7 @@ def _backward(cfg: _Cfg, res: _Residuals, cts):
         w_keep = jnp.where(wmask, w_keep, jnp.zeros((), w_keep.dtype))
     plan = None
     if idx is not None:
-        w_axis = pol.weight.pattern.axes[0] % len(w_struct.shape)
+        w_axis = pol.weight.axes[0] % len(w_struct.shape)
         role, axis = op.w_axis_role(w_axis, len(a_struct.shape), len(w_struct.shape))
         plan = _Plan(role, axis, w_axis, idx)
 

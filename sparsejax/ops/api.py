@@ -15,7 +15,7 @@ from jax import lax
 
 from sparsejax.ops.algebra import _Cfg, _run
 from sparsejax.ops.linear import _Conv, _Dot, _tuple
-from sparsejax.ops.policy import Aux, Policy, Stats, _slot
+from sparsejax.ops.policy import Aux, Policy, Stats
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -62,7 +62,7 @@ def forward_weight(w: ArrayLike, policy: Optional[Policy], aux: Optional[Aux] = 
 
     Example:
       >>> forward_weight(jnp.array([[1.], [4.], [3.], [2.]]),
-      ...                Policy(weight=PatternRule(NM(2, 4)))).ravel().tolist()
+      ...                Policy(weight=NM(2, 4))).ravel().tolist()
       [0.0, 4.0, 3.0, 0.0]
 
     References:
@@ -72,7 +72,7 @@ def forward_weight(w: ArrayLike, policy: Optional[Policy], aux: Optional[Aux] = 
     w = jnp.asarray(w)
     if policy is None or policy.weight is None:
         return w
-    mask, _ = policy.weight.keep(w, _slot(Aux() if aux is None else aux, "w"), (), where)
+    mask, _ = policy.weight.keep(w, (Aux() if aux is None else aux).weight, (), where)
     return jnp.where(mask, w, jnp.zeros((), w.dtype))
 
 

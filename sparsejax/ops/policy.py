@@ -1,6 +1,6 @@
 """The sparse ops' policy: the hashable :class:`Policy`, its inputs and its statistics.
 
-A :class:`Policy` names which :mod:`sparsejax.sparsifiers` rule sparsifies
+A :class:`Policy` names which rule (:class:`sparsejax.rule.Rule`) sparsifies
 which tensor of a sparse linear op (its *slots*), and how the activation saved
 for dW is kept (:data:`SAVED`); it is a static ``jit`` argument. The rules'
 dynamic values come through :class:`Aux` (traced; changing them never
@@ -11,18 +11,18 @@ The forward/backward algebra itself is :mod:`sparsejax.ops.algebra`.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 
-from sparsejax.sparsifiers import RandomProjection, SlotInput, Sparsifier
+from sparsejax.rule import Rule, SlotInput
+from sparsejax.sparsifiers import RandomProjection
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 _SLOTS = (("weight", "w"), ("act_saved", "a"), ("grad_out", "g"), ("out", "o"), ("act", "x"),
           ("grad_weight", "d"))
-_FIELDS = ("sparsity", "threshold", "refresh", "mask")
 # How the activation saved for dW is kept (Policy.saved).
 SAVED = ("auto", "masked", "packed", "remat")
 # "auto" packs a saved activation of at least this many entries: a smaller one
@@ -96,12 +96,12 @@ class Policy:
       True
     """
 
-    weight: Optional[Sparsifier] = None
-    act_saved: Optional[Sparsifier] = None
-    grad_out: Optional[Sparsifier] = None
-    out: Optional[Sparsifier] = None
-    act: Optional[Sparsifier] = None
-    grad_weight: Optional[Sparsifier] = None
+    weight: Optional[Rule] = None
+    act_saved: Optional[Rule] = None
+    grad_out: Optional[Rule] = None
+    out: Optional[Rule] = None
+    act: Optional[Rule] = None
+    grad_weight: Optional[Rule] = None
     weight_decay_pruned: float = 0.0
     straight_through: bool = True
     compact: bool = True
@@ -116,10 +116,10 @@ class Policy:
                             "kept count is static.")
         for slot, _ in _SLOTS:
             rule = getattr(self, slot)
-            if rule is not None and not isinstance(rule, Sparsifier):
-                raise TypeError(f"Policy.{slot} must be a sparsejax.sparsifiers rule (TopK, Cached, "
-                                f"PatternRule, Fixed, RowTopK, SharedColumns, RandomProjection) or "
-                                f"None, got {rule!r}.")
+            if rule is not None and not isinstance(rule, Rule):
+                raise TypeError(f"Policy.{slot} must be a sparsejax rule (sparsejax.rule.Rule: TopK, "
+                                f"a pattern such as NM(2, 4), Fixed, RowTopK, SharedColumns, "
+                                f"RandomProjection) or None, got {rule!r}.")
             if isinstance(rule, RandomProjection) and slot != "out":
                 raise ValueError(f"RandomProjection estimates output neurons; put it in Policy.out, "
                                  f"not Policy.{slot}.")
@@ -137,50 +137,106 @@ class Policy:
                              "weights; set Policy.weight too.")
 
 
-class Aux(NamedTuple):
-    """Dynamic per-call inputs of the policy's rules (arrays; ``None`` = absent).
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True, init=False, eq=True, repr=False)
+class Aux:
+    """Dynamic per-call inputs of the policy's rules: one typed
+    :class:`~sparsejax.rule.SlotInput` per slot, named as :class:`Policy`'s slots.
 
-    Prefixes name the slot: ``w_`` weight, ``a_`` act_saved, ``g_`` grad_out,
-    ``o_`` out, ``x_`` act (the forward input), ``d_`` grad_weight (the ``x_``
-    and ``d_`` fields come after ``key`` so the older fields keep their
-    positions). Each prefix has:
+    Each slot's input may carry ``sparsity`` (overrides the rule's, a traced
+    scalar: e.g. SWAT-M's per-layer budget this step, no recompilation),
+    ``threshold`` and ``refresh`` (a cached ``TopK``), ``mask`` (``Fixed``) and, in
+    ``out``, the PRNG ``key`` of ``RandomProjection``. A field given for a rule that
+    does not read it, or missing for one that needs it, raises an error. ``Aux`` is
+    a pytree (the slot inputs are its children), so it passes through ``jit``.
 
-    * ``*_sparsity``: overrides the rule's sparsity (a traced scalar, e.g. SWAT-M's
-      per-layer budget this step; no recompilation).
-    * ``*_threshold``: the cached magnitude threshold for ``Cached``.
-    * ``*_refresh``: bool scalar; True makes ``Cached`` recompute its threshold.
-    * ``*_mask``: the keep-mask for ``Fixed`` (the tensor's shape).
+    Args:
+      weight, act_saved, grad_out, out, act, grad_weight: each slot's
+        :class:`~sparsejax.rule.SlotInput` (default: nothing given).
+      **flat: the earlier flat spelling, ``<prefix>_<field>`` with prefixes ``w_``
+        weight, ``a_`` act_saved, ``g_`` grad_out, ``o_`` out, ``x_`` act, ``d_``
+        grad_weight, and ``key`` for ``out.key`` (``Aux(w_threshold=t)`` is
+        ``Aux(weight=SlotInput(threshold=t))``); the same names read and
+        :meth:`_replace` fields.
 
-    and ``key`` is the PRNG key of ``RandomProjection`` (``out`` slot). A field
-    given for a rule that does not read it, or missing for one that needs it,
-    raises an error.
+    Example:
+      >>> aux = Aux(weight=SlotInput(threshold=1.0), act_saved=SlotInput(sparsity=0.5))
+      >>> aux.weight.threshold, aux == Aux(w_threshold=1.0, a_sparsity=0.5)
+      (1.0, True)
     """
 
-    w_sparsity: Optional[ArrayLike] = None
-    w_threshold: Optional[ArrayLike] = None
-    w_refresh: Optional[ArrayLike] = None
-    w_mask: Optional[ArrayLike] = None
-    a_sparsity: Optional[ArrayLike] = None
-    a_threshold: Optional[ArrayLike] = None
-    a_refresh: Optional[ArrayLike] = None
-    a_mask: Optional[ArrayLike] = None
-    g_sparsity: Optional[ArrayLike] = None
-    g_threshold: Optional[ArrayLike] = None
-    g_refresh: Optional[ArrayLike] = None
-    g_mask: Optional[ArrayLike] = None
-    o_sparsity: Optional[ArrayLike] = None
-    o_threshold: Optional[ArrayLike] = None
-    o_refresh: Optional[ArrayLike] = None
-    o_mask: Optional[ArrayLike] = None
-    key: Optional[ArrayLike] = None
-    x_sparsity: Optional[ArrayLike] = None
-    x_threshold: Optional[ArrayLike] = None
-    x_refresh: Optional[ArrayLike] = None
-    x_mask: Optional[ArrayLike] = None
-    d_sparsity: Optional[ArrayLike] = None
-    d_threshold: Optional[ArrayLike] = None
-    d_refresh: Optional[ArrayLike] = None
-    d_mask: Optional[ArrayLike] = None
+    weight: SlotInput
+    act_saved: SlotInput
+    grad_out: SlotInput
+    out: SlotInput
+    act: SlotInput
+    grad_weight: SlotInput
+
+    def __init__(self, weight: Optional[SlotInput] = None, act_saved: Optional[SlotInput] = None,
+                 grad_out: Optional[SlotInput] = None, out: Optional[SlotInput] = None,
+                 act: Optional[SlotInput] = None, grad_weight: Optional[SlotInput] = None,
+                 **flat: Optional[ArrayLike]):
+        given = dict(weight=weight, act_saved=act_saved, grad_out=grad_out, out=out, act=act,
+                     grad_weight=grad_weight)
+        for slot, value in given.items():
+            if value is not None and not isinstance(value, SlotInput):
+                raise TypeError(f"Aux({slot}=...) must be a sparsejax.SlotInput, got "
+                                f"{type(value).__name__}: Aux's positional arguments are the "
+                                f"slots ({', '.join(s for s, _ in _SLOTS)}); the earlier flat "
+                                "fields are keywords (w_threshold=..., key=...).")
+            object.__setattr__(self, slot, SlotInput() if value is None else value)
+        for name, value in flat.items():
+            slot, field = _flat_name(name)
+            if given[slot] is not None:
+                raise TypeError(f"Aux got both {slot}= and {name}=; give {field} inside "
+                                f"{slot}=SlotInput(...).")
+            object.__setattr__(self, slot, getattr(self, slot)._replace(**{field: value}))
+
+    def __getattr__(self, name: str):
+        # Only reached for names that are not slots: the earlier flat names.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        slot, field = _flat_name(name)
+        return getattr(getattr(self, slot), field)
+
+    def _replace(self, **changes: Any) -> "Aux":
+        """A copy with slots (``act_saved=SlotInput(...)``) or flat fields
+        (``a_threshold=t``) replaced."""
+        slots = {slot: getattr(self, slot) for slot, _ in _SLOTS}
+        for name, value in changes.items():
+            if name in slots:
+                slots[name] = value
+            else:
+                slot, field = _flat_name(name)
+                slots[slot] = slots[slot]._replace(**{field: value})
+        return Aux(**slots)
+
+    def __repr__(self) -> str:
+        shown = [f"{slot}={getattr(self, slot)!r}" for slot, _ in _SLOTS
+                 if getattr(self, slot) != SlotInput()]
+        return f"Aux({', '.join(shown)})"
+
+    def tree_flatten(self):
+        return tuple(getattr(self, slot) for slot, _ in _SLOTS), None
+
+    @classmethod
+    def tree_unflatten(cls, meta, children):
+        del meta
+        return cls(*children)
+
+
+def _flat_name(name: str) -> tuple[str, str]:
+    """``"a_threshold"`` -> ``("act_saved", "threshold")``; ``"key"`` -> ``("out", "key")``."""
+    if name == "key":
+        return "out", "key"
+    prefix, _, field = name.partition("_")
+    slot = dict((p, s) for s, p in _SLOTS).get(prefix)
+    if slot is None or field not in SlotInput._fields or field == "key":
+        raise AttributeError(f"Aux has no field {name!r}: give one SlotInput per slot "
+                             f"({', '.join(s for s, _ in _SLOTS)}), or the flat names "
+                             f"<prefix>_<{'|'.join(f for f in SlotInput._fields if f != 'key')}> "
+                             f"with prefixes {', '.join(p + '_' for _, p in _SLOTS)} and key.")
+    return slot, field
 
 
 class Stats(NamedTuple):
@@ -188,8 +244,8 @@ class Stats(NamedTuple):
 
     Attributes:
       w_threshold: magnitude threshold the weight rule used (the smallest kept
-        ``|W|`` for ``TopK``; the cached/refreshed value for ``Cached``): store it
-        as ``aux.w_threshold`` for the next steps. NaN when the rule has none.
+        ``|W|`` for ``TopK``; the cached/refreshed value for a cached ``TopK``): store it
+        as ``aux.weight.threshold`` for the next steps. NaN when the rule has none.
       a_threshold: the same for the saved activation.
       w_density: fraction of non-zero entries of the W used in the forward pass.
       a_density: fraction of non-zero entries of A as saved for dW (after the
@@ -198,7 +254,7 @@ class Stats(NamedTuple):
         activation-sparsity monitor, e.g. ReLU zeros), before any rule.
       out_density: fraction of outputs kept by the ``out`` rule (1 without one).
       x_threshold: the threshold of the ``act`` rule (the forward input), as
-        ``w_threshold``: store it as ``aux.x_threshold`` for a ``Cached`` rule.
+        ``w_threshold``: store it as ``aux.act.threshold`` for a cached ``TopK``.
         NaN when there is no such rule or it has no threshold.
     """
 
@@ -209,8 +265,3 @@ class Stats(NamedTuple):
     a_input_density: Array
     out_density: Array
     x_threshold: Array
-
-
-def _slot(aux: Aux, prefix: str) -> SlotInput:
-    return SlotInput(*(getattr(aux, f"{prefix}_{f}") for f in _FIELDS),
-                     key=aux.key if prefix == "o" else None)
