@@ -140,6 +140,31 @@ def test_one_rule_family_patterns_fill_slots_and_the_cache_is_a_topk_option():
         sj.pruning(0.5, pattern=Unstructured(sparsity=0.3))
 
 
+def test_a_rule_written_outside_the_library_fills_a_slot():
+    """The public Rule protocol: keep() is all a new rule needs (here: |x| above its mean)."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class AboveMean(Rule):
+        def keep(self, x, given, feature_axes, where=None):
+            t = jnp.mean(jnp.abs(x))
+            return jnp.abs(x) >= t, t
+
+    a = jax.random.normal(jax.random.key(8), (5, 8))
+    w = jax.random.normal(jax.random.key(9), (8, 6))
+    dn = (((1,), (0,)), ((), ()))
+    policy = Policy(weight=AboveMean(), act_saved=AboveMean())
+    f = lambda a, w: jnp.sum(sparse_dot_general(a, w, dn, policy=policy) ** 2)  # noqa: E731
+    da, dw = jax.grad(f, argnums=(0, 1))(a, w)
+    wm = np.abs(np.asarray(w)) >= np.abs(np.asarray(w)).mean()
+    am = np.abs(np.asarray(a)) >= np.abs(np.asarray(a)).mean()
+    y = np.asarray(a) @ (np.asarray(w) * wm)
+    # Independent reference (SPECS §3): dA = dY W_sᵀ, dW = A_sᵀ dY (straight-through).
+    np.testing.assert_allclose(da, 2 * y @ (np.asarray(w) * wm).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, (np.asarray(a) * am).T @ (2 * y), rtol=1e-5, atol=1e-5)
+    assert AboveMean().density(8) is None   # the cost model is told only the data decides
+
+
 def test_fixed_rows_columns():
     x = jnp.array([[1., -4., 2.], [3., 0., 5.]])
     assert Fixed().keep(x, SlotInput(mask=jnp.eye(2, 3)), ())[0].sum() == 2
