@@ -398,6 +398,37 @@ def order_dependence(method: Method, layers: Sequence[LayerInfo]) -> list[str]:
     return [l.path for l in layers if len({p.get(l.path) for p in plans}) > 1]
 
 
+def count_dependence(method: Method, shapes: dict[str, tuple[int, ...]], path: str) -> bool:
+    """Whether ``path``'s sparsity changes when one more layer of its shape joins the model.
+
+    Budgets spread over the layers (ERK, a global threshold, SWAT-M's momentum
+    shares) depend on how many layers share them; a per-layer budget does not.
+    One module holding several stacked layers (NNX's ``nnx.vmap`` for ``nnx.scan``)
+    takes one sparsity for all of them, which only the latter can express. Asked
+    like :func:`order_dependence`: the method's sparsities are computed with a twin
+    of the layer added (``<path>~twin``) and compared.
+
+    Args:
+      method: the method.
+      shapes: every planned layer's kernel shape, by path.
+      path: the layer in question (a key of ``shapes``).
+
+    Returns:
+      True when the twin changes ``path``'s sparsity.
+
+    Example:
+      >>> shapes = {"a": (32, 32), "b": (64, 64)}
+      >>> count_dependence(swat(0.8, distribution="erk"), shapes, "a")
+      True
+      >>> count_dependence(swat(0.8, distribution="uniform", dense_first=False), shapes, "a")
+      False
+    """
+    with _quiet():
+        alone = method.sparsities(dict(shapes))[path]
+        twinned = method.sparsities({**shapes, f"{path}~twin": shapes[path]})[path]
+    return alone != twinned
+
+
 def no_layers_error(found: dict[str, str], supported: str) -> ValueError:
     """The error for a model in which no supported layer was called."""
     kinds = sorted(set(found.values()))

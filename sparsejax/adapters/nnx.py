@@ -308,8 +308,8 @@ def sparsify(model: nnx.Module, method: Method, *example_args: Any,
     shapes = {p: by_path[p].kernel_shape for p in plan}
     for path in plan:
         stack = _stack_shape(layers[path])
-        if stack and (shared_init is not None or method.sparsities(
-                {**shapes, path + "#copy": shapes[path]})[path] != plan[path]):
+        if stack and (shared_init is not None
+                      or common.count_dependence(method, shapes, path)):
             raise ValueError(
                 f"sparsify: {path!r} holds {math.prod(stack)} stacked layers (kernel "
                 f"{tuple(layers[path].kernel.shape)}, built under nnx.vmap for nnx.scan), and "
