@@ -328,6 +328,10 @@ class Sparsified(nn.Module):
             if isinstance(mod, nn.Einsum):
                 return _run_einsum(mod, args, kwargs, sparse_op, path)
             field = "conv_general_dilated" if op == "conv" else "dot_general"
+            # Flax intercepts module methods (nn.intercept_methods) but has no hook for the
+            # op inside a stock layer's __call__, which reads its own (frozen) field: the
+            # field is set for this one call (it was None: _check_free_hook) and restored,
+            # so Flax's bias, dtype-promotion and precision logic stays Flax's own.
             object.__setattr__(mod, field, sparse_op)
             try:
                 return next_fun(*args, **kwargs)
