@@ -37,8 +37,11 @@ class DSG(Method):
     Each output neuron's pre-activation is estimated with a sparse ternary random
     projection (Johnson–Lindenstrauss dimension for ``epsilon``) and every row
     (sample, or sample × position for a conv) keeps the top ``1 − sparsity``
-    neurons, scored as if followed by a ReLU; the output is zero elsewhere and
-    the backward reuses the same mask on ``dY``. The projection is redrawn every
+    neurons, scored as if followed by a ReLU; the op's output is zero elsewhere and
+    the backward reuses the same mask on ``dY``. A layer's bias is added after the
+    op (Flax adds it outside ``dot_general`` / ``conv``), so a dropped neuron outputs
+    its bias, and the scores ignore the bias (bias-free layers, as before a BN, are
+    unaffected). The projection is redrawn every
     training step from a key folded from ``seed``, the layer path and the
     layer's step counter (state ``"step"``). The last layer (the classifier)
     stays dense.

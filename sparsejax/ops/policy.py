@@ -41,8 +41,9 @@ class Policy:
         dense in the forward pass.
       grad_out: rule applied to dY in the backward pass, for dA and dW (meProp
         ``RowTopK``, unified meProp ``SharedColumns``).
-      out: rule selecting output neurons in the forward pass (the output is zero
-        elsewhere); the same mask is applied to dY in the backward pass (DSG).
+      out: rule selecting output neurons in the forward pass (the op's output is
+        zero elsewhere; a layer's bias, added after the op, is not masked); the same
+        mask is applied to dY in the backward pass (DSG).
       act: rule applied to the layer's input A in the forward pass (SWAT's §3
         sensitivity study of forward-side operands): the op multiplies
         ``A ⊙ mask`` (every other rule, ``act_saved`` included, then sees that
