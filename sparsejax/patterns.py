@@ -112,6 +112,20 @@ class Pattern(Rule):
         """The sparsity the pattern itself implies (N:M), or ``None``."""
         return None
 
+    def check_tree_use(self, argument: str) -> None:
+        """Refuses this pattern at the tree level (``prune``, ``pruning``) if it carries a
+        slot-rule sparsity: there the sparsity is the call's ``argument``, and the two
+        could disagree.
+
+        Raises:
+          ValueError: naming the pattern, the call's argument and the fix.
+        """
+        if self.sparsity is not None:
+            raise ValueError(f"{self!r} carries a slot-rule sparsity; pruning a tree takes the "
+                             f"sparsity from {argument}: pass {type(self).__name__}(...) "
+                             f"without sparsity= and give {argument}{self.sparsity:g} to the "
+                             "call.")
+
     def _target(self, sparsity: Optional[ArrayLike], where: str | None) -> ArrayLike:
         """The sparsity to apply: the call's, else the pattern's own (checked)."""
         return resolve_sparsity(self.sparsity, sparsity, self, where)

@@ -91,7 +91,7 @@ from sparsejax.criteria import Criterion, Magnitude, check_criterion
 from sparsejax.patterns import Pattern, Unstructured
 from sparsejax.paths import PathRule
 from sparsejax.schedules import check_schedule
-from sparsejax.tree import _no_rule_sparsity, compute_masks
+from sparsejax.tree import compute_masks
 from sparsejax.validate import (check_pruned_zero, check_sparsity, plain, pruned_nonzeros,
                                 raise_if)
 
@@ -254,7 +254,7 @@ def pruning(sparsity_or_schedule: SparsityOrSchedule, *, pattern: Pattern = Unst
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pruning(pattern=...) must be a sparsejax Pattern (Unstructured(), "
                         f"NM(2, 4), Channel(...), Block(...)), got {pattern!r}.")
-    _no_rule_sparsity(pattern, "sparsity_or_schedule=")
+    pattern.check_tree_use("sparsity_or_schedule=")
     check_criterion(criterion, "pruning")
     by_magnitude = type(criterion) is Magnitude
     needs_grads = "grads" in criterion.needs

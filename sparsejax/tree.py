@@ -44,21 +44,11 @@ Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 
-def _no_rule_sparsity(pattern: Pattern, argument: str) -> None:
-    """Refuses a pattern that carries its own (slot-rule) sparsity at the tree level,
-    where the sparsity is the call's ``argument``: the two could disagree."""
-    if pattern.sparsity is not None:
-        raise ValueError(f"{pattern!r} carries a slot-rule sparsity; pruning a tree takes the "
-                         f"sparsity from {argument}: pass "
-                         f"{type(pattern).__name__}(...) without sparsity= and give "
-                         f"{argument}{pattern.sparsity:g} to the call.")
-
-
 def _check_arguments(sparsity, pattern, distribution, q) -> None:
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a sparsejax Pattern (Unstructured(), NM(2, 4), "
                         f"Channel(axes), Block(shape)), got {pattern!r}.")
-    _no_rule_sparsity(pattern, "sparsity=")
+    pattern.check_tree_use("sparsity=")
     if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}; valid: {list(DISTRIBUTIONS)} "
                          "(or pass q=... for Han's q·std rule).")
