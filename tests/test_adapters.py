@@ -1,6 +1,7 @@
 """Tests of the linen and NNX adapters against dense references with explicit masks."""
 
 import copy
+import dataclasses
 import logging
 import math
 import pickle
@@ -21,6 +22,8 @@ from sparsejax.adapters import sparsify
 from sparsejax.adapters.planning import plan
 from sparsejax.adapters.nnx import SparsityState
 from sparsejax.analysis import monitor
+from sparsejax.ops import Policy
+from sparsejax.sparsifiers import TopK
 from sparsejax.patterns import NM, nm_mask, topk_mask
 
 MUT = ["batch_stats", "sparsity"]
@@ -913,20 +916,27 @@ def test_swat_sampled_activation_threshold_reports_realised_sparsity():
         methods.swat(0.8, sample_size=0)
 
 
-def test_custom_init_state_without_sparsity_is_refused_naming_the_layer():
-    """A state the adapters could not recognise would leave every layer silently dense."""
-    import dataclasses
-
+def test_custom_init_state_that_is_not_the_methods_typed_state_is_refused_naming_the_layer():
+    """A state the adapters could not store or rebuild would leave layers silently dense."""
     @dataclasses.dataclass(frozen=True)
     class Forgetful(methods.SWAT):
         def init_state(self, info, sparsity, kernel):
-            return {"step": jnp.zeros((), jnp.int32)}  # no super(): no "sparsity" entry
+            return {"step": jnp.zeros((), jnp.int32)}  # a dict, as before states were typed
 
-    method = Forgetful(sparsity=0.5, dense_first=False)
-    x = jnp.ones((2, 6))
-    with pytest.raises(ValueError, match=r"Forgetful.init_state for layer 'Dense_0' returned "
-                                         r"no 'sparsity' entry.*super\(\).init_state"):
-        sparsify(MLP(), method).init(jax.random.key(0), x)
+    class Unregistered(methods.LayerState):  # no @layer_state: not a pytree
+        pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Undeclared(methods.SWAT):  # a typed state, but state_type still names SWATState
+        def init_state(self, info, sparsity, kernel):
+            return methods.LayerState(sparsity=jnp.float32(sparsity))
+
+    @dataclasses.dataclass(frozen=True)
+    class NotAPytree(methods.SWAT):
+        state_type = Unregistered
+
+        def init_state(self, info, sparsity, kernel):
+            return Unregistered(sparsity=jnp.float32(sparsity))
 
     class Net(nnx.Module):
         def __init__(self):
@@ -935,6 +945,100 @@ def test_custom_init_state_without_sparsity_is_refused_naming_the_layer():
         def __call__(self, x):
             return self.fc(x)
 
-    with pytest.raises(ValueError, match="Forgetful.init_state for layer 'fc' returned no "
-                                         "'sparsity'"):
-        sparsify(Net(), method, x)
+    x = jnp.ones((2, 6))
+    for cls, match in [
+            (Forgetful, r"Forgetful.init_state for layer '{}' returned dict; the method's "
+                        r"state_type is SWATState: return a SWATState"),
+            (Undeclared, r"Undeclared.init_state for layer '{}' returned LayerState; the "
+                         r"method's state_type is SWATState: set the class attribute state_type = "
+                         r"LayerState"),
+            (NotAPytree, r"NotAPytree's state type Unregistered \(layer '{}'\) is not a JAX "
+                         r"pytree: decorate it with @sparsejax.methods.layer_state")]:
+        method = cls(sparsity=0.5, dense_first=False)
+        with pytest.raises(TypeError, match=match.format("Dense_0")):
+            sparsify(MLP(), method).init(jax.random.key(0), x)
+        with pytest.raises(TypeError, match=match.format("fc")):
+            sparsify(Net(), method, x)
+
+
+@methods.layer_state
+class _CountState(methods.LayerState):
+    calls: jax.Array = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counting(methods.Method):
+    """A method written outside the library with its own typed state: counts training calls."""
+
+    sparsity: float = 0.5
+    name = "counting"
+    state_type = _CountState
+
+    def sparsities(self, shapes):
+        return {p: self.sparsity for p in shapes}
+
+    def init_state(self, info, sparsity, kernel):
+        return _CountState(**super().init_state(info, sparsity, kernel).fields(),
+                           calls=jnp.zeros((), jnp.int32))
+
+    def policy_aux(self, info, sparsity, state, shared, training):
+        return Policy(weight=TopK(sparsity)), None
+
+    def update(self, info, state, shared, stats, kernel):
+        return state.replace(calls=state.calls + 1), shared
+
+
+def test_typed_method_state_is_stored_one_variable_per_field_and_advances():
+    x = jnp.ones((2, 6))
+    model = sparsify(MLP(), _Counting())
+    v = model.init(jax.random.key(0), x)
+    assert set(v["sparsity"]["Dense_0"]) == {"sparsity", "calls"}
+    step = jax.jit(lambda v: model.apply(v, x, mutable=["sparsity"])[1])
+    for _ in range(3):
+        v = {**v, **step(v)}
+    assert int(v["sparsity"]["Dense_0"]["calls"]) == 3
+    assert float(v["sparsity"]["Dense_0"]["sparsity"]) == 0.5
+    # Read-only calls leave the state as it is.
+    model.apply(v, x)
+    # SWAT's state: fields a layer does not use are not stored.
+    swat_v = sparsify(MLP(), methods.swat(0.5, period=3, cache="all", dense_first=False)).init(
+        jax.random.key(0), x)
+    assert set(swat_v["sparsity"]["Dense_0"]) == {"sparsity", "step", "w_threshold",
+                                                   "a_threshold"}
+    # Variables of another method cannot be read back as this method's state.
+    with pytest.raises(ValueError, match=r"layer 'Dense_0': the stored 'sparsity' state has "
+                                         r"fields \['a_threshold', 'sparsity', 'step', "
+                                         r"'w_threshold'\], which _Counting's _CountState"):
+        model.apply(swat_v, x)
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.fc = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.fc(x)
+
+    net = sparsify(Net(), _Counting(), x)
+    nnx.jit(lambda m: m(x))(net)
+    nnx.jit(lambda m: m(x))(net)
+    assert int(net.fc.dot_general.state["calls"][...]) == 2
+    net.eval()
+    net(x)
+    assert int(net.fc.dot_general.state["calls"][...]) == 2
+
+
+def test_method_state_names_its_typed_replacement_for_dict_access():
+    info = methods.LayerInfo("conv", "conv", (3, 3, 4, 8), 8, (2,))
+    state = methods.swat(0.8, period=2).init_state(info, 0.8, jnp.ones(info.kernel_shape))
+    assert isinstance(state, methods.SWATState) and int(state.step) == 0
+    with pytest.raises(TypeError, match=r"read state.step instead of state\['step'\], and build "
+                                        r"a new one with state.replace\(step=...\)"):
+        state["step"]
+    with pytest.raises(TypeError, match=r"subclassing LayerState with @layer_state"):
+        {**state}
+    assert state.replace(step=jnp.int32(4)).step == 4 and state.prev_kernel is None
+    assert set(state.fields()) == {"sparsity", "step", "w_threshold", "a_threshold"}
+    leaves = jax.tree.leaves(jax.jit(lambda s: s.replace(step=s.step + 1))(state))
+    assert len(leaves) == 4
+    with pytest.raises(TypeError, match="decorates a subclass of LayerState"):
+        methods.layer_state(dict)

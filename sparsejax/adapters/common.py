@@ -13,6 +13,7 @@ the layers that read one activation tensor save one masked copy of it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
@@ -25,7 +26,7 @@ from jax import lax
 
 from sparsejax import ops
 from sparsejax.analysis import monitor
-from sparsejax.methods import LayerInfo, Method, State
+from sparsejax.methods import LayerInfo, LayerState, Method
 from sparsejax.rule import Rule
 
 Array = jax.Array
@@ -40,8 +41,8 @@ class LayerResult(NamedTuple):
     """Output of :func:`run_layer`."""
 
     y: Array
-    state: State
-    shared: Optional[State]
+    state: LayerState
+    shared: Optional[dict[str, Any]]
     metrics: Optional[dict[str, Array]]
 
 
@@ -120,29 +121,55 @@ class SharedActivations:
         return aux
 
 
-def initial_state(method: Method, info: LayerInfo, sparsity: float, kernel: Any) -> State:
-    """``method.init_state(...)``, checked: the adapters find a sparse layer's state by
-    its ``"sparsity"`` entry, so a state without one would leave the layer silently dense.
+def _checked(method: Method, info: LayerInfo, state: Any, hook: str) -> LayerState:
+    """``state`` if it is a ``method.state_type`` pytree; else an error naming the layer and fix."""
+    cls = method.state_type
+    if type(state) is not cls:
+        given = type(state).__name__
+        fix = (f"return a {cls.__name__}" if isinstance(state, Mapping) or not isinstance(
+            state, LayerState) else f"set the class attribute state_type = {given}")
+        raise TypeError(
+            f"{type(method).__name__}.{hook} for layer {info.path!r} returned {given}; the "
+            f"method's state_type is {cls.__name__}: {fix} (method state is a typed "
+            "sparsejax.methods.LayerState; a method with more state subclasses it with "
+            "@layer_state and names it in state_type).")
+    if jax.tree_util.all_leaves([state]):
+        raise TypeError(f"{type(method).__name__}'s state type {cls.__name__} (layer "
+                        f"{info.path!r}) is not a JAX pytree: decorate it with "
+                        "@sparsejax.methods.layer_state.")
+    return state
+
+
+def initial_state(method: Method, info: LayerInfo, sparsity: float, kernel: Any) -> LayerState:
+    """``method.init_state(...)``, checked to be a ``method.state_type`` pytree.
 
     Raises:
-      TypeError: the state is not a dict of arrays.
-      ValueError: it has no ``"sparsity"`` entry (the message names the layer and the fix).
+      TypeError: the state is of another type (a dict, as before states were
+        typed) or not registered as a pytree; the message names the layer and the fix.
     """
-    state = method.init_state(info, sparsity, kernel)
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{type(method).__name__}.init_state for layer {info.path!r} returned "
-                        f"{type(state).__name__}; it must return a dict of arrays.")
-    if "sparsity" not in state:
+    return _checked(method, info, method.init_state(info, sparsity, kernel), "init_state")
+
+
+def restore_state(method: Method, path: str, stored: Mapping[str, Any]) -> LayerState:
+    """The typed state of layer ``path`` from the fields an adapter stored (one variable each).
+
+    Raises:
+      ValueError: the stored fields are not ``method.state_type``'s (variables
+        made by another method or configuration); the message names the layer.
+    """
+    cls = method.state_type
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "sparsity" not in stored or not stored.keys() <= names:
         raise ValueError(
-            f"{type(method).__name__}.init_state for layer {info.path!r} returned no 'sparsity' "
-            f"entry (keys: {sorted(state)}); the adapters store every sparse layer's sparsity "
-            "under it. Start from the base class's state: "
-            "{**super().init_state(info, sparsity, kernel), 'my_key': ...}.")
-    return dict(state)
+            f"layer {path!r}: the stored {COLLECTION!r} state has fields {sorted(stored)}, which "
+            f"{type(method).__name__}'s {cls.__name__} ({sorted(names)}) cannot hold: the "
+            "variables come from another method or configuration; init the model with this "
+            "method.")
+    return cls(**stored)
 
 
-def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,
-              shared: Optional[State], training: bool, op: str, lhs: Any, rhs: Any,
+def run_layer(method: Method, info: LayerInfo, sparsity: float, state: LayerState,
+              shared: Optional[dict[str, Any]], training: bool, op: str, lhs: Any, rhs: Any,
               args: tuple, kwargs: dict, metrics: Optional[monitor.MonitorConfig] = None,
               activations: Optional[SharedActivations] = None) -> LayerResult:
     """Runs one ``dot_general`` / ``conv_general_dilated`` call of a sparse layer.
@@ -151,7 +178,7 @@ def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,
       method: the method.
       info: the layer.
       sparsity: the layer's static sparsity (``method.sparsities(...)[path]``).
-      state: the layer's state (arrays).
+      state: the layer's state (a ``method.state_type``).
       shared: the method's cross-layer state, or ``None``.
       training: whether the state advances (training) or is read-only (eval).
       op: ``"dot"`` or ``"conv"``.
@@ -185,6 +212,7 @@ def run_layer(method: Method, info: LayerInfo, sparsity: float, state: State,
         y, stats = fn(lhs, rhs, *args, policy=policy, aux=aux, where=info.path, **kwargs)
         if training:
             state, shared = method.update(info, state, shared, stats, rhs)
+            _checked(method, info, state, "update")
     out = None
     if metrics is not None:
         out = monitor.layer_metrics(lhs, stats, metrics)

@@ -267,7 +267,8 @@ class Sparsified(nn.Module):
             kernels = {p: _lookup(params, p)["kernel"] for p in shapes}
             refreshed = self.method.refresh_shared(
                 {k: v for k, v in value.items() if k != "num_sparse_layers"}, sizes,
-                kernels=kernels, states=nodes)
+                kernels=kernels,
+                states={p: common.restore_state(self.method, p, n) for p, n in nodes.items()})
             shared_var.value = {**value, **refreshed}
         interceptor = self._interceptor(sparsities, initializing,
                                         shared_var if shared_init else None, training)
@@ -301,13 +302,14 @@ class Sparsified(nn.Module):
                 shape = tuple(rhs.shape)
                 info = layer_info(mod, path, shape, args, kwargs)
                 if initializing:
-                    values = common.initial_state(method, info, sparsities[path], rhs)
+                    values = common.initial_state(method, info, sparsities[path], rhs).fields()
                     vars_ = {k: mod.variable(common.COLLECTION, k, lambda v=v: v)
                              for k, v in values.items()}
                 else:
                     vars_ = {k: mod.variable(common.COLLECTION, k)
                              for k in mod.variables.get(common.COLLECTION, {})}
-                state = {k: v.value for k, v in vars_.items()}
+                state = common.restore_state(method, path,
+                                             {k: v.value for k, v in vars_.items()})
                 shared = None
                 if shared_var is not None:
                     shared = {k: v for k, v in shared_var.value.items() if k != "num_sparse_layers"}
@@ -315,8 +317,8 @@ class Sparsified(nn.Module):
                                        training and not initializing, op, lhs, rhs, op_args,
                                        op_kwargs, config if metrics_on else None, activations)
                 if training and not initializing:
-                    for k, v in vars_.items():
-                        v.value = res.state[k]
+                    for k, v in res.state.fields().items():
+                        vars_[k].value = v
                     if shared_var is not None:
                         shared_var.value = {**shared_var.value, **res.shared}
                 if res.metrics is not None:

@@ -133,7 +133,7 @@ class SparseOp(nnx.Module):
         init = lambda k: common.initial_state(method, info, sparsity, k)
         for _ in stack:  # one state per stacked layer, sliced with the kernel by nnx.scan
             init = jax.vmap(init)
-        self.state = nnx.data({k: SparsityState(v) for k, v in init(kernel).items()})
+        self.state = nnx.data({k: SparsityState(v) for k, v in init(kernel).fields().items()})
         if monitor is not None:
             self.metrics = nnx.data({k: SparsityMetric(jnp.zeros(stack, jnp.float32)) for k in
                                      ("act_zero_fraction", "act_tile_occupancy", "act_tile_density",
@@ -146,12 +146,13 @@ class SparseOp(nnx.Module):
             shared = self.shared.value.get_value()
             if training and self.first:
                 shared = self.method.refresh_shared(shared, self.shared.sizes)
-        state = {k: v[...] for k, v in self.state.items()}
+        state = common.restore_state(self.method, self.info.path,
+                                     {k: v[...] for k, v in self.state.items()})
         res = common.run_layer(self.method, self.info, self.sparsity, state, shared, training, op,
                                lhs, rhs, args, kwargs, self.monitor, self.activations)
         if training:
-            for k, v in self.state.items():
-                v[...] = res.state[k]
+            for k, v in res.state.fields().items():
+                self.state[k][...] = v
             if self.shared is not None:
                 self.shared.value.set_value(res.shared)
         if res.metrics is not None:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax import ops, paths
+from sparsejax.adapters import common
 from sparsejax.methods import LayerInfo, Method
 
 Array = jax.Array
@@ -143,8 +144,9 @@ def _replace_leaves(tree: Any, new: dict[str, Array]) -> Any:
     return jax.tree_util.tree_unflatten(treedef, [new.get(p, x) for p, x in pairs])
 
 
-def _layer_weight(method: Method, info: LayerInfo, sparsity: float, state: dict,
+def _layer_weight(method: Method, info: LayerInfo, sparsity: float, stored: dict,
                   shared: Optional[dict], kernel: Array, dtype: Any, training: bool) -> Array:
+    state = common.restore_state(method, info.path, stored)
     policy, aux = method.policy_aux(info, sparsity, state, shared, training)
     if policy is None or policy.weight is None:
         return kernel
@@ -157,7 +159,7 @@ def _layer_weight(method: Method, info: LayerInfo, sparsity: float, state: dict,
 
 def _linen_effective(model: Any, variables: Any, args: tuple, kwargs: dict,
                      training: bool) -> Any:
-    from sparsejax.adapters import common, linen  # pylint: disable=import-outside-toplevel
+    from sparsejax.adapters import linen  # pylint: disable=import-outside-toplevel
     from sparsejax.methods import Dense  # pylint: disable=import-outside-toplevel
     variables = dict(variables)
     drop = (common.COLLECTION, common.METRICS)

@@ -16,9 +16,10 @@ dict key) that answers, for every linear layer an adapter finds
   dynamic inputs (:meth:`Method.policy_aux`): every method is a row of the
   ops' one ``custom_vjp`` algebra, no method owns its own gradient code;
 * **which state** the layer keeps between steps (:meth:`Method.init_state`,
-  :meth:`Method.update`): cached thresholds and a step counter (SWAT's
-  ``period``), the previous kernel (SWAT-M), a step counter for DSG's PRNG
-  keys. The adapters store it in an explicit variable collection named
+  :meth:`Method.update`), a typed :class:`LayerState` pytree: cached thresholds
+  and a step counter (SWAT's ``period``), the previous kernel (SWAT-M),
+  :class:`SWATState`; a step counter for DSG's PRNG keys, :class:`DSGState`.
+  The adapters store it, one variable per field, in an explicit variable collection named
   ``"sparsity"`` (linen) or in :class:`sparsejax.adapters.nnx.SparsityState`
   variables (NNX); nothing lives in hidden globals.
 
@@ -50,17 +51,18 @@ References:
   EMNLP 2017 (gradient drop).
 """
 
-from sparsejax.methods.base import (LayerInfo, Method, State, boolean, integer, one_of, option,
-                                    stays_dense)
+from sparsejax.methods.base import (LayerInfo, LayerState, Method, State, boolean, integer,
+                                    layer_state, one_of, option, stays_dense)
 from sparsejax.methods.baselines import Dense, GradDropState, dense, grad_drop
-from sparsejax.methods.dsg import DSG, dsg
+from sparsejax.methods.dsg import DSG, DSGState, dsg
 from sparsejax.methods.forward_topk import FORWARD_OPERANDS, ForwardTopK, forward_topk
 from sparsejax.methods.meprop import MeProp, meprop
 from sparsejax.methods.ste import STE, ste
-from sparsejax.methods.swat import MOMENTUM_DENSITY_CAP, SWAT, momentum_budgets, swat
+from sparsejax.methods.swat import MOMENTUM_DENSITY_CAP, SWAT, SWATState, momentum_budgets, swat
 from sparsejax.validate import check_sparsity
 
-__all__ = ["DSG", "Dense", "FORWARD_OPERANDS", "ForwardTopK", "GradDropState", "LayerInfo",
-           "MOMENTUM_DENSITY_CAP", "MeProp", "Method", "STE", "SWAT", "State", "boolean",
-           "check_sparsity", "dense", "dsg", "forward_topk", "grad_drop", "integer",
-           "meprop", "momentum_budgets", "one_of", "option", "ste", "stays_dense", "swat"]
+__all__ = ["DSG", "DSGState", "Dense", "FORWARD_OPERANDS", "ForwardTopK", "GradDropState",
+           "LayerInfo", "LayerState", "MOMENTUM_DENSITY_CAP", "MeProp", "Method", "STE", "SWAT",
+           "SWATState", "State", "boolean", "check_sparsity", "dense", "dsg", "forward_topk",
+           "grad_drop", "integer", "layer_state", "meprop", "momentum_budgets", "one_of", "option",
+           "ste", "stays_dense", "swat"]

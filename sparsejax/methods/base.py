@@ -17,7 +17,6 @@ from sparsejax.ops import Aux, Policy, Stats
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
-State = dict[str, Array]
 
 logger = logging.getLogger("sparsejax")
 
@@ -42,6 +41,79 @@ def stays_dense(method: str, path: str, reason: str, *, skipped: bool = False) -
     reasons = _REASONS.get()
     if reasons is not None:
         reasons.setdefault(path, reason)
+
+
+def layer_state(cls: type) -> type:
+    """Class decorator of a method's per-layer state: a frozen dataclass and a JAX pytree.
+
+    Every field is a pytree of arrays (a leaf of ``jit``, ``vmap``, the
+    adapters' variables and checkpoints); a field left ``None`` is one this
+    layer does not use (SWAT keeps thresholds only for layers that cache them).
+
+    Args:
+      cls: a subclass of :class:`LayerState` adding the method's fields, each
+        with a default (``None`` for fields only some layers use).
+
+    Returns:
+      ``cls`` as a frozen dataclass registered with ``jax.tree_util``.
+
+    Example:
+      >>> @layer_state
+      ... class CountState(LayerState):
+      ...     step: Optional[Array] = None
+      >>> CountState(sparsity=jnp.float32(0.8), step=jnp.int32(0)).replace(step=jnp.int32(1))
+    """
+    if not (isinstance(cls, type) and issubclass(cls, LayerState)):
+        raise TypeError(f"@layer_state decorates a subclass of LayerState, got {cls!r}.")
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    return jax.tree_util.register_dataclass(
+        cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerState:
+    """A sparse layer's method state (the base of every method's state type).
+
+    The adapters store it between steps (one variable per field that is not
+    ``None``: the linen ``"sparsity"`` collection, NNX
+    :class:`~sparsejax.adapters.nnx.SparsityState` variables) and find sparse
+    layers by its ``sparsity``. A method with more state subclasses it with
+    :func:`layer_state` and returns it from :meth:`Method.init_state`.
+
+    Attributes:
+      sparsity: the layer's sparsity (a float32 scalar; SWAT-M's budget moves it).
+
+    Example:
+      >>> state = Method.init_state(swat(0.8), info, 0.8, kernel)
+      >>> state.sparsity, state.replace(sparsity=jnp.float32(0.9)).sparsity
+    """
+
+    sparsity: Array
+
+    def replace(self, **changes: Any) -> "LayerState":
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def fields(self) -> dict[str, Any]:
+        """Field name -> value of every field that is not ``None`` (what the adapters store)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    # The state was a dict before it was typed: its dict spellings name the replacement.
+    def __getitem__(self, key: str) -> Any:
+        raise TypeError(f"method state is a typed {type(self).__name__} (a LayerState dataclass), "
+                        f"not a dict: read state.{key} instead of state[{key!r}], and build a new "
+                        f"one with state.replace({key}=...).")
+
+    def keys(self) -> Any:
+        raise TypeError(f"method state is a typed {type(self).__name__} (a LayerState dataclass), "
+                        "not a dict: extend it by subclassing LayerState with @layer_state "
+                        "(e.g. CountState(**super().init_state(...).fields(), step=...)); "
+                        "state.fields() lists its values.")
+
+
+jax.tree_util.register_dataclass(LayerState, data_fields=["sparsity"], meta_fields=[])
+State = LayerState  # the name the hooks' annotations used when the state was a dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +258,10 @@ class Method:
     * **which policy** runs a layer: :meth:`policy_aux` (the layer's
       :class:`~sparsejax.ops.Policy` and its dynamic inputs);
     * **what state** it keeps between steps, if any: :meth:`init_state`
-      (extending the base state, which holds the layer's ``"sparsity"``) and
-      :meth:`update` (and the ``shared`` hooks for state that spans layers,
-      SWAT-M's budgets).
+      (a :class:`LayerState`, or a subclass of it made with :func:`layer_state`
+      holding the method's own fields, named by the class attribute
+      ``state_type``) and :meth:`update` (and the ``shared`` hooks for state
+      that spans layers, SWAT-M's budgets).
 
     A method is a frozen dataclass: its own fields come first
     (``MyMethod(0.8)``), the base fields below are keyword-only. Declare a field
@@ -211,6 +284,7 @@ class Method:
 
     name: ClassVar[str] = "method"
     renamed: ClassVar[Mapping[str, str]] = {}
+    state_type: ClassVar[type] = LayerState  # what init_state returns (a @layer_state class)
 
     def __new__(cls, *args: Any, **kwargs: Any):
         for old in kwargs.keys() & cls.renamed.keys():
@@ -321,19 +395,25 @@ class Method:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- state
-    def init_state(self, info: LayerInfo, sparsity: float, kernel: ArrayLike) -> State:
-        """Initial per-layer state; every sparse layer stores its ``sparsity``."""
-        del info, kernel
-        return {"sparsity": jnp.asarray(sparsity, jnp.float32)}
+    def init_state(self, info: LayerInfo, sparsity: float, kernel: ArrayLike) -> LayerState:
+        """Initial per-layer state: a :class:`LayerState` holding the layer's ``sparsity``.
 
-    def init_shared(self, plan: Mapping[str, float]) -> Optional[State]:
+        A method with more state returns its own :func:`layer_state` subclass
+        and names it in ``state_type`` (the adapters rebuild the state from
+        their stored variables with it), e.g.
+        ``CountState(**super().init_state(...).fields(), step=jnp.int32(0))``.
+        """
+        del info, kernel
+        return LayerState(sparsity=jnp.asarray(sparsity, jnp.float32))
+
+    def init_shared(self, plan: Mapping[str, float]) -> Optional[dict[str, Any]]:
         """Initial state shared by all layers (``None``: the method needs none)."""
         del plan
         return None
 
-    def refresh_shared(self, shared: State, sizes: Mapping[str, int],
+    def refresh_shared(self, shared: dict[str, Any], sizes: Mapping[str, int],
                        kernels: Optional[Mapping[str, Array]] = None,
-                       states: Optional[Mapping[str, State]] = None) -> State:
+                       states: Optional[Mapping[str, LayerState]] = None) -> dict[str, Any]:
         """Updates the shared state once per training step, before the layers run.
 
         Args:
@@ -346,8 +426,8 @@ class Method:
         del sizes, kernels, states
         return shared
 
-    def policy_aux(self, info: LayerInfo, sparsity: float, state: State,
-                   shared: Optional[State], training: bool
+    def policy_aux(self, info: LayerInfo, sparsity: float, state: LayerState,
+                   shared: Optional[dict[str, Any]], training: bool
                    ) -> tuple[Optional[Policy], Optional[Aux]]:
         """The layer's policy (``None``: run the dense op) and dynamic inputs.
 
@@ -392,8 +472,8 @@ class Method:
         jax.eval_shape(trace)
         return found[0]
 
-    def update(self, info: LayerInfo, state: State, shared: Optional[State], stats: Stats,
-               kernel: Array) -> tuple[State, Optional[State]]:
+    def update(self, info: LayerInfo, state: LayerState, shared: Optional[dict[str, Any]],
+               stats: Stats, kernel: Array) -> tuple[LayerState, Optional[dict[str, Any]]]:
         """New state after a training call, from the op's :class:`~sparsejax.ops.Stats`."""
         del info, stats, kernel
         return state, shared

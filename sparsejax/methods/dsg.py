@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 
-from sparsejax.methods.base import Array, ArrayLike, Check, LayerInfo, Method, first_last, option
+from sparsejax.methods.base import (Array, ArrayLike, Check, LayerInfo, LayerState, Method,
+                                    first_last, layer_state, option)
 from sparsejax.ops import Aux, Policy
 from sparsejax.rule import SlotInput
 from sparsejax.sparsifiers import RandomProjection
@@ -28,6 +29,18 @@ def _open_unit(what: str) -> Check:
 def _seed(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{where} must be an int, got {value!r}.")
+
+
+@layer_state
+class DSGState(LayerState):
+    """A DSG layer's state.
+
+    Attributes:
+      sparsity: the layer's sparsity.
+      step: training calls so far (folded into the projection key).
+    """
+
+    step: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,7 @@ class DSG(Method):
     seed: int = option(0, _seed)
 
     name: ClassVar[str] = "dsg"
+    state_type: ClassVar[type] = DSGState
 
     def choose_layers(self, layers, chosen):
         return first_last(layers, chosen, False, True, self.name)
@@ -82,9 +96,7 @@ class DSG(Method):
         return {p: float(self.sparsity) for p in shapes}
 
     def init_state(self, info, sparsity, kernel):
-        state = super().init_state(info, sparsity, kernel)
-        state["step"] = jnp.zeros((), jnp.int32)
-        return state
+        return DSGState(sparsity=jnp.asarray(sparsity, jnp.float32), step=jnp.zeros((), jnp.int32))
 
     def key(self, info: LayerInfo, step: ArrayLike) -> Array:
         """The layer's projection key at ``step``: ``fold_in(fold_in(seed, crc32(path)), step)``."""
@@ -95,10 +107,10 @@ class DSG(Method):
         if not (training or self.sparse_eval):
             return None, None
         policy = Policy(out=RandomProjection(sparsity, float(self.epsilon), relu=True))
-        return policy, Aux(out=SlotInput(key=self.key(info, state["step"])))
+        return policy, Aux(out=SlotInput(key=self.key(info, state.step)))
 
     def update(self, info, state, shared, stats, kernel):
-        return {**state, "step": state["step"] + 1}, shared
+        return state.replace(step=state.step + 1), shared
 
 
 dsg = DSG

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from sparsejax.distributions import erk_sparsities
-from sparsejax.methods.base import (Array, ArrayLike, LayerInfo, Method, boolean, first_last,
-                                    integer, logger, one_of, option)
+from sparsejax.methods.base import (Array, ArrayLike, LayerInfo, LayerState, Method, boolean,
+                                    first_last, integer, layer_state, logger, one_of, option)
 from sparsejax.ops import SAVED, Aux, Policy
 from sparsejax.patterns import Channel
 from sparsejax.rule import SlotInput
@@ -146,6 +146,24 @@ def _momentum_score(kernel: Array, prev_kernel: Array, threshold: Array) -> Arra
     active = jnp.abs(old) >= threshold
     delta = jnp.where(active, jnp.abs(new - old), 0.0)
     return jnp.sum(delta) / jnp.maximum(jnp.sum(active), 1)
+
+
+@layer_state
+class SWATState(LayerState):
+    """A SWAT layer's state (fields a layer does not use stay ``None``).
+
+    Attributes:
+      sparsity: the layer's sparsity (SWAT-M: its current momentum budget).
+      step: training calls so far, for layers that cache thresholds (``period > 1``).
+      w_threshold: the cached (or, SWAT-M, the last) weight threshold.
+      a_threshold: the cached saved-activation threshold.
+      prev_kernel: SWAT-M: the kernel of the previous step, for its momentum.
+    """
+
+    step: Optional[Array] = None
+    w_threshold: Optional[Array] = None
+    a_threshold: Optional[Array] = None
+    prev_kernel: Optional[Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +316,7 @@ class SWAT(Method):
     saved: str = option("auto", one_of(SAVED))
 
     name: ClassVar[str] = "swat"
+    state_type: ClassVar[type] = SWATState
     renamed: ClassVar[Mapping[str, str]] = {
         "pack_saved": "swat(saved='packed'); the default saved='auto' already packs wherever "
                       "the kept count is static",
@@ -348,14 +367,13 @@ class SWAT(Method):
         return {p: float(self.sparsity) for p in shapes}
 
     def init_state(self, info, sparsity, kernel):
-        state = super().init_state(info, sparsity, kernel)
+        zero = jnp.zeros((), jnp.float32)
+        state = SWATState(sparsity=jnp.asarray(sparsity, jnp.float32))
         if self._cached(info):
-            state.update(step=jnp.zeros((), jnp.int32), w_threshold=jnp.zeros((), jnp.float32),
-                         a_threshold=jnp.zeros((), jnp.float32))
+            state = state.replace(step=jnp.zeros((), jnp.int32), w_threshold=zero, a_threshold=zero)
         if self._momentum:
             # W_t and the threshold of step t: SWAT-M scores |W_{t+1} - W_t| on |W_t| >= it.
-            state["prev_kernel"] = jnp.asarray(kernel)
-            state.setdefault("w_threshold", jnp.zeros((), jnp.float32))
+            state = state.replace(prev_kernel=jnp.asarray(kernel), w_threshold=zero)
         return state
 
     def init_shared(self, plan):
@@ -370,8 +388,8 @@ class SWAT(Method):
         score = shared["score"]
         if kernels is not None and states is not None:
             # The current step's momentum: W_{t+1} - W_t is the optimizer's last update.
-            score = {p: _momentum_score(kernels[p], states[p]["prev_kernel"],
-                                        states[p]["w_threshold"]) for p in sizes}
+            score = {p: _momentum_score(kernels[p], states[p].prev_kernel,
+                                        states[p].w_threshold) for p in sizes}
         budgets = momentum_budgets(sizes, score, self.sparsity,
                                    redistribution=self.redistribution)
         # No update seen yet (the first step): keep the initial budgets, as the
@@ -391,7 +409,7 @@ class SWAT(Method):
             w_rule = dataclasses.replace(pattern, sparsity=sparsity)
         elif cached:
             w_rule = TopK(sparsity, cached=True)
-            w_in["threshold"] = state["w_threshold"]
+            w_in["threshold"] = state.w_threshold
         else:
             w_rule = TopK(sparsity, ties="all")
         # The saved-activation rule only shapes the backward pass, so it is set in
@@ -400,9 +418,9 @@ class SWAT(Method):
         a_rule = (TopK(sparsity, sample_size=self.sample_size, cached=True) if cached
                   else TopK(sparsity, sample_size=self.sample_size, ties="all"))
         if cached:
-            a_in["threshold"] = state["a_threshold"]
+            a_in["threshold"] = state.a_threshold
         if training and cached:
-            refresh = state["step"] % self.period == 0
+            refresh = state.step % self.period == 0
             a_in["refresh"] = refresh
             if w_rule.cached:
                 w_in["refresh"] = refresh
@@ -417,18 +435,17 @@ class SWAT(Method):
                 Aux(weight=SlotInput(**w_in), act_saved=SlotInput(**a_in)))
 
     def update(self, info, state, shared, stats, kernel):
-        state = dict(state)
         if self._momentum:
             # W_t - W_{t-1} on |W_{t-1}| >= its threshold: the previous step's momentum,
             # used by refresh_shared only when the adapter passes no kernels (NNX).
-            score = _momentum_score(kernel, state["prev_kernel"], state["w_threshold"])
-            state["prev_kernel"] = jnp.asarray(kernel, state["prev_kernel"].dtype)
-            state["w_threshold"] = stats.w_threshold
+            score = _momentum_score(kernel, state.prev_kernel, state.w_threshold)
             shared = {"score": {**shared["score"], info.path: score}, "sparsity": shared["sparsity"]}
-            state["sparsity"] = shared["sparsity"][info.path]
+            state = state.replace(prev_kernel=jnp.asarray(kernel, state.prev_kernel.dtype),
+                                  w_threshold=stats.w_threshold,
+                                  sparsity=shared["sparsity"][info.path])
         if self._cached(info):
-            state.update(step=state["step"] + 1, w_threshold=stats.w_threshold,
-                         a_threshold=stats.a_threshold)
+            state = state.replace(step=state.step + 1, w_threshold=stats.w_threshold,
+                                  a_threshold=stats.a_threshold)
         return state, shared
 
 
