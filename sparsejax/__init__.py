@@ -7,7 +7,7 @@ and is imported explicitly.
 
 import sys as _sys
 
-from sparsejax import analysis, criteria, ops, schedules
+from sparsejax import analysis, backend_hints, criteria, ops, schedules
 from sparsejax.adapters import sparsify
 from sparsejax.adapters.linen import Sparsified
 from sparsejax.adapters.nnx import SparsityState
@@ -45,7 +45,7 @@ from sparsejax.wanda import (per_output_mask, wanda, wanda_layers, wanda_masks, 
 # repository uses the old paths (`import sparsejax.monitor`, `from sparsejax.compact import
 # pack`, `sparsejax.costs.step_flops`); the repository imports the new ones.
 _MOVED = {"compact": ops.compaction, "compression": analysis.compression,
-          "costs": analysis.costs, "monitor": analysis.monitor,
+          "costs": analysis.costs, "monitor": analysis.monitor, "ordering": backend_hints,
           "residuals": analysis.residuals, "summary": analysis.summary,
           "tensorcore": analysis.tensorcore}
 for _old, _module in _MOVED.items():
@@ -53,6 +53,7 @@ for _old, _module in _MOVED.items():
 # The package attributes (compression, costs and tensorcore are imported above; the attribute
 # sparsejax.summary stays the summary() function, as before the move).
 compact, monitor, residuals = ops.compaction, analysis.monitor, analysis.residuals
+ordering = backend_hints
 del _old, _module, _sys
 
 __version__ = "0.1.0"

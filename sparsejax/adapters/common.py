@@ -6,8 +6,7 @@ inputs, calls :func:`sparsejax.ops.sparse_dot_general_with_stats` or
 :func:`sparsejax.ops.sparse_conv_general_dilated_with_stats` (or the plain
 ``lax`` op when the method leaves the call dense), and returns the new state
 the adapter stores. :func:`sparse_einsum` routes ``jnp.einsum`` through the
-same dot op with the activation as ``lhs``. :class:`SharedActivations` lets
-the layers that read one activation tensor save one masked copy of it.
+same dot op with the activation as ``lhs``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import dataclasses
 import logging
 import math
 import warnings
-import weakref
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -25,9 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from sparsejax import ops
+from sparsejax.backend_hints import SharedActivations
 from sparsejax.analysis import monitor
 from sparsejax.methods import LayerInfo, LayerState, Method
-from sparsejax.rule import Rule
 
 Array = jax.Array
 
@@ -44,81 +42,6 @@ class LayerResult(NamedTuple):
     state: LayerState
     shared: Optional[dict[str, Any]]
     metrics: Optional[dict[str, Array]]
-
-
-class SharedActivations:
-    """Trace-time record letting layers that read one activation share its saved copy.
-
-    At a ResNet stage boundary a block's output feeds two sparse layers, the next
-    block's first conv and its projection shortcut, and each saves the top-K of
-    that one tensor for its dW. With exact thresholds (SWAT ``period=1``) both
-    layers compute the same threshold from the same tensor and XLA merges the
-    two saved copies. With cached thresholds (``period > 1``) each layer reads
-    its threshold and refresh flag from its own state: the values are always
-    equal (the same tensor, sparsity and step), but XLA cannot know it and keeps
-    one masked, transposed copy per layer (13 MiB of a ResNet-18 step at batch
-    32). :meth:`share` hands every later reader of a tensor the first reader's
-    threshold and refresh flag, so the copies are one value again; each layer
-    still stores the threshold it used, which is then the same in both states.
-
-    Readers are matched by the identity of the value they receive, which is one
-    tracer per tensor under ``jit`` (the only place where XLA sees the copies
-    together); an eager ``jax.grad`` re-wraps the tensor for every layer, so there
-    each layer reads its own (equal) threshold. One instance lives for one model
-    call (linen) or one sparsified model (NNX); it holds weak references only,
-    so no tracer outlives its trace through it.
-
-    Example:
-      >>> shared, x = SharedActivations(), jnp.ones((2, 3))
-      >>> first = shared.share(x, TopK(0.8, cached=True), ops.Aux(act_saved=SlotInput(threshold=jnp.float32(1.))))
-      >>> float(shared.share(x, TopK(0.8, cached=True), ops.Aux(act_saved=SlotInput(threshold=jnp.float32(2.)))).act_saved.threshold)
-      1.0
-
-    References:
-      Raihan & Aamodt, NeurIPS 2020 (``topk_period`` in the official code).
-    """
-
-    def __init__(self):
-        # Weak references only: (tensor, rule, its first reader's threshold and refresh flag).
-        self._seen: list[tuple[weakref.ref, Rule, weakref.ref, Optional[weakref.ref]]] = []
-
-    def __reduce__(self):
-        # A copied or pickled model starts with an empty record (it only ever
-        # describes the trace in progress).
-        return SharedActivations, ()
-
-    def share(self, lhs: Any, rule: Any, aux: Optional[ops.Aux]) -> Optional[ops.Aux]:
-        """``aux`` with the cached activation threshold of the first reader of ``lhs``.
-
-        Args:
-          lhs: the layer's activation (array or tracer; compared by identity).
-          rule: the policy's ``act_saved`` rule; only cached ``TopK`` rules with
-            a static sparsity (no per-layer ``act_saved.sparsity``, which SWAT-M sets)
-            are shared, and only with an equal rule.
-          aux: the layer's dynamic inputs.
-
-        Returns:
-          ``aux``, its ``act_saved`` threshold and refresh flag replaced by those of the
-          first layer that read ``lhs`` under the same rule, if any.
-        """
-        saved = None if aux is None else aux.act_saved
-        if (not (isinstance(rule, Rule) and rule.cached) or saved is None
-                or saved.threshold is None or saved.sparsity is not None):
-            return aux
-        self._seen = [e for e in self._seen if e[0]() is not None]
-        for tensor, seen_rule, threshold, refresh in self._seen:
-            if (tensor() is lhs and seen_rule == rule
-                    and (refresh is None) == (saved.refresh is None)):
-                t, r = threshold(), refresh and refresh()
-                if t is None or (refresh is not None and r is None):
-                    return aux
-                return aux._replace(act_saved=saved._replace(threshold=t, refresh=r))
-        try:
-            self._seen.append((weakref.ref(lhs), rule, weakref.ref(saved.threshold),
-                               None if saved.refresh is None else weakref.ref(saved.refresh)))
-        except TypeError:  # a Python scalar: nothing to share
-            pass
-        return aux
 
 
 def _checked(method: Method, info: LayerInfo, state: Any, hook: str) -> LayerState:

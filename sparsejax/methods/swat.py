@@ -223,7 +223,7 @@ class SWAT(Method):
         per epoch and no counter option is offered. Layers that read one activation at the same
         sparsity (a block's output feeding conv1 and the projection shortcut)
         share its cached threshold under ``jit``, so they save one copy of it
-        (:class:`sparsejax.adapters.common.SharedActivations`). The cache is per
+        (:class:`sparsejax.backend_hints.SharedActivations`). The cache is per
         layer: a layer called more than once per step (shared weights) advances
         its counter once per call and caches its last call's activation
         threshold, so keep such layers at ``period=1`` (or exclude them).

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparsejax import ordering, select
+from sparsejax import backend_hints, select
 from sparsejax.ops import compaction
 from sparsejax.ops.policy import _SLOTS, PACK_MIN_SIZE, Aux, Policy, Stats
 from sparsejax.patterns import Channel
@@ -256,8 +256,8 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
                                    (w.shape[plan.w_axis],))
             wmask = jnp.broadcast_to(
                 wmask.reshape([-1 if i == plan.w_axis else 1 for i in range(w.ndim)]), w.shape)
-        # Backend hint (sparsejax.ordering): W_s is built once the layer's input exists.
-        w_s = jnp.where(wmask & ordering.live(a), w, jnp.zeros((), w.dtype))
+        # Backend hint (sparsejax.backend_hints): W_s is built once the layer's input exists.
+        w_s = jnp.where(wmask & backend_hints.live(a), w, jnp.zeros((), w.dtype))
 
     if plan is None:
         y, w_keep = op.apply(a, w_s), w_s
@@ -295,7 +295,7 @@ def _forward(cfg: _Cfg, a: Array, w: Array, aux: Aux, save: bool = True):
                        else compaction.pack(a, amask, count))
             # Backend hint: pack in the forward pass. The values are computed last (from
             # the bit planes), so waiting for them waits for the whole pack.
-            y = y + ordering.depends_on([a_saved.values], y.dtype)
+            y = y + backend_hints.depends_on([a_saved.values], y.dtype)
     elif plan is not None and plan.role == "in" and not pol.straight_through:
         a_saved = compaction.take(a, plan.idx, plan.axis)
 
@@ -341,7 +341,7 @@ def _backward(cfg: _Cfg, res: _Residuals, cts):
     feat = op.out_feature_axes(len(a_struct.shape), len(w_struct.shape))
     if res.omask is not None:
         g = jnp.where(res.omask, g, jnp.zeros((), g.dtype))
-    after = lambda x: ordering.after(g, x)  # backend hint: rebuild residuals in the backward
+    after = lambda x: backend_hints.after(g, x)  # backend hint: rebuild residuals in the backward
     a_saved = res.a
     if isinstance(a_saved, compaction.Packed):
         # Everything the unpack reads comes with the bits: making them wait for dY makes

@@ -38,7 +38,7 @@ import numpy as np
 from jax import lax
 from jax.interpreters import batching, mlir
 
-from sparsejax import native, ordering
+from sparsejax import backend_hints, native
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -367,5 +367,5 @@ def put(x_small: ArrayLike, idx: ArrayLike, axis: int, shape: tuple[int, ...]) -
     """
     x_small = jnp.asarray(x_small)
     index = (slice(None),) * axis + (idx,)
-    zero = ordering.zeros_after(x_small, x_small.dtype)  # backend hint: fill late
+    zero = backend_hints.zeros_after(x_small, x_small.dtype)  # backend hint: fill late
     return jnp.broadcast_to(zero, shape).at[index].set(x_small, unique_indices=True)

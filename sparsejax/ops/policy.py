@@ -88,7 +88,7 @@ class Policy:
         ``"packed"`` and another weight rule, W's mask as bits). Memory and step-time figures of the formats are in the
         README's benchmark table (``benchmarks/bench_training_methods.py``);
         the orderings that make them hold on XLA:CPU are
-        :mod:`sparsejax.ordering`'s backend hints. ``pack_saved=True`` /
+        :mod:`sparsejax.backend_hints`'s backend hints. ``pack_saved=True`` /
         ``remat_saved=True`` (earlier names) raise, naming the replacement.
 
     Example:
