@@ -9,7 +9,8 @@ rounds of the per-round ratio (benchmarks/common.py):
   * SWAT-U 80 %, period 1 (exact top-K every step)      <= 1.15x
   * SWAT-U 80 %, period 20 (cached thresholds)          <= 1.05x
     (over whole periods, refresh steps included: ``period_ratio``, median of
-    five per-period ratios; the median-of-rounds ``ratio`` mostly times
+    five per-period ratios, each the mean of the period's step ratios, every
+    step paired with a dense one; the median-of-rounds ``ratio`` mostly times
     cached steps)
   * STE 2:4                                             <= 1.05x
   * meProp, keep 20 %                                   <= 1.15x
@@ -155,19 +156,26 @@ def compile_samples(compilers, rounds):
 
 def period_ratio(run, dense_run, period, periods):
     """Step time over whole periods (each holds one threshold refresh, whatever
-    the phase) as a ratio to as many dense steps: the median over ``periods``
-    of the per-period ratio, SWAT and dense periods interleaved (the estimator
-    of the per-step ratios, applied to whole periods)."""
+    the phase) as a ratio to dense steps: every step of a period is timed next
+    to a dense step (each blocked, the two orders alternating) and the period's
+    ratio is the mean of its ``period`` paired ratios; the median over
+    ``periods`` periods is returned.
+
+    Pairing adjacent steps cancels the machine's drift, which timing each whole
+    period in one block did not: on the 2-core VM a ResNet-18 period lasts ~40 s
+    and the same compiled program's whole-period ratios ranged 0.77-1.17 within
+    one run (README, "Benchmarks")."""
     ratios = []
     for i in range(periods):
-        took = {}
-        for fn in ((run, dense_run) if i % 2 == 0 else (dense_run, run)):
-            start = time.perf_counter()
-            for _ in range(period - 1):
-                fn()
-            jax.block_until_ready(fn())
-            took[fn] = time.perf_counter() - start
-        ratios.append(took[run] / took[dense_run])
+        steps = []
+        for j in range(period):
+            took = {}
+            for fn in ((run, dense_run) if (i + j) % 2 == 0 else (dense_run, run)):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                took[fn] = time.perf_counter() - start
+            steps.append(took[run] / took[dense_run])
+        ratios.append(statistics.fmean(steps))
     return statistics.median(ratios)
 
 
