@@ -165,8 +165,8 @@ class SharedActivations:
     two saved copies. With cached thresholds (``period > 1``) each layer reads
     its threshold and refresh flag from its own state: the values are always
     equal (the same tensor, sparsity and step), but XLA cannot know it and keeps
-    one masked, transposed copy per layer (13 MiB of a ResNet-18 step at batch
-    32). :meth:`share` hands every later reader of a tensor the first reader's
+    one masked, transposed copy per layer (the figure: module docstring).
+    :meth:`share` hands every later reader of a tensor the first reader's
     threshold and refresh flag, so the copies are one value again; each layer
     still stores the threshold it used, which is then the same in both states.
 
@@ -188,8 +188,6 @@ class SharedActivations:
     """
 
     def __init__(self):
-        # (The class lives with the other backend hints: sharing changes no value, it lets
-        # XLA's common-subexpression merging see one copy; the switch turns it off.)
         # Weak references only: (tensor, rule, its first reader's threshold and refresh flag).
         self._seen: list[tuple[weakref.ref, Rule, weakref.ref, Optional[weakref.ref]]] = []
 

@@ -1005,6 +1005,20 @@ def test_typed_method_state_is_stored_one_variable_per_field_and_advances():
         jax.random.key(0), x)
     assert set(swat_v["sparsity"]["Dense_0"]) == {"sparsity", "step", "w_threshold",
                                                    "a_threshold"}
+    # An update may not set a field init_state left unset (there is no variable for it).
+    @dataclasses.dataclass(frozen=True)
+    class Late(_Counting):
+        def init_state(self, info, sparsity, kernel):
+            return _CountState(sparsity=jnp.float32(sparsity))
+
+        def update(self, info, state, shared, stats, kernel):
+            return state.replace(calls=jnp.int32(1)), shared
+
+    late = sparsify(MLP(), Late())
+    with pytest.raises(ValueError, match=r"Late.update for layer 'Dense_0' changed which state "
+                                         r"fields are set \(\['sparsity'\] -> \['calls', "
+                                         r"'sparsity'\]\).*set every field there"):
+        late.apply(late.init(jax.random.key(0), x), x, mutable=["sparsity"])
     # Variables of another method cannot be read back as this method's state.
     with pytest.raises(ValueError, match=r"layer 'Dense_0': the stored 'sparsity' state has "
                                          r"fields \['a_threshold', 'sparsity', 'step', "

@@ -134,8 +134,14 @@ def run_layer(method: Method, info: LayerInfo, sparsity: float, state: LayerStat
               else ops.sparse_conv_general_dilated_with_stats)
         y, stats = fn(lhs, rhs, *args, policy=policy, aux=aux, where=info.path, **kwargs)
         if training:
+            before = state.fields().keys()
             state, shared = method.update(info, state, shared, stats, rhs)
-            _checked(method, info, state, "update")
+            if _checked(method, info, state, "update").fields().keys() != before:
+                raise ValueError(
+                    f"{type(method).__name__}.update for layer {info.path!r} changed which state "
+                    f"fields are set ({sorted(before)} -> {sorted(state.fields())}); the adapters "
+                    "store the fields init_state set: set every field there (a zero), even one "
+                    "update fills in later.")
     out = None
     if metrics is not None:
         out = monitor.layer_metrics(lhs, stats, metrics)

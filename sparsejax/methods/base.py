@@ -65,12 +65,17 @@ def layer_state(cls: type) -> type:
     """
     if not (isinstance(cls, type) and issubclass(cls, LayerState)):
         raise TypeError(f"@layer_state decorates a subclass of LayerState, got {cls!r}.")
+    return _pytree_dataclass(cls)
+
+
+def _pytree_dataclass(cls: type) -> type:
+    """``cls`` as a frozen dataclass whose fields are all pytree children."""
     cls = dataclasses.dataclass(frozen=True)(cls)
     return jax.tree_util.register_dataclass(
         cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
 
 
-@dataclasses.dataclass(frozen=True)
+@_pytree_dataclass
 class LayerState:
     """A sparse layer's method state (the base of every method's state type).
 
@@ -112,7 +117,6 @@ class LayerState:
                         "state.fields() lists its values.")
 
 
-jax.tree_util.register_dataclass(LayerState, data_fields=["sparsity"], meta_fields=[])
 State = LayerState  # the name the hooks' annotations used when the state was a dict
 
 
